@@ -1,0 +1,308 @@
+"""Aggregation operators G(p_1..p_K; T, w) → q in log space (paper §II–III, SPEC §2).
+
+Every operator has the signature
+
+    log_q = op(teacher_log_probs, *, temperatures, weights)
+
+with `teacher_log_probs [K, ..., V]` (logits are accepted too: tempering renormalises),
+`temperatures [K]` (or a scalar), `weights [K]` or per position `[K, ...]` (a leading prefix of
+the teacher batch shape) summing to one over K, and `log_q [..., V]`. Operators apply the
+temperatures themselves, are pure, and are `jit`/`vmap`/`grad`-able. Inputs of lower precision
+(bfloat16) are computed and returned in float32.
+
+Weights that do not sum to one are an error, not silently renormalised: a weight vector that is
+off usually means a bug upstream (a wrong axis, a stale mask). Value checks (weights ≥ 0, finite,
+Σ = 1; temperatures > 0) run on concrete inputs; under `jit` only shapes are checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtkd_jax import divergences as divergences_lib
+from mtkd_jax import temperature as temperature_lib
+
+
+class Operator(Protocol):
+  def __call__(self, teacher_log_probs: jax.Array, *, temperatures, weights) -> jax.Array: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks and small numerics shared by the operators (and by losses and theory).
+# ---------------------------------------------------------------------------------------------
+
+
+def check_weights(weights, teacher_shape: tuple[int, ...], *, name="weights") -> jax.Array:
+  """Validates weights `[K]` or `[K, ...]` against teachers `[K, ..., V]`.
+
+  Returns float32 weights reshaped to broadcast against the teachers: `[K, ..., 1]`.
+  """
+  w = jnp.asarray(weights)
+  w = w.astype(temperature_lib.compute_dtype(w.dtype))
+  batch_shape = teacher_shape[:-1]  # [K, ...]
+  if w.ndim < 1 or w.ndim > len(batch_shape) or w.shape[0] != teacher_shape[0]:
+    raise ValueError(
+      f"{name} must have shape [K] or a leading prefix of [K, ...] = {batch_shape}, "
+      f"got {name}.shape={w.shape} for teacher_log_probs.shape={teacher_shape}"
+    )
+  for dim, (a, b) in enumerate(zip(w.shape[1:], batch_shape[1:], strict=False), start=1):
+    if a not in (1, b):
+      raise ValueError(
+        f"{name} axis {dim} has size {a}, expected 1 or {b}: got {name}.shape={w.shape} "
+        f"for teacher_log_probs.shape={teacher_shape}"
+      )
+  if temperature_lib.is_concrete(w):
+    values = np.asarray(w, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+      raise ValueError(
+        f"{name} must be finite and non-negative, got {name}.shape={w.shape} with "
+        f"min={np.nanmin(values) if np.any(np.isfinite(values)) else values.ravel()[0]} "
+        f"and {np.sum(~np.isfinite(values))} non-finite entries"
+      )
+    # bfloat16 weights cannot represent 1/3 well; allow their rounding, nothing more.
+    atol = 1e-2 if jnp.finfo(jnp.asarray(weights).dtype).bits <= 16 else 1e-4
+    sums = values.sum(axis=0)
+    if np.any(np.abs(sums - 1.0) > atol):
+      raise ValueError(
+        f"{name} must sum to 1 over the teacher axis (axis 0), got sums in "
+        f"[{sums.min():.6g}, {sums.max():.6g}] for {name}.shape={w.shape}; "
+        "normalise them first, e.g. w / w.sum(axis=0)"
+      )
+  return w.reshape(w.shape + (1,) * (len(teacher_shape) - w.ndim))  # [K, ..., 1]
+
+
+def prepare(teacher_log_probs, temperatures, weights) -> tuple[jax.Array, jax.Array]:
+  """Checks shapes and values, then returns (tempered log-probs `[K, ..., V]`, `w [K, ..., 1]`)."""
+  x = jnp.asarray(teacher_log_probs)
+  if x.ndim < 2:
+    raise ValueError(
+      f"teacher_log_probs must have shape [K, ..., V] with K teachers, "
+      f"got teacher_log_probs.shape={x.shape}"
+    )
+  if x.shape[-1] == 0 or x.shape[0] == 0:
+    raise ValueError(f"teacher_log_probs must have K ≥ 1 and V ≥ 1, got shape={x.shape}")
+  w = check_weights(weights, x.shape)
+  temperature_lib.check_temperatures(temperatures, x.shape[0])
+  return temperature_lib.scale(x, temperatures), w
+
+
+def safe_log(x: jax.Array) -> jax.Array:
+  """log x with log 0 = -inf and a zero (not NaN) gradient at 0."""
+  positive = x > 0
+  return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
+
+
+def logsumexp_over_teachers(terms: list[jax.Array]) -> jax.Array:
+  """log Σ_k exp(terms[k]), unrolled over K (no K-axis reduction for XLA:CPU to re-fuse).
+
+  All -inf gives -inf with finite gradients (jax.nn.logsumexp would give NaN gradients there).
+  """
+  m = jax.lax.stop_gradient(jnp.stack(terms).max(axis=0) if len(terms) > 1 else terms[0])
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  s = sum(jnp.exp(t - m) for t in terms)
+  return jnp.where(s > 0, m + jnp.log(jnp.where(s > 0, s, 1.0)), -jnp.inf)
+
+
+def _weighted_log_sum(log_p: jax.Array, w: jax.Array) -> jax.Array:
+  """Σ_k w_k log p_k with 0·(-inf) = 0, and -inf wherever a teacher with w_k > 0 has p_k = 0."""
+  finite = jnp.isfinite(log_p)  # [K, ..., V]
+  total = sum(w[k] * jnp.where(finite[k], log_p[k], 0.0) for k in range(log_p.shape[0]))
+  vetoed = jnp.any((w > 0) & ~finite, axis=0)  # boolean any over K: no softmax behind it.
+  return jnp.where(vetoed, -jnp.inf, total)
+
+
+# ---------------------------------------------------------------------------------------------
+# The operators.
+# ---------------------------------------------------------------------------------------------
+
+
+def linear(teacher_log_probs, *, temperatures, weights) -> jax.Array:
+  """Arithmetic mixture q = Σ_k w_k p_{k,T}: minimiser of Σ_k w_k KL(p_k ‖ q).
+
+  Computed as log q = logsumexp_k(log w_k + log p_{k,T}); satisfies all five axioms.
+
+  Args:
+    teacher_log_probs: `[K, ..., V]` log-probabilities (or logits).
+    temperatures: `[K]` or scalar, > 0.
+    weights: `[K]` or `[K, ...]`, ≥ 0, summing to one over K.
+
+  Returns:
+    log q, `[..., V]`.
+
+  >>> lp = jnp.log(jnp.array([[0.9, 0.1], [0.5, 0.5]]))
+  >>> jnp.exp(linear(lp, temperatures=jnp.ones(2), weights=jnp.array([0.5, 0.5]))).round(2)
+  Array([0.7, 0.3], dtype=float32)
+  """
+  log_p, w = prepare(teacher_log_probs, temperatures, weights)
+  log_w = safe_log(w)
+  return logsumexp_over_teachers([log_w[k] + log_p[k] for k in range(log_p.shape[0])])
+
+
+def geometric(teacher_log_probs, *, temperatures, weights) -> jax.Array:
+  """Log-linear pool q ∝ Π_k p_{k,T}^{w_k}: minimiser of Σ_k w_k KL(q ‖ p_k).
+
+  For logits this is softmax(Σ_k w_k z_k / T_k): the teachers' normalisers cancel. Averaging
+  teacher logits, as other toolkits do, is this operator with uniform weights. A token that any
+  teacher with w_k > 0 excludes (p_k = 0) gets q = 0 (a veto).
+
+  >>> lp = jnp.log(jnp.array([[0.9, 0.1], [0.5, 0.5]]))
+  >>> jnp.exp(geometric(lp, temperatures=jnp.ones(2), weights=jnp.array([0.5, 0.5]))).round(2)
+  Array([0.75, 0.25], dtype=float32)
+  """
+  log_p, w = prepare(teacher_log_probs, temperatures, weights)
+  return jax.nn.log_softmax(_weighted_log_sum(log_p, w), axis=-1)
+
+
+def power(alpha: float) -> Operator:
+  """Power (α-) mean q ∝ (Σ_k w_k p_{k,T}^α)^{1/α}, Rényi/Amari α-integration.
+
+  α = 1 is `linear`, α → 0 is `geometric` (used exactly at α = 0), α → +∞ / −∞ tends to the
+  normalised max / min over teachers. For α < 0 a token any weighted teacher excludes gets 0.
+
+  >>> op = power(0.5)
+  >>> lp = jnp.log(jnp.array([[0.9, 0.1], [0.5, 0.5]]))
+  >>> jnp.exp(op(lp, temperatures=jnp.ones(2), weights=jnp.array([0.5, 0.5]))).round(3)
+  Array([0.726, 0.274], dtype=float32)
+  """
+  alpha = float(alpha)
+  if not np.isfinite(alpha):
+    raise ValueError(f"alpha must be finite, got {alpha=}")
+
+  def power_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
+    log_p, w = prepare(teacher_log_probs, temperatures, weights)
+    if alpha == 0.0:
+      return jax.nn.log_softmax(_weighted_log_sum(log_p, w), axis=-1)
+    log_w = safe_log(w)
+    finite = jnp.isfinite(log_p)
+    terms = [
+      jnp.where(w[k] > 0, log_w[k] + alpha * jnp.where(finite[k], log_p[k], 0.0), -jnp.inf)
+      for k in range(log_p.shape[0])
+    ]
+    if alpha > 0:  # p_k = 0 contributes 0 to the mean.
+      terms = [jnp.where(finite[k], terms[k], -jnp.inf) for k in range(log_p.shape[0])]
+    log_mean = logsumexp_over_teachers(terms) / alpha
+    if alpha < 0:  # p_k = 0 makes p_k^α infinite, so the mean is 0.
+      log_mean = jnp.where(jnp.any((w > 0) & ~finite, axis=0), -jnp.inf, log_mean)
+    return jax.nn.log_softmax(log_mean, axis=-1)
+
+  power_op.__name__ = f"power({alpha:g})"
+  return power_op
+
+
+def entropic(beta: float) -> Operator:
+  """Entropy-regularised pool q ∝ Π_k p_{k,T}^{w_k/(1+β)}, β ≥ 0.
+
+  The minimiser of Σ_k w_k KL(q ‖ p_k) − β H(q): the geometric pool flattened by a temperature
+  1 + β. β = 0 is `geometric`.
+  """
+  beta = float(beta)
+  if not np.isfinite(beta) or beta < 0:
+    raise ValueError(f"beta must be finite and ≥ 0, got {beta=}")
+
+  def entropic_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
+    log_p, w = prepare(teacher_log_probs, temperatures, weights)
+    return jax.nn.log_softmax(_weighted_log_sum(log_p, w) / (1.0 + beta), axis=-1)
+
+  entropic_op.__name__ = f"entropic({beta:g})"
+  return entropic_op
+
+
+def barycenter(
+  divergence: str | Callable[[jax.Array, jax.Array], jax.Array] = "kl",
+  *,
+  num_steps: int = 100,
+  step_size: float = 0.5,
+) -> Operator:
+  """Numerical barycenter argmin_q Σ_k w_k D(q, p_{k,T}) on the simplex, by mirror descent.
+
+  Exponentiated-gradient steps log q ← log_softmax(log q − η ∇_q F(q)) from the linear mixture,
+  a fixed number of times (`lax.fori_loop`), so the operator is jittable and differentiable.
+  Built-in D: "kl" (KL(q‖p) → geometric), "reverse_kl" (KL(p‖q) → linear), "hellinger"
+  (→ power(1/2)); any `D(log_q, log_p) -> [...]` reducing the last axis works.
+
+  Args:
+    divergence: a name in `divergences.DIVERGENCES` or a function `D(log_q, log_p)`.
+    num_steps: mirror-descent steps.
+    step_size: η.
+  """
+  if isinstance(divergence, str):
+    if divergence not in divergences_lib.DIVERGENCES:
+      raise ValueError(
+        f"divergence must be one of {sorted(divergences_lib.DIVERGENCES)} or a function, "
+        f"got {divergence=!r}"
+      )
+    name, divergence_fn = divergence, divergences_lib.DIVERGENCES[divergence]
+  elif callable(divergence):
+    name, divergence_fn = getattr(divergence, "__name__", "custom"), divergence
+  else:
+    raise ValueError(f"divergence must be a name or a function, got {divergence=!r}")
+  if int(num_steps) < 0 or not np.isfinite(step_size) or step_size <= 0:
+    raise ValueError(f"need num_steps ≥ 0 and step_size > 0, got {num_steps=}, {step_size=}")
+
+  def barycenter_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
+    log_p, w = prepare(teacher_log_probs, temperatures, weights)
+    w = w[..., 0]  # [K, ...]
+
+    def objective(q):  # Σ over rows of Σ_k w_k D(q, p_k); rows are independent.
+      log_q = safe_log(q)
+      return sum(jnp.sum(w[k] * divergence_fn(log_q, log_p[k])) for k in range(log_p.shape[0]))
+
+    def step(_, log_q):
+      grad_q = jax.grad(objective)(jnp.exp(log_q))
+      return jax.nn.log_softmax(log_q - step_size * grad_q, axis=-1)
+
+    log_q0 = logsumexp_over_teachers([safe_log(w[k])[..., None] + log_p[k] for k in range(len(w))])
+    return jax.lax.fori_loop(0, int(num_steps), step, log_q0)
+
+  barycenter_op.__name__ = f"barycenter({name})"
+  return barycenter_op
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: names for configs. Code passes functions.
+# ---------------------------------------------------------------------------------------------
+
+# name -> (builder, takes_kwargs). Plain operators take no hyperparameters.
+_REGISTRY: dict[str, tuple[Callable, bool]] = {}
+
+
+def register(name: str, fn: Callable, *, factory: bool = False) -> None:
+  """Registers an operator (or, with `factory=True`, a factory `f(**kwargs) -> op`) by name."""
+  if name in _REGISTRY:
+    raise ValueError(f"operator name {name!r} is already registered; names: {sorted(_REGISTRY)}")
+  if not callable(fn):
+    raise ValueError(f"fn must be callable, got {fn!r}")
+  _REGISTRY[name] = (fn, factory)
+
+
+def get(name: str, **kwargs) -> Operator:
+  """Returns the operator registered as `name`, built with `kwargs` for parameterised families.
+
+  >>> get("power", alpha=0.5).__name__
+  'power(0.5)'
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown operator {name!r}; valid names: {sorted(_REGISTRY)}")
+  fn, factory = _REGISTRY[name]
+  if factory:
+    return fn(**kwargs)
+  if kwargs:
+    raise ValueError(f"operator {name!r} takes no hyperparameters, got {sorted(kwargs)}")
+  return fn
+
+
+def names() -> list[str]:
+  """The registered operator names."""
+  return sorted(_REGISTRY)
+
+
+register("linear", linear)
+register("geometric", geometric)
+register("power", power, factory=True)
+register("entropic", entropic, factory=True)
+register("barycenter", barycenter, factory=True)
