@@ -1,0 +1,175 @@
+"""Small Flax NNX models: an MLP classifier and a byte-level causal Transformer LM.
+
+The trainer is functional: it sees a model only as `(init_params, apply)` where
+`init_params(rng) -> params` (a nested dict of arrays with string keys, ready for orbax and for
+the partition rules of `mtkd_jax.sharding`) and `apply(params, x) -> logits`. `build(name, ...)`
+turns a registry name and its keyword arguments into that pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Params = Any  # nested dict of arrays
+
+
+class MLPClassifier(nnx.Module):
+  """Multi-layer perceptron with GELU activations.
+
+  Layers are named `hidden_0 .. hidden_{n-1}` and `head` so that partition rules can match
+  them by name (`hidden_0/kernel`, `head/kernel`, ...).
+
+  >>> model = MLPClassifier(64, (32,), 10, rngs=nnx.Rngs(0))
+  >>> model(jnp.ones((2, 64))).shape
+  (2, 10)
+  """
+
+  def __init__(self, in_features: int, hidden: tuple[int, ...], num_classes: int, *, rngs):
+    self.num_hidden = len(hidden)
+    width = in_features
+    for i, h in enumerate(hidden):
+      setattr(self, f"hidden_{i}", nnx.Linear(width, h, rngs=rngs))
+      width = h
+    self.head = nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, x):  # [B, D] -> [B, C]
+    for i in range(self.num_hidden):
+      x = jax.nn.gelu(getattr(self, f"hidden_{i}")(x))
+    return self.head(x)
+
+
+class CausalSelfAttention(nnx.Module):
+  """Multi-head causal self-attention (no dropout, no KV cache)."""
+
+  def __init__(self, width: int, num_heads: int, *, rngs):
+    if width % num_heads:
+      raise ValueError(f"width={width} must be divisible by num_heads={num_heads}")
+    self.num_heads = num_heads
+    self.query = nnx.Linear(width, width, use_bias=False, rngs=rngs)
+    self.key = nnx.Linear(width, width, use_bias=False, rngs=rngs)
+    self.value = nnx.Linear(width, width, use_bias=False, rngs=rngs)
+    self.out = nnx.Linear(width, width, use_bias=False, rngs=rngs)
+
+  def __call__(self, x):  # [B, L, D] -> [B, L, D]
+    b, length, d = x.shape
+    h = self.num_heads
+    split = lambda t: t.reshape(b, length, h, d // h)  # [B, L, H, Dh]
+    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // h)  # [B, H, L, L]
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
+    attn = jax.nn.softmax(scores, axis=-1)
+    y = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, length, d)
+    return self.out(y)
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm Transformer block: x + attn(LN x); x + MLP(LN x)."""
+
+  def __init__(self, width: int, num_heads: int, mlp_ratio: int, *, rngs):
+    self.ln_attn = nnx.LayerNorm(width, rngs=rngs)
+    self.attn = CausalSelfAttention(width, num_heads, rngs=rngs)
+    self.ln_mlp = nnx.LayerNorm(width, rngs=rngs)
+    self.mlp_up = nnx.Linear(width, mlp_ratio * width, rngs=rngs)
+    self.mlp_down = nnx.Linear(mlp_ratio * width, width, rngs=rngs)
+
+  def __call__(self, x):  # [B, L, D]
+    x = x + self.attn(self.ln_attn(x))
+    return x + self.mlp_down(jax.nn.gelu(self.mlp_up(self.ln_mlp(x))))
+
+
+class ByteTransformerLM(nnx.Module):
+  """Byte-level causal Transformer language model over V = 256 tokens.
+
+  Input int tokens [B, L] with L <= context; output next-byte logits [B, L, 256].
+
+  >>> lm = ByteTransformerLM(depth=1, width=32, num_heads=2, context=16, rngs=nnx.Rngs(0))
+  >>> lm(jnp.zeros((2, 8), jnp.int32)).shape
+  (2, 8, 256)
+  """
+
+  vocab_size = 256
+
+  def __init__(self, *, depth: int, width: int, num_heads: int, context: int, rngs,
+                 mlp_ratio: int = 4):  # fmt: skip
+    self.context = context
+    self.depth = depth
+    self.embed = nnx.Embed(self.vocab_size, width, rngs=rngs)
+    self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, width)))
+    for i in range(depth):
+      setattr(self, f"block_{i}", Block(width, num_heads, mlp_ratio, rngs=rngs))
+    self.ln_final = nnx.LayerNorm(width, rngs=rngs)
+    self.head = nnx.Linear(width, self.vocab_size, rngs=rngs)
+
+  def __call__(self, tokens):  # [B, L] int -> [B, L, V]
+    length = tokens.shape[-1]
+    x = self.embed(tokens) + self.pos_embed[...][:length]  # [B, L, D]
+    for i in range(self.depth):
+      x = getattr(self, f"block_{i}")(x)
+    return self.head(self.ln_final(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry: configs name a model; the trainer gets (init_params, apply).
+# --------------------------------------------------------------------------------------------
+_MODELS: dict[str, Callable[..., nnx.Module]] = {
+  "mlp": MLPClassifier,
+  "byte_lm": ByteTransformerLM,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalModel:
+  """A model seen as pure functions of a params dict.
+
+  Attributes:
+    init: `init(rng) -> params`, a nested dict of arrays with string keys.
+    apply: `apply(params, x) -> logits`.
+  """
+
+  init: Callable[[jax.Array], Params]
+  apply: Callable[[Params, jax.Array], jax.Array]
+
+
+def check_name(name: str) -> None:
+  """Raises a one-line ValueError if `name` is not a registered model."""
+  if name not in _MODELS:
+    raise ValueError(f"model: unknown model name {name!r}; valid names: {sorted(_MODELS)}")
+
+
+def build(name: str, **kwargs) -> FunctionalModel:
+  """Returns the pure `(init, apply)` pair of the registered model `name`.
+
+  Args:
+    name: "mlp" (kwargs: in_features, hidden, num_classes) or "byte_lm" (kwargs: depth,
+      width, num_heads, context[, mlp_ratio]).
+    **kwargs: constructor arguments of the model.
+
+  Returns:
+    A `FunctionalModel`. Nothing is allocated: the graph is built under `nnx.eval_shape`.
+
+  >>> m = build("mlp", in_features=64, hidden=(16,), num_classes=10)
+  >>> params = m.init(jax.random.key(0))
+  >>> m.apply(params, jnp.ones((3, 64))).shape
+  (3, 10)
+  """
+  check_name(name)
+  cls = _MODELS[name]
+  make = lambda rng: cls(**kwargs, rngs=nnx.Rngs(params=rng))
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))
+
+  def init(rng):
+    return nnx.to_pure_dict(nnx.split(make(rng))[1])
+
+  def apply(params, x):
+    state = jax.tree.map(lambda v: v, abstract_state)  # fresh container, filled below
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)(x)
+
+  return FunctionalModel(init=init, apply=apply)
