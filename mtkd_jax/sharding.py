@@ -172,3 +172,12 @@ def put_batch(mesh: Mesh, local_batch, global_batch_size: int):
     ),
     local_batch,
   )
+
+
+def put_replicated(mesh: Mesh, tree):
+  """Places identical host values (on every process) as fully replicated global arrays."""
+  sharding = replicated(mesh)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx]),
+    tree,
+  )
