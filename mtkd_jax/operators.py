@@ -212,6 +212,9 @@ def entropic(beta: float) -> Operator:
   return entropic_op
 
 
+_LOG_FLOOR = -80.0  # e^-80 ≈ 2e-35: far below float32 resolution of the top token, above underflow
+
+
 def barycenter(
   divergence: str | Callable[[jax.Array, jax.Array], jax.Array] = "kl",
   *,
@@ -224,6 +227,10 @@ def barycenter(
   a fixed number of times (`lax.fori_loop`), so the operator is jittable and differentiable.
   Built-in D: "kl" (KL(q‖p) → geometric), "reverse_kl" (KL(p‖q) → linear), "hellinger"
   (→ power(1/2)); any `D(log_q, log_p) -> [...]` reducing the last axis works.
+
+  Log-probabilities (of q and of the teachers) are floored at -80 inside the iteration: a token
+  with q(i) = 0 would make gradients such as log q − log p or p/q infinite, and the update NaN.
+  So q(i) is at least about e^-80 relative to the top token, where the exact barycenter has 0.
 
   Args:
     divergence: a name in `divergences.DIVERGENCES` or a function `D(log_q, log_p)`.
@@ -246,6 +253,7 @@ def barycenter(
 
   def barycenter_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
     log_p, w = prepare(teacher_log_probs, temperatures, weights)
+    log_p = jnp.maximum(log_p, _LOG_FLOOR)
     w = w[..., 0]  # [K, ...]
 
     def objective(q):  # Σ over rows of Σ_k w_k D(q, p_k); rows are independent.
@@ -254,10 +262,11 @@ def barycenter(
 
     def step(_, log_q):
       grad_q = jax.grad(objective)(jnp.exp(log_q))
-      return jax.nn.log_softmax(log_q - step_size * grad_q, axis=-1)
+      return jnp.maximum(jax.nn.log_softmax(log_q - step_size * grad_q, axis=-1), _LOG_FLOOR)
 
     log_q0 = logsumexp_over_teachers([safe_log(w[k])[..., None] + log_p[k] for k in range(len(w))])
-    return jax.lax.fori_loop(0, int(num_steps), step, log_q0)
+    log_q = jax.lax.fori_loop(0, int(num_steps), step, log_q0)
+    return jax.nn.log_softmax(log_q, axis=-1)
 
   barycenter_op.__name__ = f"barycenter({name})"
   return barycenter_op

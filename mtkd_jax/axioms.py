@@ -1,0 +1,421 @@
+"""The paper's five axioms (§II-B) as executable checks with counterexamples (SPEC §3).
+
+`check(op)` tests any operator `op(teacher_log_probs, *, temperatures, weights) -> log_q`
+numerically, on random and adversarial inputs (near-ties, weights near 0, peaked and flat
+teachers, extreme temperatures), from the smallest sizes up, and reports per axiom whether it held
+and the smallest counterexample found:
+
+1. Convexity preservation: q ≥ 0 and Σ q = 1.
+2. Positivity inheritance: all p_k > 0 ⇒ q > 0.
+3. Weight monotonicity: if p_{k,T}(i) > p_{k',T}(i), moving δ of weight from k' to k must not
+   lower q(i), and must raise it when w_{k'} > 0.
+4. Continuity in p, T and w (including w_k → 0): no jumps. Found by walking straight paths in
+   logit, log-temperature and weight space and bisecting the largest step: a continuous operator's
+   step shrinks with the interval, a jump does not.
+5. Temperature coherence: T = 1 leaves a lone teacher unchanged; T_k → ∞ acts as a uniform
+   teacher k; T_k → 0+ as a one-hot teacher k at its argmax (ties share the mass).
+
+A checker only finds what it samples: "passed" means no violation was found, not a proof. The
+paper asserts that geometric and entropic pools satisfy all five; this checker finds weight
+monotonicity counterexamples for them (the normaliser can lower q(i)), and reports them.
+
+`python -m mtkd_jax.axioms` prints the operator × axiom table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtkd_jax import operators as operators_lib
+
+AXIOMS = {
+  1: "convexity",
+  2: "positivity",
+  3: "weight monotonicity",
+  4: "continuity",
+  5: "temperature coherence",
+}
+_KINDS = ("random", "peaked", "flat", "near_tie", "small_weight", "extreme_temperature")
+
+
+@dataclasses.dataclass(frozen=True)
+class Counterexample:
+  """Inputs on which an axiom failed, and the violated quantity."""
+
+  axiom: int
+  description: str  # what was compared, in words
+  quantity: str  # name of the violated quantity
+  value: float  # its value (the size of the violation)
+  inputs: dict[str, np.ndarray]  # teacher_log_probs [K, V], temperatures [K], weights [K], ...
+
+  def __str__(self) -> str:
+    arrays = ", ".join(
+      f"{k}={np.array2string(np.asarray(v), precision=4, separator=', ', max_line_width=10**4)}"
+      for k, v in self.inputs.items()
+    )
+    return f"{self.description}; {self.quantity} = {self.value:.4g}; inputs: {arrays}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AxiomReport:
+  """Result of `check`: per axiom number (1–5), whether it held and a counterexample."""
+
+  name: str
+  passed: dict[int, bool]
+  counterexamples: dict[int, Counterexample | None]
+
+  @property
+  def all_passed(self) -> bool:
+    return all(self.passed.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: random and adversarial teachers, temperatures and weights (NumPy, float64).
+# ---------------------------------------------------------------------------------------------
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+  x = x - x.max(axis=-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _sample(rng: np.random.Generator, k: int, v: int, kind: str):
+  """One trial: (teacher log-probs [K, V], temperatures [K], weights [K])."""
+  logits = rng.normal(size=(k, v)) * rng.choice([0.3, 1.0, 3.0])
+  temperatures = np.exp(rng.uniform(np.log(0.5), np.log(2.0), size=k))
+  weights = rng.dirichlet(np.ones(k))
+  if kind == "peaked":
+    logits[np.arange(k), rng.integers(v, size=k)] += rng.uniform(4, 8, size=k)
+  elif kind == "flat":
+    logits *= 0.01
+  elif kind == "near_tie":
+    top = np.argsort(logits, axis=-1)[:, -2:]
+    logits[np.arange(k), top[:, 0]] = logits[np.arange(k), top[:, 1]] - rng.uniform(0, 1e-3, k)
+  elif kind == "small_weight":
+    weights[rng.integers(k)] = rng.choice([0.0, 1e-6, 1e-3])
+    weights /= weights.sum()
+  elif kind == "extreme_temperature":
+    temperatures = rng.choice([1e-2, 0.1, 10.0, 1e2], size=k)
+  return _log_softmax(logits), temperatures, weights
+
+
+def _sizes(num_teachers: int, vocab_size: int) -> list[tuple[int, int]]:
+  """(K, V) from the smallest up, so the first violation found is a small one."""
+  return sorted(
+    {(k, v) for k in range(2, num_teachers + 1) for v in range(2, vocab_size + 1)},
+    key=lambda s: (s[0] * s[1], s),
+  )
+
+
+def _trials(rng, k, v, n) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """n trials at size (K, V), cycling through the input kinds: [n, K, V], [n, K], [n, K]."""
+  samples = [_sample(rng, k, v, _KINDS[j % len(_KINDS)]) for j in range(n)]
+  return tuple(np.stack(x) for x in zip(*samples, strict=True))
+
+
+class _Evaluator:
+  """`op` jitted and vmapped over trials; returns q as float64 NumPy, [N, V]."""
+
+  def __init__(self, op: Callable):
+    self._fn = jax.jit(jax.vmap(lambda lp, t, w: op(lp, temperatures=t, weights=w)))
+
+  def log_q(self, lp, t, w) -> np.ndarray:
+    out = self._fn(jnp.asarray(lp, jnp.float32), jnp.asarray(t, jnp.float32),
+                   jnp.asarray(w, jnp.float32))  # fmt: skip
+    return np.asarray(out, np.float64)
+
+  def q(self, lp, t, w) -> np.ndarray:
+    return np.exp(self.log_q(lp, t, w))
+
+
+def _tempered(lp, t):  # p_{k,T} in float64, [N, K, V]
+  return np.exp(_log_softmax(lp / t[..., None]))
+
+
+def _interpolate(s, x, y):  # (1 − s) x + s y with s [N] broadcast over x [N, ...]
+  s = s.reshape((-1,) + (1,) * (x.ndim - 1))
+  return (1 - s) * x + s * y
+
+
+def _inputs(lp, t, w, **extra) -> dict[str, np.ndarray]:
+  return {"teacher_log_probs": lp, "temperatures": t, "weights": w, **extra}
+
+
+# ---------------------------------------------------------------------------------------------
+# One function per axiom: each returns (violation size, Counterexample) or None at one size.
+# ---------------------------------------------------------------------------------------------
+
+
+def _convexity(ev, lp, t, w, tol):
+  q = ev.q(lp, t, w)
+  err = np.abs(q.sum(-1) - 1.0)
+  err = np.where(np.isfinite(q).all(-1) & (q >= 0).all(-1), err, np.inf)
+  j = int(np.argmax(err))
+  if err[j] <= tol:
+    return None
+  return err[j], Counterexample(
+    1, "q must be a distribution (q ≥ 0, Σ q = 1, no NaN)", "|Σ_i q(i) − 1|", float(err[j]),
+    _inputs(lp[j], t[j], w[j], q=q[j]))  # fmt: skip
+
+
+def _positivity(ev, lp, t, w, tol):
+  del tol
+  # Only inputs whose tempered teachers are safely positive in float32 test the axiom.
+  tempered = _log_softmax(lp / t[..., None])  # [N, K, V]
+  ok = (tempered > -30).all(axis=(-1, -2))
+  log_q = ev.log_q(lp, t, w)
+  bad = ok & ~(np.isfinite(log_q) & (log_q > -np.inf)).all(-1)
+  if not bad.any():
+    return None
+  j = int(np.argmax(bad))
+  return 1.0, Counterexample(
+    2, "all p_k > 0 but some q(i) = 0 (or NaN)", "min_i q(i)", float(np.nanmin(np.exp(log_q[j]))),
+    _inputs(lp[j], t[j], w[j], log_q=log_q[j]))  # fmt: skip
+
+
+def _monotonicity(ev, lp, t, w, tol, delta=0.05):
+  k = lp.shape[1]
+  p = _tempered(lp, t)
+  q = ev.q(lp, t, w)
+  worst = None
+  for a in range(k):  # weight moves to teacher a ...
+    for b in range(k):  # ... from teacher b.
+      if a == b:
+        continue
+      d = np.minimum(delta, w[:, b])  # [N]
+      w2 = w.copy()
+      w2[:, a] += d
+      w2[:, b] -= d
+      w2 /= w2.sum(-1, keepdims=True)  # renormalised (a no-op up to rounding)
+      q2 = ev.q(lp, t, w2)
+      more = p[:, a] > p[:, b] + 1e-3  # [N, V] tokens where teacher a puts more mass
+      change = q2 - q
+      # Non-strict: q(i) must not drop. Strict: where the move is real and the linear change
+      # δ (p_a(i) − p_b(i)) is well above float noise, q(i) must rise.
+      drop = np.where(more, -change, -np.inf)
+      linear_change = d[:, None] * (p[:, a] - p[:, b])
+      stuck = np.where(more & (d[:, None] > 0) & (linear_change > 1e-3) & (change <= tol), 1.0, 0)
+      for size, kind in ((drop, "drop"), (stuck * tol, "stuck")):
+        j, i = np.unravel_index(np.argmax(size), size.shape)
+        if size[j, i] > tol and (worst is None or size[j, i] > worst[0]):
+          what = (f"moving δ={d[j]:.3g} of weight from teacher {b} to teacher {a}, which puts "
+                  f"more mass on token {i} ({p[j, a, i]:.4f} > {p[j, b, i]:.4f}), "
+                  + ("lowered q(i)" if kind == "drop" else "did not raise q(i)"))  # fmt: skip
+          inputs = _inputs(lp[j], t[j], w[j], moved_weights=w2[j], q_before=q[j], q_after=q2[j])
+          worst = (size[j, i], Counterexample(
+            3, what, "q(i) before − after", float(q[j, i] - q2[j, i]), inputs))  # fmt: skip
+  return worst
+
+
+def _continuity(ev, lp, t, w, tol, grid=65, refinements=14, jump=1e-2):
+  """Walks paths a → b in logits, log T and w; bisects the largest step to tell a jump."""
+  n, k, _ = lp.shape
+  rng = np.random.default_rng(0)
+  other = np.roll(np.arange(n), 1)
+  w_zero = w.copy()
+  w_zero[:, 0] = 0.0  # paths that start exactly at w_0 = 0
+  rest = w_zero.sum(-1, keepdims=True)
+  w_zero = np.where(rest > 0, w_zero / np.where(rest > 0, rest, 1.0), 1.0 / (k - 1))
+  w_zero[:, 0] = 0.0
+  paths = {  # name -> (start, end) for (lp, log T, w)
+    "logits": ((lp, np.log(t), w), (lp + rng.normal(size=lp.shape), np.log(t), w)),
+    "temperatures": ((lp, np.log(t) - 2.0, w), (lp, np.log(t) + 2.0, w)),
+    "weights": ((lp, np.log(t), w), (lp, np.log(t), w[other])),
+    "weights near 0": ((lp, np.log(t), w_zero), (lp, np.log(t), w)),
+  }
+  worst = None
+  for name, (start, end) in paths.items():
+    at = lambda s, rows, start=start, end=end: tuple(
+      _interpolate(s, x[rows], y[rows]) for x, y in zip(start, end, strict=True)
+    )
+    q_at = lambda s, at=at: (lambda x: ev.q(x[0], np.exp(x[1]), x[2]))(at(s, np.arange(n)))
+    # Coarse walk: the largest step per trial.
+    steps = [q_at(np.full(n, s)) for s in np.linspace(0, 1, grid)]
+    incr = np.stack([np.abs(b - a).max(-1) for a, b in itertools.pairwise(steps)])
+    j = incr.argmax(0)
+    lo, hi = j / (grid - 1), (j + 1) / (grid - 1)
+    q_lo, q_hi = q_at(lo), q_at(hi)
+    for _ in range(refinements):  # keep the half with the larger step
+      mid = (lo + hi) / 2
+      q_mid = q_at(mid)
+      left = np.abs(q_mid - q_lo).max(-1) >= np.abs(q_hi - q_mid).max(-1)
+      lo, hi = np.where(left, lo, mid), np.where(left, mid, hi)
+      q_lo = np.where(left[:, None], q_lo, q_mid)
+      q_hi = np.where(left[:, None], q_mid, q_hi)
+    step = np.abs(q_hi - q_lo).max(-1)
+    step = np.where(np.isfinite(step), step, np.inf)
+    r = int(np.argmax(step))
+    if step[r] > jump and (worst is None or step[r] > worst[0]):
+      (lp_lo, log_t_lo, w_lo), (lp_hi, log_t_hi, w_hi) = at(lo[[r]], [r]), at(hi[[r]], [r])
+      inputs = {
+        "teacher_log_probs": lp_lo[0], "temperatures": np.exp(log_t_lo[0]), "weights": w_lo[0],
+        "q": q_lo[r], "other_teacher_log_probs": lp_hi[0],
+        "other_temperatures": np.exp(log_t_hi[0]), "other_weights": w_hi[0], "other_q": q_hi[r],
+      }  # fmt: skip
+      what = (f"q jumps along a path in {name}: a step of {hi[r] - lo[r]:.2g} of the path "
+              f"moves q by {step[r]:.3g}")  # fmt: skip
+      worst = (step[r], Counterexample(4, what, "max_i |Δq(i)|", float(step[r]), inputs))
+  return worst
+
+
+def _coherence(ev, lp, t, w, tol, limit_tol=1e-3):
+  n, _, v = lp.shape
+  # Teachers with clear gaps between tokens and weights bounded away from 0, so the limits are
+  # reached at T = 1e5 and 1e-4 to within limit_tol in float32.
+  gaps = np.sort(lp, -1)
+  clear = (np.diff(gaps, axis=-1) > 0.1).all(axis=(-1, -2)) & (w > 0.05).all(-1)
+  worst = None
+
+  def compare(name, got, want, mask, lp_, t_, w_, bound):
+    nonlocal worst
+    err = np.where(mask, np.abs(got - want).max(-1), 0.0)
+    err = np.where(np.isfinite(err), err, np.inf)
+    j = int(np.argmax(err))
+    if err[j] > bound and (worst is None or err[j] > worst[0]):
+      worst = (
+        err[j],
+        Counterexample(
+          5,
+          name,
+          "max_i |q(i) − expected(i)|",
+          float(err[j]),
+          _inputs(lp_[j], t_[j], w_[j], q=got[j], expected=want[j]),
+        ),
+      )
+
+  # T = 1 leaves a lone teacher as is.
+  one = np.ones((n, 1))
+  lone = "K = 1, T = 1: a lone untempered teacher must come out unchanged"
+  compare(lone, ev.q(lp[:, :1], one, one), np.exp(lp[:, 0]), np.ones(n, bool),
+          lp[:, :1], one, one, 10 * tol)  # fmt: skip
+  # T_0 → ∞ acts as a uniform teacher 0; T_0 → 0+ as a one-hot teacher 0 (ties share).
+  ones = np.ones_like(t)
+  uniform = lp.copy()
+  uniform[:, 0] = -np.log(v)
+  hot = np.isclose(lp[:, 0], lp[:, 0].max(-1, keepdims=True), rtol=0, atol=0)
+  one_hot = lp.copy()
+  one_hot[:, 0] = np.where(hot, -np.log(hot.sum(-1, keepdims=True)), -np.inf)
+  limits = ((1e5, uniform, "T_0 → ∞ must act as a uniform teacher 0"),
+            (1e-4, one_hot, "T_0 → 0+ must act as a one-hot teacher 0"))  # fmt: skip
+  for t0, reference, name in limits:
+    hot_t = ones.copy()
+    hot_t[:, 0] = t0
+    compare(name, ev.q(lp, hot_t, w), ev.q(reference, ones, w), clear, lp, hot_t, w, limit_tol)
+  # Exact ties at T_0 → 0+ share the mass: duplicate teacher 0's top token.
+  tied = lp.copy()
+  top = lp[:, 0].argmax(-1)
+  second = np.argsort(lp[:, 0], -1)[:, -2]
+  tied[np.arange(n), 0, second] = tied[np.arange(n), 0, top]
+  tied[:, 0] = _log_softmax(tied[:, 0])
+  shared = tied.copy()
+  shared[:, 0] = np.full((n, v), -np.inf)
+  shared[np.arange(n), 0, top] = shared[np.arange(n), 0, second] = np.log(0.5)
+  tiny = ones.copy()
+  tiny[:, 0] = 1e-4
+  compare("T_0 → 0+ with a tie at the argmax must share the mass", ev.q(tied, tiny, w),
+          ev.q(shared, ones, w), clear, tied, tiny, w, limit_tol)  # fmt: skip
+  return worst
+
+
+_CHECKS = {1: _convexity, 2: _positivity, 3: _monotonicity, 4: _continuity, 5: _coherence}
+
+
+def check(
+  op: Callable,
+  *,
+  num_teachers: int = 3,
+  vocab_size: int = 5,
+  trials: int = 48,
+  seed: int = 0,
+  tol: float = 1e-5,
+  name: str | None = None,
+) -> AxiomReport:
+  """Checks the five axioms on `op` numerically and returns the report.
+
+  Sizes (K, V) run from (2, 2) up to (num_teachers, vocab_size); at each size `trials` inputs
+  cycle through random, peaked, flat, near-tie, small-weight and extreme-temperature cases. The
+  first size with a violation gives the counterexample (the largest violation at that size).
+
+  Args:
+    op: `op(teacher_log_probs, *, temperatures, weights) -> log_q`, jittable and vmappable.
+    num_teachers: the largest K tried.
+    vocab_size: the largest V tried.
+    trials: inputs per size and axiom.
+    seed: the random seed; the report is a pure function of the arguments.
+    tol: float tolerance for exact identities (Σ q = 1, the T = 1 identity, monotonicity).
+    name: the operator's name in the report (default: `op.__name__`).
+
+  Returns:
+    An `AxiomReport` with `passed[n]` and `counterexamples[n]` for n = 1..5.
+
+  >>> check(operators.linear).all_passed
+  True
+  """
+  if num_teachers < 2 or vocab_size < 2 or trials < 1:
+    raise ValueError(f"need num_teachers ≥ 2, vocab_size ≥ 2, trials ≥ 1, got "
+                     f"{num_teachers=}, {vocab_size=}, {trials=}")  # fmt: skip
+  ev = _Evaluator(op)
+  counterexamples: dict[int, Counterexample | None] = {}
+  for number, axiom in _CHECKS.items():
+    rng = np.random.default_rng([seed, number])
+    found = None
+    for k, v in _sizes(num_teachers, vocab_size):
+      found = axiom(ev, *_trials(rng, k, v, trials), tol)
+      if found is not None:
+        break
+    counterexamples[number] = None if found is None else found[1]
+  passed = {n: c is None for n, c in counterexamples.items()}
+  return AxiomReport(name or getattr(op, "__name__", repr(op)), passed, counterexamples)
+
+
+def builtin_operators() -> dict[str, Callable]:
+  """The operators of the printed table."""
+  ops = operators_lib
+  return {
+    "linear": ops.linear,
+    "geometric": ops.geometric,
+    "power(-1)": ops.power(-1.0),
+    "power(0.5)": ops.power(0.5),
+    "power(2)": ops.power(2.0),
+    "entropic(0.5)": ops.entropic(0.5),
+    "barycenter(kl)": ops.barycenter("kl", num_steps=20),
+    "barycenter(hellinger)": ops.barycenter("hellinger"),
+  }
+
+
+def format_table(reports: list[AxiomReport], *, counterexamples: bool = True) -> str:
+  """Operator × axiom table (✓ held on every input tried, ✗ counterexample found)."""
+  header = ["operator"] + [f"{n}. {a}" for n, a in AXIOMS.items()]
+  rows = [[r.name] + ["✓" if r.passed[n] else "✗" for n in AXIOMS] for r in reports]
+  widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
+  line = lambda cells: "| " + " | ".join(map(str.ljust, cells, widths)) + " |"
+  out = [line(header), "|" + "|".join("-" * (wd + 2) for wd in widths) + "|"]
+  out += [line(r) for r in rows]
+  if counterexamples:
+    out.append("")
+    for r in reports:
+      for n, c in r.counterexamples.items():
+        if c is not None:
+          out.append(f"- {r.name}, axiom {n} ({AXIOMS[n]}): {c}")
+  return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+  del argv
+  reports = []
+  for name, op in builtin_operators().items():
+    print(f"checking {name} ...", file=sys.stderr, flush=True)
+    reports.append(check(op, name=name))
+  print(format_table(reports))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
