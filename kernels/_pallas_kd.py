@@ -1,0 +1,422 @@
+"""Pallas kernels for the fused KD loss: a TPU-style grid kernel and a GPU (Triton) row kernel.
+
+Both compute, per row, the (max, sum-exp) statistics of the N tempered terms (N = K teachers
+for the linear mixture, N = 1 pooled term for the geometric one) and of the student, then
+KL(q ‖ p_S) and the gradient factor (p_S − q)·gscale, without any [K, B, V] buffer.
+
+- Grid kernel (TPU via Mosaic, and interpret mode on CPU): grid (row blocks, vocab blocks),
+  vocab "arbitrary" (sequential); running max/sum-exp per term live in VMEM scratch,
+  initialised under `pl.when(j == 0)`. Two passes over V (stats, then loss and gradient)
+  when a row spans several vocab blocks; one kernel and one pass when it fits one block.
+- Row kernel (GPU via Triton): one program per row, a `fori_loop` over vocab blocks with
+  masked loads; lane-wise running max/sum-exp reduced once at the end of the loop.
+
+`lax.platform_dependent` picks the kernel at lowering time, so exporting for TPU or CUDA from
+a CPU host lowers the right kernel. Vocab-parallel use calls the stats kernel, combines the
+[N + 1, B] statistics with pmax/psum in XLA, then calls the loss kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as plgpu
+
+_NEG_INF = float("-inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """Tile sizes of the Pallas kernels.
+
+  Attributes:
+    block_rows: rows per program (grid kernel; TPU: a multiple of 8). Unused on GPU (1 row).
+    block_vocab: vocabulary tile (TPU: a multiple of 128; GPU: a power of two). A row with
+      V <= block_vocab is processed in one block and one pass.
+  """
+
+  block_rows: int = 8
+  block_vocab: int = 2048
+
+  def __post_init__(self):
+    if self.block_rows <= 0 or self.block_vocab <= 0:
+      raise ValueError(f"block sizes must be positive; got {self}")
+
+  def validate(self, backend: str) -> BlockSizes:
+    pow2 = lambda n: n & (n - 1) == 0
+    if backend == "tpu" and (self.block_rows % 8 or self.block_vocab % 128):
+      raise ValueError(f"TPU needs block_rows % 8 == 0 and block_vocab % 128 == 0: {self}")
+    if backend == "gpu" and not (pow2(self.block_rows) and pow2(self.block_vocab)):
+      raise ValueError(f"GPU (Triton) block sizes must be powers of two: {self}")
+    return self
+
+  @classmethod
+  def get_default(cls, backend: str) -> BlockSizes:
+    # TPU: 8 × 2048 f32 tiles, ≤ (K + 1)·64 KiB double-buffered per step: fits VMEM for
+    # K ≤ 16. GPU: 4096-wide row chunks as in Triton softmax/Liger kernels. CPU
+    # (interpret mode, correctness only): small tiles so tests exercise several blocks.
+    return {"tpu": cls(8, 2048), "gpu": cls(1, 4096)}.get(backend, cls(8, 512))
+
+
+def _sds(shape, dtype, like):
+  """Output spec varying over the same manual mesh axes as `like` (shard_map, check_vma)."""
+  return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.typeof(like).mat)
+
+
+# ----------------------------------------------------------------------------- grid kernel
+
+
+def _grid_terms(p_ref, t_ref, w_ref, k, operator):
+  """The tempered terms of one (rows, vocab) tile and their weights ([bm, 1] or None)."""
+  ys = [t_ref[i].astype(jnp.float32) * p_ref[i] for i in range(k)]  # K × [bm, bv]
+  if operator == "linear":
+    return ys, [w_ref[:, i : i + 1] for i in range(k)]
+  pooled = 0.0
+  for i in range(k):
+    wi = w_ref[:, i : i + 1]  # [bm, 1]; 0·(−inf) would be NaN
+    pooled = pooled + jnp.where(wi == 0, 0.0, wi * ys[i])
+  return [pooled], [None]
+
+
+def _mask(ys, j, bv, v):
+  if v % bv == 0:
+    return ys
+  col = j * bv + jax.lax.broadcasted_iota(jnp.int32, ys[0].shape, 1)
+  return [jnp.where(col < v, y, _NEG_INF) for y in ys]
+
+
+def _kl_and_grad(ys, ws, y_s, lse, valid):
+  """Per-tile KL row sums [bm, 1] and p_S − q [bm, bv], given safe LSEs [N + 1, bm, 1]."""
+  q = 0.0
+  for n, (y, wn) in enumerate(zip(ys, ws, strict=True)):
+    e = jnp.exp(y - lse[n])
+    q = q + (e if wn is None else wn * e)
+  log_p = y_s - lse[len(ys)]
+  kl = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0)
+  if valid is not None:
+    kl = jnp.where(valid, kl, 0.0)
+  return jnp.sum(kl, axis=1, keepdims=True), jnp.exp(log_p) - q
+
+
+def _stats_kernel(p_ref, t_ref, s_ref, w_ref, m_out, l_out, m_scr, l_scr, *, k, op, v, bv):
+  j = pl.program_id(1)
+
+  @pl.when(j == 0)
+  def _init():
+    m_scr[...] = jnp.full(m_scr.shape, _NEG_INF, jnp.float32)
+    l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
+
+  ys, _ = _grid_terms(p_ref, t_ref, w_ref, k, op)
+  if s_ref is not None:
+    ys.append(s_ref[...].astype(jnp.float32) * p_ref[k])
+  for n, y in enumerate(_mask(ys, j, bv, v)):
+    m_old = m_scr[n]  # [bm, 1]
+    m_new = jnp.maximum(m_old, jnp.max(y, axis=1, keepdims=True))
+    m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)
+    l_scr[n] = l_scr[n] * jnp.exp(m_old - m_safe) + jnp.sum(
+      jnp.exp(y - m_safe), axis=1, keepdims=True
+    )
+    m_scr[n] = m_new
+
+  @pl.when(j == pl.num_programs(1) - 1)
+  def _store():
+    m_out[...] = m_scr[...]
+    l_out[...] = l_scr[...]
+
+
+def _no_student(kernel, p_ref, t_ref, w_ref, *refs):
+  return kernel(p_ref, t_ref, None, w_ref, *refs)
+
+
+def _loss_kernel(p_ref, t_ref, s_ref, w_ref, lse_ref, kl_out, *g_out, k, op, v, bv):
+  j = pl.program_id(1)
+
+  @pl.when(j == 0)
+  def _init():
+    kl_out[...] = jnp.zeros(kl_out.shape, jnp.float32)
+
+  ys, ws = _grid_terms(p_ref, t_ref, w_ref, k, op)
+  y_s = s_ref[...].astype(jnp.float32) * p_ref[k]
+  valid = None
+  if v % bv:
+    valid = j * bv + jax.lax.broadcasted_iota(jnp.int32, y_s.shape, 1) < v
+  kl, diff = _kl_and_grad(ys, ws, y_s, lse_ref[...], valid)
+  kl_out[...] += kl
+  if g_out:
+    g_out[0][...] = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
+
+
+def _fused_kernel(p_ref, t_ref, s_ref, w_ref, kl_out, *g_out, k, op):
+  """Whole row in one block: stats and loss in one pass over the loaded tile."""
+  ys, ws = _grid_terms(p_ref, t_ref, w_ref, k, op)
+  y_s = s_ref[...].astype(jnp.float32) * p_ref[k]
+  lse = []
+  for y in [*ys, y_s]:
+    m = jnp.max(y, axis=1, keepdims=True)
+    m = jnp.where(m == _NEG_INF, 0.0, m)
+    lse.append(m + jnp.log(jnp.sum(jnp.exp(y - m), axis=1, keepdims=True)))
+  lse = [jnp.where(jnp.isfinite(x), x, 0.0) for x in lse]
+  kl, diff = _kl_and_grad(ys, ws, y_s, lse, None)
+  kl_out[...] = kl
+  if g_out:
+    g_out[0][...] = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
+
+
+def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret, fused, lse):
+  """Runs one grid kernel; returns its outputs. w_t is [B, K]."""
+  k, b, v = teachers.shape
+  bm = b if b <= bs.block_rows else bs.block_rows  # a full dim is always a legal block
+  bv = v if v <= bs.block_vocab else bs.block_vocab
+  nb, nv = pl.cdiv(b, bm), pl.cdiv(v, bv)
+  n = 1 if op == "geometric" else k
+  grid = (nb, 1) if fused else (nb, nv)
+  smem = pl.BlockSpec(memory_space=pltpu.SMEM)
+  specs = [
+    smem,
+    pl.BlockSpec((k, bm, bv), lambda i, j: (0, i, j)),
+    pl.BlockSpec((bm, bv), lambda i, j: (i, j)),
+    pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
+  ]
+  args = [params, teachers, student, w_t]
+  if student is None:  # mixture only: no student input, no student statistics
+    del specs[2], args[2]
+  row_out = pl.BlockSpec((bm, 1), lambda i, j: (i, 0))
+  kl_shape = _sds((b, 1), jnp.float32, teachers)
+  g_shape = [_sds((b, v), student.dtype, teachers)] if with_grad else []
+  g_spec = [pl.BlockSpec((bm, bv), lambda i, j: (i, j))] if with_grad else []
+  scratch = []
+  if fused:
+    kernel = functools.partial(_fused_kernel, k=k, op=op)
+    out_shape, out_specs = [kl_shape, *g_shape], [row_out, *g_spec]
+  elif lse is None:  # stats pass
+    kernel = functools.partial(_stats_kernel, k=k, op=op, v=v, bv=bv)
+    if student is None:
+      kernel = functools.partial(_no_student, kernel)
+    ns = n + (student is not None)
+    st = _sds((ns, b, 1), jnp.float32, teachers)
+    out_shape = [st, st]
+    out_specs = [pl.BlockSpec((ns, bm, 1), lambda i, j: (0, i, 0))] * 2
+    scratch = [pltpu.VMEM((ns, bm, 1), jnp.float32)] * 2
+  else:  # loss pass
+    kernel = functools.partial(_loss_kernel, k=k, op=op, v=v, bv=bv)
+    specs.append(pl.BlockSpec((n + 1, bm, 1), lambda i, j: (0, i, 0)))
+    args.append(lse)
+    out_shape, out_specs = [kl_shape, *g_shape], [row_out, *g_spec]
+  return pl.pallas_call(
+    kernel,
+    out_shape=out_shape,
+    grid=grid,
+    in_specs=specs,
+    out_specs=out_specs,
+    scratch_shapes=scratch,
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+    interpret=interpret,
+    name=f"fused_kd_{op}",
+  )(*args)
+
+
+def _grid_kd(params, teachers, student, w, *, op, bs, with_grad, interpret, combine, sharded):
+  w_t = w.T  # [B, K]: rows on the sublane axis
+  kw = dict(op=op, bs=bs, with_grad=with_grad, interpret=interpret)
+  if teachers.shape[-1] <= bs.block_vocab and not sharded:
+    outs = _grid_calls(params, teachers, student, w_t, fused=True, lse=None, **kw)
+  else:
+    m, se = _grid_calls(params, teachers, student, w_t, fused=False, lse=None, **kw)
+    lse = combine(m[..., 0], se[..., 0])[..., None]  # [N + 1, B, 1]
+    outs = _grid_calls(params, teachers, student, w_t, fused=False, lse=lse, **kw)
+  return outs[0][:, 0], (outs[1] if with_grad else None)
+
+
+# ----------------------------------------------------------------------------- GPU row kernel
+
+
+def _row_terms(p_ref, t_ref, w_ref, k, op, cols, mask):
+  load = lambda i: plgpu.load(t_ref.at[i, cols], mask=mask, other=_NEG_INF)
+  ys = [load(i).astype(jnp.float32) * p_ref[i] for i in range(k)]  # K × [bv]
+  if op == "linear":
+    return ys, [w_ref[i] for i in range(k)]
+  pooled = 0.0
+  for i in range(k):
+    pooled = pooled + jnp.where(w_ref[i] == 0, 0.0, w_ref[i] * ys[i])
+  return [jnp.where(mask, pooled, _NEG_INF)], [None]
+
+
+def _gpu_stats_kernel(p_ref, t_ref, s_ref, w_ref, m_out, l_out, *, k, op, v, bv):
+  n = 1 if op == "geometric" else k
+
+  def body(jb, carry):
+    cols = jb * bv + jnp.arange(bv)
+    mask = cols < v
+    ys, _ = _row_terms(p_ref, t_ref, w_ref, k, op, cols, mask)
+    ys.append(plgpu.load(s_ref.at[cols], mask=mask, other=_NEG_INF).astype(jnp.float32) * p_ref[k])
+    new = []
+    for y, (m, se) in zip(ys, carry, strict=True):  # lane-wise online softmax
+      m_new = jnp.maximum(m, y)
+      m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)
+      new.append((m_new, se * jnp.exp(m - m_safe) + jnp.exp(y - m_safe)))
+    return tuple(new)
+
+  init = tuple((jnp.full((bv,), _NEG_INF), jnp.zeros((bv,))) for _ in range(n + 1))
+  carry = jax.lax.fori_loop(0, pl.cdiv(v, bv), body, init)
+  for i, (m, se) in enumerate(carry):
+    m_row = jnp.max(m)
+    m_safe = jnp.where(m_row == _NEG_INF, 0.0, m_row)
+    m_out[i] = m_row
+    l_out[i] = jnp.sum(se * jnp.exp(m - m_safe))
+
+
+def _gpu_loss_kernel(p_ref, t_ref, s_ref, w_ref, lse_ref, kl_out, *g_out, k, op, v, bv):
+  n = 1 if op == "geometric" else k
+
+  def body(jb, acc):
+    cols = jb * bv + jnp.arange(bv)
+    mask = cols < v
+    ys, ws = _row_terms(p_ref, t_ref, w_ref, k, op, cols, mask)
+    y_s = plgpu.load(s_ref.at[cols], mask=mask, other=0.0).astype(jnp.float32) * p_ref[k]
+    lse = [lse_ref[i] for i in range(n + 1)]
+    kl, diff = _kl_and_grad_1d(ys, ws, y_s, lse)
+    if g_out:
+      val = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
+      plgpu.store(g_out[0].at[cols], val, mask=mask)
+    return acc + jnp.where(mask, kl, 0.0)
+
+  acc = jax.lax.fori_loop(0, pl.cdiv(v, bv), body, jnp.zeros((bv,), jnp.float32))
+  kl_out[0] = jnp.sum(acc)
+
+
+def _kl_and_grad_1d(ys, ws, y_s, lse):
+  q = 0.0
+  for n, (y, wn) in enumerate(zip(ys, ws, strict=True)):
+    e = jnp.exp(y - lse[n])
+    q = q + (e if wn is None else wn * e)
+  log_p = y_s - lse[len(ys)]
+  kl = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0)
+  return kl, jnp.exp(log_p) - q
+
+
+def _gpu_kd(params, teachers, student, w, *, op, bs, with_grad, combine, interpret=False):
+  """Triton row kernels (stats, then loss and gradient); interpret=True only for tests."""
+  k, b, v = teachers.shape
+  n = 1 if op == "geometric" else k
+  bv = min(bs.block_vocab, pl.next_power_of_2(v))
+  sq = pl.squeezed
+  specs = [
+    pl.BlockSpec((k + 2,), lambda i: (0,)),
+    pl.BlockSpec((k, sq, v), lambda i: (0, i, 0)),
+    pl.BlockSpec((sq, v), lambda i: (i, 0)),
+    pl.BlockSpec((sq, k), lambda i: (i, 0)),
+  ]
+  w_t = w.T  # [B, K]
+  cp = plgpu.CompilerParams(num_warps=min(max(bv // 256, 1), 8), num_stages=1)
+  st = _sds((b, n + 1), jnp.float32, teachers)
+  st_spec = pl.BlockSpec((sq, n + 1), lambda i: (i, 0))
+  m, se = pl.pallas_call(
+    functools.partial(_gpu_stats_kernel, k=k, op=op, v=v, bv=bv),
+    out_shape=[st, st],
+    grid=(b,),
+    in_specs=specs,
+    out_specs=[st_spec, st_spec],
+    compiler_params=cp,
+    interpret=interpret,
+    name=f"fused_kd_stats_{op}",
+  )(params, teachers, student, w_t)
+  lse = combine(m.T, se.T).T  # [B, N + 1]
+  g_shape = [_sds((b, v), student.dtype, teachers)] if with_grad else []
+  g_spec = [pl.BlockSpec((sq, v), lambda i: (i, 0))] if with_grad else []
+  outs = pl.pallas_call(
+    functools.partial(_gpu_loss_kernel, k=k, op=op, v=v, bv=bv),
+    out_shape=[_sds((b, 1), jnp.float32, teachers), *g_shape],
+    grid=(b,),
+    in_specs=[*specs, st_spec],
+    out_specs=[pl.BlockSpec((sq, 1), lambda i: (i, 0)), *g_spec],
+    compiler_params=cp,
+    interpret=interpret,
+    name=f"fused_kd_loss_{op}",
+  )(params, teachers, student, w_t, lse)
+  return outs[0][:, 0], (outs[1] if with_grad else None)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _combiner(axis_name):
+  """(max, sum-exp) [N + 1, B] -> safe global LSE (non-finite -> 0), pmax/psum if sharded."""
+
+  def combine(m, se):
+    if axis_name is not None:
+      ml = jax.lax.pmax(m, axis_name)
+      se = jax.lax.psum(se * jnp.exp(m - jnp.where(jnp.isfinite(ml), ml, 0.0)), axis_name)
+      m = ml
+    lse = jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(se)
+    return jnp.where(jnp.isfinite(lse), lse, 0.0)
+
+  return combine
+
+
+def pallas_kd(
+  student, teachers, params, w, gscale, *, operator, axis_name, with_grad, block_sizes, interpret
+):
+  """(KL [B], (p_S − q)·gscale [B, V] or None) with a Pallas kernel for the target platform."""
+  params = jnp.concatenate([params, jnp.reshape(gscale, (1,)).astype(jnp.float32)])  # [K+2]
+  combine = _combiner(axis_name)
+
+  def grid(bs, interp):
+    return lambda *a: _grid_kd(
+      *a,
+      op=operator,
+      bs=bs,
+      with_grad=with_grad,
+      interpret=interp,
+      combine=combine,
+      sharded=axis_name is not None,
+    )
+
+  def gpu(*a):
+    bs = (block_sizes or BlockSizes.get_default("gpu")).validate("gpu")
+    return _gpu_kd(*a, op=operator, bs=bs, with_grad=with_grad, combine=combine)
+
+  args = (params, teachers, student, w)
+  if interpret:
+    out = grid(block_sizes or BlockSizes.get_default("cpu"), True)(*args)
+  else:
+    tpu_bs = (block_sizes or BlockSizes.get_default("tpu")).validate("tpu")
+    out = jax.lax.platform_dependent(*args, tpu=grid(tpu_bs, False), cuda=gpu, rocm=gpu)
+  if axis_name is not None:
+    out = (jax.lax.psum(out[0], axis_name), out[1])
+  return out
+
+
+def pallas_mixture(teachers, params, w, *, operator, axis_name, block_sizes, interpret):
+  """log q [B, V]: Pallas stats pass (TPU/interpret), then one fused XLA elementwise pass."""
+  k = teachers.shape[0]
+  bs = block_sizes or BlockSizes.get_default("cpu" if interpret else "tpu")
+  params = jnp.concatenate([params, jnp.zeros((1,), jnp.float32)])
+  m, se = _grid_calls(
+    params,
+    teachers,
+    None,
+    w.T,
+    op=operator,
+    bs=bs,
+    with_grad=False,
+    interpret=interpret,
+    fused=False,
+    lse=None,
+  )
+  lse = _combiner(axis_name)(m[..., 0], se[..., 0])  # [N, B]
+  inv_t = params[:k]
+  if operator == "geometric":
+    y = sum(
+      jnp.where(w[i][:, None] == 0, 0.0, w[i][:, None] * inv_t[i] * teachers[i]) for i in range(k)
+    )
+    return y - lse[0][:, None]
+  q = sum(
+    w[i][:, None] * jnp.exp(teachers[i].astype(jnp.float32) * inv_t[i] - lse[i][:, None])
+    for i in range(k)
+  )
+  return jnp.log(q)

@@ -1,0 +1,371 @@
+"""Fused temperature-softmax-mixture KD loss: XLA path, Pallas dispatch and plain-jnp references.
+
+For K teachers with inputs z_k (logits or log-probs) [K, ..., V], temperatures T_k, weights w_k
+and a student z_S [..., V] at temperature T_S, per row:
+
+    linear:     q = Σ_k w_k softmax(z_k / T_k)
+    geometric:  log q = log_softmax(Σ_k w_k z_k / T_k)   (teacher normalisers cancel)
+    loss = T_S² · KL(q ‖ softmax(z_S / T_S))             (T_S² only if temperature_sq_scaling)
+    ∂loss/∂z_S = T_S² · (softmax(z_S / T_S) − q) / T_S
+
+The fused paths never build a [K, B, V] array. They run a stats pass (per-row running max and
+sum-exp of each tempered teacher and of the student: K + 1 numbers per row), then one
+loss-and-gradient pass that recomputes q from the inputs. The `custom_vjp` forward keeps only
+the [B, V] gradient as residual; the backward is one multiply by the row cotangents. With a
+vocabulary sharded over a mesh axis, the row statistics are combined with one `pmax` and one
+`psum` of a [K + 1, B] array; the [B, V] data never moves.
+
+XLA:CPU note (see KERNEL_NOTES): a generic `sum(axis=0)` over the teacher axis fused behind a
+softmax made XLA recompute the softmax per output element (3.2 s instead of ~40 ms), so the
+teacher axis is always unrolled in Python here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import _pallas_kd
+from ._pallas_kd import BlockSizes
+
+_OPERATORS = ("linear", "geometric")
+_IMPLEMENTATIONS = ("auto", "xla", "pallas")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_inputs(student_logits, teacher_logits, temperatures, weights, operator, impl):
+  """Raises ValueError naming the offending argument and its shape."""
+  if operator not in _OPERATORS:
+    raise ValueError(f"operator must be one of {_OPERATORS}; got {operator=}")
+  if impl not in _IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}; got {impl=}")
+  if teacher_logits.ndim < 2:
+    raise ValueError(f"teacher_logits must be [K, ..., V]; got {teacher_logits.shape=}")
+  k = teacher_logits.shape[0]
+  if student_logits is not None and tuple(teacher_logits.shape[1:]) != student_logits.shape:
+    raise ValueError(
+      "teacher_logits must have shape [K, *student_logits.shape]; got "
+      f"{teacher_logits.shape=} and {student_logits.shape=}"
+    )
+  if jnp.ndim(temperatures) not in (0, 1) or (
+    jnp.ndim(temperatures) == 1 and jnp.shape(temperatures)[0] != k
+  ):
+    raise ValueError(f"temperatures must be a scalar or [K={k}]; got {jnp.shape(temperatures)=}")
+  w_shape = tuple(jnp.shape(weights))
+  batch = tuple(teacher_logits.shape[1:-1])
+  if not w_shape or w_shape[0] != k or w_shape[1:] != batch[: len(w_shape) - 1]:
+    raise ValueError(
+      f"weights must be [K={k}] or [K, ...] with ... a prefix of the batch shape {batch}; "
+      f"got {w_shape=}"
+    )
+
+
+def _flatten(teacher_logits, temperatures, weights, student_temperature, student_logits=None):
+  """-> teachers [K, B, V], params [K + 1] (1/T_k, 1/T_S), weights [K, B], student [B, V]."""
+  k, v = teacher_logits.shape[0], teacher_logits.shape[-1]
+  batch = teacher_logits.shape[1:-1]
+  teachers = teacher_logits.reshape(k, -1, v)  # [K, B, V]
+  inv_t = 1.0 / jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (k,))  # [K]
+  inv_ts = 1.0 / jnp.asarray(student_temperature, jnp.float32).reshape(1)  # [1]
+  w = jnp.asarray(weights, jnp.float32)
+  w = w.reshape(w.shape + (1,) * (len(batch) + 1 - w.ndim))
+  w = jnp.broadcast_to(w, (k, *batch)).reshape(k, -1)  # [K, B]
+  student = None if student_logits is None else student_logits.reshape(-1, v)  # [B, V]
+  return teachers, jnp.concatenate([inv_t, inv_ts]), w, student
+
+
+def _resolve(implementation, interpret):
+  platform = jax.default_backend()
+  if implementation == "auto":
+    implementation = "xla" if platform == "cpu" else "pallas"
+  if interpret is None:
+    interpret = platform == "cpu"
+  return implementation, interpret
+
+
+# ----------------------------------------------------------------------------- XLA path
+
+
+def _combine_stats(m, s, axis_name):
+  """Per-shard (max, sum-exp) [N, B] -> global log-sum-exp [N, B] (one pmax, one psum)."""
+  if axis_name is not None:
+    m_all = jax.lax.pmax(jax.lax.stop_gradient(m), axis_name)
+    s = jax.lax.psum(s * jnp.exp(m - jnp.where(jnp.isfinite(m_all), m_all, 0.0)), axis_name)
+    m = m_all
+  return jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(s)
+
+
+def _row_max_sumexp(y):
+  """y [B, V] f32 -> (max [B], Σ exp(y − max) [B]); rows of −inf give (−inf, 0)."""
+  m = jnp.max(y, axis=-1)  # [B]
+  return m, jnp.sum(jnp.exp(y - jnp.where(jnp.isfinite(m), m, 0.0)[:, None]), axis=-1)
+
+
+def _xla_terms(teachers, inv_t, w, operator):
+  """The tempered teacher terms and their mixture weights, unrolled over K."""
+  k = teachers.shape[0]
+  ys = [teachers[i].astype(jnp.float32) * inv_t[i] for i in range(k)]  # K × [B, V]
+  if operator == "linear":
+    return ys, [w[i][:, None] for i in range(k)]
+  # 0 · (−inf) would be NaN: a teacher with zero weight contributes nothing.
+  pooled = sum(jnp.where(w[i][:, None] == 0, 0.0, w[i][:, None] * ys[i]) for i in range(k))
+  return [pooled], [jnp.ones_like(w[0])[:, None]]
+
+
+def _xla_kd(student, teachers, params, w, gscale, *, operator, axis_name, with_grad):
+  """XLA path: (KL [B], (p_S − q)·gscale [B, V] or None). Unrolled over K."""
+  k = teachers.shape[0]
+  ys, ws = _xla_terms(teachers, params[:k], w, operator)
+  y_s = student.astype(jnp.float32) * params[k]  # [B, V]
+  stats = [_row_max_sumexp(y) for y in [*ys, y_s]]
+  m = jnp.stack([a for a, _ in stats])  # [N + 1, B]
+  s = jnp.stack([b for _, b in stats])
+  lse = _combine_stats(m, s, axis_name)  # [N + 1, B]
+  lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
+  q = sum(wi * jnp.exp(y - lse[i][:, None]) for i, (y, wi) in enumerate(zip(ys, ws, strict=True)))
+  log_p = y_s - lse[-1][:, None]  # [B, V]
+  kl = jnp.sum(jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0), -1)
+  if axis_name is not None:
+    kl = jax.lax.psum(kl, axis_name)
+  grad = ((jnp.exp(log_p) - q) * gscale).astype(student.dtype) if with_grad else None
+  return kl, grad
+
+
+def _xla_mixture(teachers, params, w, *, operator, axis_name):
+  k = teachers.shape[0]
+  ys, ws = _xla_terms(teachers, params[:k], w, operator)
+  stats = [_row_max_sumexp(y) for y in ys]
+  lse = _combine_stats(
+    jnp.stack([a for a, _ in stats]), jnp.stack([b for _, b in stats]), axis_name
+  )
+  lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
+  q = sum(wi * jnp.exp(y - lse[i][:, None]) for i, (y, wi) in enumerate(zip(ys, ws, strict=True)))
+  return jnp.log(q)  # [B, V]
+
+
+# ----------------------------------------------------------------------------- custom_vjp
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  operator: str
+  implementation: str
+  block_sizes: BlockSizes | None
+  interpret: bool
+  axis_name: str | Sequence[str] | None
+  mesh: jax.sharding.Mesh | None = None  # set: V sharded over mesh axis axis_name
+
+
+def _kd(cfg, student, teachers, params, w, gscale, with_grad):
+  if cfg.mesh is not None:
+    # shard_map sits inside the custom_vjp, so it is never differentiated: the backward
+    # is one elementwise multiply on the (sharded) global arrays.
+    sv, tv = P(None, cfg.axis_name), P(None, None, cfg.axis_name)
+    local = functools.partial(_kd, dataclasses.replace(cfg, mesh=None), with_grad=with_grad)
+    # jax 0.10.2's Pallas interpreter slices varying blocks with invariant grid indices,
+    # which the varying-manual-axes check rejects: Pallas runs with check_vma=False.
+    return jax.shard_map(
+      local,
+      mesh=cfg.mesh,
+      in_specs=(sv, tv, P(), P(), P()),
+      out_specs=(P(), sv if with_grad else None),
+      check_vma=cfg.implementation == "xla",
+    )(student, teachers, params, w, gscale)
+  kw = dict(operator=cfg.operator, axis_name=cfg.axis_name, with_grad=with_grad)
+  if cfg.implementation == "xla":
+    return _xla_kd(student, teachers, params, w, gscale, **kw)
+  return _pallas_kd.pallas_kd(
+    student,
+    teachers,
+    params,
+    w,
+    gscale,
+    block_sizes=cfg.block_sizes,
+    interpret=cfg.interpret,
+    **kw,
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _kd_loss(cfg, student, teachers, params, w, gscale):
+  return _kd(cfg, student, teachers, params, w, gscale, with_grad=False)[0]
+
+
+def _kd_loss_fwd(cfg, student, teachers, params, w, gscale):
+  kl, grad = _kd(cfg, student, teachers, params, w, gscale, with_grad=True)
+  return kl, grad  # residual: the [B, V] gradient of Σ rows, nothing of size K·B·V
+
+
+def _kd_loss_bwd(cfg, grad, g):
+  # Teachers, temperatures and weights are frozen inputs: zero cotangents (None).
+  student_ct = (g[:, None].astype(jnp.float32) * grad.astype(jnp.float32)).astype(grad.dtype)
+  return student_ct, None, None, None, None
+
+
+_kd_loss.defvjp(_kd_loss_fwd, _kd_loss_bwd)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def fused_kd_loss(
+  student_logits,
+  teacher_logits,
+  *,
+  temperatures,
+  weights,
+  student_temperature=1.0,
+  operator="linear",
+  temperature_sq_scaling=True,
+  implementation="auto",
+  block_sizes=None,
+  interpret=None,
+  axis_name=None,
+  _mesh=None,
+):
+  """Per-row T_S² · KL(q ‖ softmax(z_S / T_S)) with q the tempered teacher mixture, fused.
+
+  q is Σ_k w_k softmax(z_k / T_k) ("linear") or softmax(Σ_k w_k z_k / T_k) ("geometric").
+  Differentiable in `student_logits` (analytic custom_vjp, ∂/∂z_S = T_S (p_S − q) with
+  scaling, (p_S − q) / T_S without); teachers, temperatures and weights get no gradient.
+
+  Args:
+    student_logits: [..., V], f32 or bf16 (accumulated in f32; gradient in this dtype).
+    teacher_logits: [K, ..., V] logits or log-probs; −inf entries (masked tokens) allowed.
+    temperatures: [K] or scalar, T_k > 0.
+    weights: [K] or [K, ...] (a leading prefix of the batch shape), summing to 1 over K.
+    student_temperature: T_S > 0.
+    operator: "linear" or "geometric".
+    temperature_sq_scaling: multiply the loss by T_S² (as `losses.mixture_kd`).
+    implementation: "auto" (Pallas on TPU/GPU, XLA on CPU), "xla" or "pallas".
+    block_sizes: `BlockSizes` for the Pallas kernel (None: per-backend defaults).
+    interpret: run Pallas in interpret mode (None: only on CPU).
+    axis_name: mesh axis over which V is sharded, when called inside `shard_map`; the row
+      statistics are combined with pmax/psum and the returned loss is the global one.
+
+  Returns:
+    [...] float32 per-row loss.
+
+  >>> z_t = jax.random.normal(jax.random.key(0), (2, 3, 10))
+  >>> loss = fused_kd_loss(z_t[0], z_t, temperatures=[1.0, 2.0], weights=[0.5, 0.5])
+  >>> loss.shape
+  (3,)
+  """
+  _check_inputs(student_logits, teacher_logits, temperatures, weights, operator, implementation)
+  impl, interp = _resolve(implementation, interpret)
+  if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
+    raise ValueError(f"block_sizes must be a BlockSizes; got {type(block_sizes)=}")
+  teachers, params, w, student = _flatten(
+    teacher_logits, temperatures, weights, student_temperature, student_logits
+  )
+  ts = jnp.asarray(student_temperature, jnp.float32)
+  scale = ts**2 if temperature_sq_scaling else jnp.float32(1.0)
+  cfg = _Config(operator, impl, block_sizes, bool(interp), axis_name, _mesh)
+  stop = jax.lax.stop_gradient
+  kl = _kd_loss(cfg, student, stop(teachers), stop(params), stop(w), stop(1.0 / ts))
+  return (scale * kl).reshape(student_logits.shape[:-1])
+
+
+def fused_mixture(
+  teacher_logits,
+  *,
+  temperatures,
+  weights,
+  operator="linear",
+  implementation="auto",
+  block_sizes=None,
+  interpret=None,
+  axis_name=None,
+):
+  """log q [..., V] of the tempered mixture, without any [K, B, V] temporary.
+
+  Same arguments as `fused_kd_loss` without the student. Returns float32 log q.
+
+  >>> z_t = jax.random.normal(jax.random.key(0), (2, 3, 10))
+  >>> fused_mixture(z_t, temperatures=[1.0, 2.0], weights=[0.5, 0.5]).shape
+  (3, 10)
+  """
+  _check_inputs(None, teacher_logits, temperatures, weights, operator, implementation)
+  impl, interp = _resolve(implementation, interpret)
+  teachers, params, w, _ = _flatten(teacher_logits, temperatures, weights, 1.0)
+  if impl == "xla":
+    log_q = _xla_mixture(teachers, params, w, operator=operator, axis_name=axis_name)
+  else:
+    log_q = _pallas_kd.pallas_mixture(
+      teachers,
+      params,
+      w,
+      operator=operator,
+      axis_name=axis_name,
+      block_sizes=block_sizes,
+      interpret=bool(interp),
+    )
+  return log_q.reshape(teacher_logits.shape[1:])
+
+
+def fused_kd_loss_vocab_parallel(student_logits, teacher_logits, *, mesh, axis_name, **kwargs):
+  """`fused_kd_loss` with the vocabulary axis sharded over `mesh` axis `axis_name`.
+
+  Each device computes its shard's row statistics; one pmax and one psum of a [K + 1, B]
+  array combine them, and the [B, V] data never moves. V must be divisible by the axis
+  size. Returns the [...] loss (replicated); the gradient is sharded like the vocabulary.
+  Inside your own `shard_map`, call `fused_kd_loss(..., axis_name=axis_name)` instead.
+  """
+  nd = student_logits.ndim
+  specs = (P(*([None] * (nd - 1)), axis_name), P(*([None] * nd), axis_name))
+  # Explicit mesh axes (the `jax.make_mesh` default) need inputs already laid out as specs.
+  explicit = jax.sharding.AxisType.Explicit in tuple(mesh.axis_types)
+  put = jax.sharding.reshard if explicit else jax.lax.with_sharding_constraint
+  s, t = (
+    put(a, NamedSharding(mesh, sp))
+    for a, sp in zip((student_logits, teacher_logits), specs, strict=True)
+  )
+  return fused_kd_loss(s, t, axis_name=axis_name, _mesh=mesh, **kwargs)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def fused_mixture_reference(teacher_logits, *, temperatures, weights, operator="linear"):
+  """Plain-jnp log q [..., V]: log_softmax(z_k / T_k) per teacher, then pooled over K."""
+  k = teacher_logits.shape[0]
+  z = teacher_logits.astype(jnp.float32)
+  t = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (k,))
+  t = t.reshape((k,) + (1,) * (z.ndim - 1))
+  log_p = jax.nn.log_softmax(z / t, axis=-1)  # [K, ..., V]
+  w = jnp.asarray(weights, jnp.float32)
+  w = w.reshape(w.shape + (1,) * (z.ndim - w.ndim))  # [K, ..., 1]
+  if operator == "linear":
+    return jax.nn.logsumexp(log_p, axis=0, b=jnp.broadcast_to(w, log_p.shape))
+  if operator == "geometric":
+    return jax.nn.log_softmax(jnp.sum(jnp.where(w == 0, 0.0, w * log_p), axis=0), axis=-1)
+  raise ValueError(f"operator must be one of {_OPERATORS}; got {operator=}")
+
+
+def fused_kd_loss_reference(
+  student_logits,
+  teacher_logits,
+  *,
+  temperatures,
+  weights,
+  student_temperature=1.0,
+  operator="linear",
+  temperature_sq_scaling=True,
+):
+  """Plain-jnp T_S² · KL(q ‖ softmax(z_S / T_S)) per row [...]; autodiff gives the gradient."""
+  log_q = fused_mixture_reference(
+    teacher_logits, temperatures=temperatures, weights=weights, operator=operator
+  )
+  ts = jnp.asarray(student_temperature, jnp.float32)
+  log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / ts, axis=-1)
+  q = jnp.exp(log_q)
+  kl = jnp.sum(jnp.where(q > 0, q * (jnp.where(q > 0, log_q, 0.0) - log_p), 0.0), axis=-1)
+  return kl * ts**2 if temperature_sq_scaling else kl
