@@ -21,17 +21,9 @@ def get_config():
   # ---- Teachers: heterogeneous and each imperfect ------------------------------------------
   c.num_teachers = 3  # K
   c.teacher_hidden = ((32,), (48,), (64,))  # hidden widths of teacher k's MLP
-  c.teacher_keep_fractions = (
-    0.4,
-    0.4,
-    0.4,
-  )  # fraction of the 64 pixels teacher k sees (a different random subset each)
+  c.teacher_keep_fractions = (0.4, 0.4, 0.4)  # fraction of pixels seen (random subset per k)
   c.teacher_noises = (0.3, 0.15, 0.0)  # std of the fixed pixel corruption of teacher k
-  c.teacher_train_fractions = (
-    0.6,
-    0.6,
-    0.6,
-  )  # fraction of the training split teacher k uses (different subsets)
+  c.teacher_train_fractions = (0.6, 0.6, 0.6)  # fraction of train split used (subset per k)
   c.teacher_steps = 300  # update steps per teacher
   c.teacher_learning_rate = 3e-3  # AdamW peak learning rate of the teachers
 
