@@ -56,10 +56,8 @@ class Counterexample:
   inputs: dict[str, np.ndarray]  # teacher_log_probs [K, V], temperatures [K], weights [K], ...
 
   def __str__(self) -> str:
-    arrays = ", ".join(
-      f"{k}={np.array2string(np.asarray(v), precision=4, separator=', ', max_line_width=10**4)}"
-      for k, v in self.inputs.items()
-    )
+    show = lambda v: np.array2string(np.asarray(v), precision=4, separator=", ").replace("\n", "")
+    arrays = ", ".join(f"{k}={show(v)}" for k, v in self.inputs.items())
     return f"{self.description}; {self.quantity} = {self.value:.4g}; inputs: {arrays}"
 
 
@@ -201,13 +199,15 @@ def _monotonicity(ev, lp, t, w, tol, delta=0.05):
       # δ (p_a(i) − p_b(i)) is well above float noise, q(i) must rise.
       drop = np.where(more, -change, -np.inf)
       linear_change = d[:, None] * (p[:, a] - p[:, b])
-      stuck = np.where(more & (d[:, None] > 0) & (linear_change > 1e-3) & (change <= tol), 1.0, 0)
-      for size, kind in ((drop, "drop"), (stuck * tol, "stuck")):
+      # (Only where q(i) is not saturated at 0 or 1: there no float32 change can show.)
+      free = (q > 1e-3) & (q < 1 - 1e-3)
+      stuck = more & free & (d[:, None] > 0) & (linear_change > 1e-3) & (change <= tol)
+      for size in (drop, np.where(stuck, linear_change, 0.0)):
         j, i = np.unravel_index(np.argmax(size), size.shape)
         if size[j, i] > tol and (worst is None or size[j, i] > worst[0]):
           what = (f"moving δ={d[j]:.3g} of weight from teacher {b} to teacher {a}, which puts "
                   f"more mass on token {i} ({p[j, a, i]:.4f} > {p[j, b, i]:.4f}), "
-                  + ("lowered q(i)" if kind == "drop" else "did not raise q(i)"))  # fmt: skip
+                  + ("lowered q(i)" if change[j, i] < -tol else "did not raise q(i)"))  # fmt: skip
           inputs = _inputs(lp[j], t[j], w[j], moved_weights=w2[j], q_before=q[j], q_after=q2[j])
           worst = (size[j, i], Counterexample(
             3, what, "q(i) before − after", float(q[j, i] - q2[j, i]), inputs))  # fmt: skip
