@@ -280,6 +280,36 @@ def _progress_bar(total: int, enabled: bool):
   return tqdm(total=total, disable=not enabled, dynamic_ncols=True, file=sys.stderr)
 
 
+def run_experiment(config, workdir: str) -> int:
+  """Runs `mtkd_jax.experiments.<config.experiment>`: its `run(config, workdir) -> results`.
+
+  The module may define `validate_config(config)` (raising ValueError naming the field) and
+  `format_table(results) -> str`; the results are written to `<workdir>/results.json`.
+  """
+  import importlib
+
+  try:
+    module = importlib.import_module(f"mtkd_jax.experiments.{config.experiment}")
+  except ModuleNotFoundError:
+    print(f"error: config.experiment: no module mtkd_jax.experiments.{config.experiment}",
+          file=sys.stderr)  # fmt: skip
+    return 2
+  try:
+    if hasattr(module, "validate_config"):
+      module.validate_config(config)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  os.makedirs(workdir, exist_ok=True)
+  results = module.run(config, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1, default=float)
+    print(module.format_table(results) if hasattr(module, "format_table") else results)
+    print(f"results: {os.path.join(workdir, 'results.json')}")
+  return 0
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
@@ -292,6 +322,8 @@ def main(argv):
       process_id=_PROCESS_ID.value,
     )
   config, workdir = _CONFIG.value, _WORKDIR.value
+  if config.get("experiment"):  # experiments/configs/<name>.py naming mtkd_jax.experiments.<x>
+    sys.exit(run_experiment(config, workdir))
   try:
     validate_config(config, jax.device_count())
     train.check_workdir(workdir, config)

@@ -1,0 +1,1 @@
+"""Experiment code behind experiments/configs/*.py: each module has run(config, workdir)."""
