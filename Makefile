@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench figures clean
+.PHONY: run test lint format bench figures axioms clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/kd_loss.py
+
+figures: $(STAMP)
+	$(PY) -m mtkd_jax.experiments.figures
+
+axioms: $(STAMP)
+	$(PY) -m mtkd_jax.axioms
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
