@@ -359,10 +359,10 @@ def _combiner(axis_name):
 
 
 def pallas_kd(
-  student, teachers, params, w, gscale, *, operator, axis_name, with_grad, block_sizes, interpret
+  student, teachers, params, w, *, operator, axis_name, with_grad, block_sizes, interpret
 ):
   """(KL [B], (p_S − q)·gscale [B, V] or None) with a Pallas kernel for the target platform."""
-  params = jnp.concatenate([params, jnp.reshape(gscale, (1,)).astype(jnp.float32)])  # [K+2]
+  params = jnp.concatenate([params, jnp.ones((1,), jnp.float32)])  # [K + 2]: gscale = 1
   combine = _combiner(axis_name)
 
   def grid(bs, interp):
