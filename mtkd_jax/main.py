@@ -92,9 +92,9 @@ def run(config, workdir: str) -> dict:
     seed=config.data_seed,
   )
   op_names = [config.operator] + [o for o in config.compare_operators if o != config.operator]
-  students = [(f"student[{o}]", o, list(range(k_teachers))) for o in op_names]
+  students = [(f"student_{o}", o, list(range(k_teachers))) for o in op_names]
   if config.single_teacher_students:
-    students += [(f"student[teacher_{k}]", "linear", [k]) for k in range(k_teachers)]
+    students += [(f"student_from_teacher_{k}", "linear", [k]) for k in range(k_teachers)]
 
   # ---- Progress bar, metrics log -----------------------------------------------------------
   is_main = jax.process_index() == 0
@@ -211,8 +211,8 @@ def run(config, workdir: str) -> dict:
     log_q = operators.get(op_name, **kwargs)(
       teacher_test_logits, temperatures=temperatures, weights=weights
     )  # [N_test, V]
-    results[f"ensemble q[{op_name}]"] = train.evaluate(np.asarray(log_q), test_split.y)
-    results[f"ensemble q[{op_name}]"]["description"] = "the target itself (needs all teachers)"
+    results[f"ensemble_q_{op_name}"] = train.evaluate(np.asarray(log_q), test_split.y)
+    results[f"ensemble_q_{op_name}"]["description"] = "the target itself (needs all teachers)"
   teacher_losses = [results[f"teacher_{k}"]["log_loss"] for k in range(k_teachers)]
   results["average teacher"] = {
     "accuracy": float(np.mean([results[f"teacher_{k}"]["accuracy"] for k in range(k_teachers)])),
@@ -237,7 +237,7 @@ def format_table(results: dict) -> str:
   avg = results["average teacher"]["log_loss"]
   lines.append("-" * 100)
   for name, r in results.items():
-    if name.startswith("student[") and "teacher_" not in name:
+    if name.startswith("student_") and "teacher_" not in name:
       verdict = "beats" if r["log_loss"] < avg else "does NOT beat"
       lines.append(
         f"{name} {verdict} the average teacher log-loss: {r['log_loss']:.4f} vs {avg:.4f}"

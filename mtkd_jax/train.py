@@ -193,7 +193,7 @@ def make_train_step(
       jax.lax.stop_gradient(student_logits), teacher_logits, batch["y"], operator=operator,
       temperatures=temperatures, weights=w, student_temperature=student_temperature,
     )  # fmt: skip
-    metrics.update(loss=loss_value, grad_norm=optax.global_norm(grads))
+    metrics.update(loss=loss_value, grad_norm=optax.tree.norm(grads))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -215,7 +215,7 @@ def make_supervised_step(apply: Callable, optimizer: optax.GradientTransformatio
       "loss": loss_value,
       "log_loss": loss_value,
       "accuracy": (logits.argmax(-1) == batch["y"]).mean(),
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
     }
     new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
     return new_state, metrics
@@ -315,7 +315,8 @@ def train(
     batch_size: global batch size.
     seed: seed of the initialisation and of the batch order (a batch is a pure function of
       (seed, step), so a resumed run sees the batches of an uninterrupted one).
-    checkpoint_dir: orbax directory of this run (None: no checkpoints).
+    checkpoint_dir: orbax directory of this run (None: no checkpoints). Avoid glob characters
+      ("[", "*") in it: orbax's OCDBT merge would silently skip the checkpoint.
     checkpoint_every: save every this many steps (and always at the end).
     keep_checkpoints: keep the last this many checkpoints.
     log_every: fetch metrics to the host (a device sync) every this many steps.
@@ -339,8 +340,10 @@ def train(
   # ---- Resume from the latest checkpoint, or initialise ---------------------------------
   manager = None
   if checkpoint_dir is not None:
+    if checkpoint_every < 1:
+      raise ValueError(f"checkpoint_every: must be >= 1, got {checkpoint_every}")
     options = ocp.CheckpointManagerOptions(
-      save_interval_steps=max(1, checkpoint_every), max_to_keep=keep_checkpoints, create=True
+      save_interval_steps=checkpoint_every, max_to_keep=keep_checkpoints, create=True
     )
     manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=options)
   latest = manager.latest_step() if manager is not None else None
@@ -375,8 +378,8 @@ def train(
     batch = sharding_lib.put_batch(mesh, local, batch_size)
     state, metrics = step_fn(state, batch, teacher_params)
     done = step + 1
-    if manager is not None:
-      manager.save(done, args=ocp.args.StandardSave(state))  # skipped off the interval
+    if manager is not None and done % checkpoint_every == 0:
+      manager.save(done, args=ocp.args.StandardSave(state))
     if done % log_every == 0 or done == num_steps:
       host_metrics = jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)
       if report is not None:
