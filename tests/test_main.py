@@ -1,0 +1,121 @@
+"""Tests for the CLI mtkd_jax.main: config validation, the tiny end-to-end job, refusal."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mtkd_jax import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "experiments", "configs", "digits.py")
+
+
+def _config(**overrides):
+  spec = importlib.util.spec_from_file_location("digits_config", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def test_default_config_is_valid():
+  main.validate_config(_config(), num_devices=8)
+  main.validate_config(_config(**{"mesh.data": 4, "mesh.model": 2}), num_devices=8)
+
+
+@pytest.mark.parametrize(
+  ("overrides", "field"),
+  [
+    ({"operator": "median"}, "config.operator"),
+    ({"compare_operators": ("geometric", "mean")}, "config.compare_operators"),
+    ({"loss": "l2"}, "config.loss"),
+    ({"model": "resnet"}, "config.model"),
+    ({"temperatures": (1.0, 0.0, 1.0)}, "config.temperatures"),
+    ({"temperatures": (1.0, -1.0, 1.0)}, "config.temperatures"),
+    ({"temperatures": (1.0, 1.0)}, "config.temperatures"),
+    ({"student_temperature": -1.0}, "config.student_temperature"),
+    ({"weights": (0.5, 0.5)}, "config.weights"),
+    ({"weights": (0.5, 0.4, 0.4)}, "config.weights"),
+    ({"teacher_noises": (0.1,)}, "config.teacher_noises"),
+    ({"mesh.model": 3}, "config.mesh"),
+    ({"mesh.data": 3, "mesh.model": 2}, "config.mesh"),
+    ({"batch_size": 60}, "config.batch_size"),
+    ({"operator": "power"}, "config.operator"),  # power needs alpha
+  ],
+)
+def test_bad_config_is_a_one_line_error_naming_the_field(overrides, field):
+  with pytest.raises(ValueError) as err:
+    main.validate_config(_config(**overrides), num_devices=8)
+  message = str(err.value)
+  assert message.startswith(field + ":"), message
+  assert "\n" not in message
+
+
+def _run_cli(workdir, *flags, timeout=240):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # fmt: skip
+  cmd = [sys.executable, "-m", "mtkd_jax.main", f"--config={CONFIG}", f"--workdir={workdir}"]
+  return subprocess.run([*cmd, *flags], env=env, cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)  # fmt: skip
+
+
+def test_cli_rejects_unknown_operator_before_compiling(tmp_path):
+  start = time.time()
+  r = _run_cli(tmp_path / "w", "--config.operator=median")
+  assert r.returncode == 2
+  lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+  assert len(lines) == 1 and "config.operator" in lines[0] and "'linear'" in lines[0]
+  assert not (tmp_path / "w").exists()  # nothing trained or written
+  assert time.time() - start < 60
+
+
+TINY = ["--config.teacher_steps=20", "--config.num_steps=20", "--config.checkpoint_every=10",
+        "--config.log_every=5", "--config.batch_size=32", "--config.progress=False"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
+  workdir = tmp_path / "run"
+  r = _run_cli(workdir, *TINY)
+  assert r.returncode == 0, r.stderr[-3000:]
+  for name in ("teacher_0", "teacher_2", "student_linear", "student_geometric",
+               "student_from_teacher_1", "average teacher", "ensemble_q_linear"):  # fmt: skip
+    assert name in r.stdout, r.stdout
+  results = json.loads((workdir / "results.json").read_text())
+  assert 0.0 <= results["student_linear"]["accuracy"] <= 1.0
+  teacher_avg = sum(results[f"teacher_{k}"]["log_loss"] for k in range(3)) / 3
+  assert abs(results["average teacher"]["log_loss"] - teacher_avg) < 1e-5
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {row["run"] for row in rows} >= {"teacher_0", "student_linear", "student_geometric"}
+  student_rows = [row for row in rows if row["run"] == "student_linear"]
+  assert [row["step"] for row in student_rows] == [5, 10, 15, 20]
+  for key in ("loss", "kl_q_student", "jensen_gap", "per_teacher_kl", "accuracy", "log_loss",
+              "effective_num_teachers", "grad_norm"):  # fmt: skip
+    assert key in student_rows[0]
+  assert len(student_rows[0]["per_teacher_kl"]) == 3
+  assert abs(student_rows[0]["effective_num_teachers"] - 3.0) < 1e-4
+  assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+  # A rerun resumes: every run is finished, so nothing is retrained and the numbers repeat.
+  r2 = _run_cli(workdir, *TINY, "--config.log_every=10")  # observation-only field: allowed
+  assert r2.returncode == 0, r2.stderr[-3000:]
+  assert json.loads((workdir / "results.json").read_text()) == results
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == len(rows)
+
+  # An incompatible config is refused, and the checkpoints are left alone.
+  before = sorted(p.name for p in (workdir / "checkpoints" / "student_linear").iterdir())
+  r3 = _run_cli(workdir, *TINY, "--config.operator=geometric")
+  assert r3.returncode == 2
+  assert "incompatible config (operator: 'linear' -> 'geometric')" in r3.stderr
+  assert sorted(p.name for p in (workdir / "checkpoints" / "student_linear").iterdir()) == before
