@@ -1,0 +1,144 @@
+"""Shared pieces of the guarantee experiments (paper §IV–V): operator specs, digits teachers, plots.
+
+- `parse_operator("power(0.5)")` turns a config string into an operator, so configs can list
+  parameterised families; `register_operators(specs)` makes such strings valid registry names for
+  the digits job (`mtkd_jax.main.run`), which looks operators up by name.
+- `train_teachers(config, workdir)` trains (or restores, from the same checkpoint names as the
+  digits job) the K digits teachers of a digits config and returns their logits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mtkd_jax import data as data_lib
+from mtkd_jax import models, operators, train
+from mtkd_jax import sharding as sharding_lib
+
+# The operator families every guarantee experiment sweeps, by spec string.
+DEFAULT_OPERATORS = (
+  "linear",
+  "geometric",
+  "power(0.5)",
+  "power(2)",
+  "entropic(0.5)",
+  "barycenter(hellinger)",
+)
+
+_PARAMETER = {"power": "alpha", "entropic": "beta", "barycenter": "divergence"}
+_SPEC = re.compile(r"^([a-z_]+)(?:\((.*)\))?$")
+
+
+def parse_operator(spec: str) -> Callable:
+  """The operator named by `spec`: "linear", "power(0.5)", "entropic(1)", "barycenter(kl)".
+
+  >>> parse_operator("power(2)").__name__
+  'power(2)'
+  """
+  match = _SPEC.match(spec.replace(" ", ""))
+  if match is None:
+    raise ValueError(f"operator spec must look like 'name' or 'name(arg)', got {spec!r}")
+  name, arg = match.groups()
+  if arg is None or arg == "":
+    return operators.get(name)
+  if name not in _PARAMETER:
+    raise ValueError(f"operator {name!r} takes no argument, got {spec!r}")
+  value = arg if name == "barycenter" else float(arg)
+  return operators.get(name, **{_PARAMETER[name]: value})
+
+
+def check_operators(field: str, specs: Sequence[str]) -> None:
+  """Raises ValueError("config.<field>: ...") if a spec does not name an operator."""
+  if not specs:
+    raise ValueError(f"config.{field}: need at least one operator")
+  for spec in specs:
+    try:
+      parse_operator(spec)
+    except ValueError as e:
+      raise ValueError(f"config.{field}: {e}") from None
+
+
+def register_operators(specs: Sequence[str]) -> None:
+  """Registers each spec string as an operator name (once), so the digits job can use it."""
+  for spec in specs:
+    if spec not in operators.names():
+      operators.register(spec, parse_operator(spec))
+
+
+# --------------------------------------------------------------------------------------------
+# Digits teachers (the same runs, names and checkpoints as the teachers of `mtkd_jax.main.run`).
+# --------------------------------------------------------------------------------------------
+def train_teachers(config, workdir: str, views: Sequence[data_lib.TeacherView] | None = None):
+  """Trains the digits teachers of `config` (a digits-job config) or restores them from workdir.
+
+  Args:
+    config: fields of experiments/configs/digits.py (teacher_*, batch_size, seed, data_seed, ...).
+    workdir: checkpoints go to `<workdir>/checkpoints/teacher_<k>` (a rerun restores them).
+    views: the teachers' views; default `data.make_teacher_views` from the config. Pass views
+      with other `train_rows` to train biased teachers.
+
+  Returns:
+    `(splits, views, train_logits [K, N_train, V], test_logits [K, N_test, V])`.
+  """
+  mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
+  rules = tuple((r, tuple(s)) for r, s in config.partition_rules)
+  splits = data_lib.load_digits(seed=config.data_seed)
+  train_split, test_split = splits["train"], splits["test"]
+  if views is None:
+    views = data_lib.make_teacher_views(
+      len(train_split),
+      keep_fractions=tuple(config.teacher_keep_fractions),
+      noises=tuple(config.teacher_noises),
+      train_fractions=tuple(config.teacher_train_fractions),
+      seed=config.data_seed,
+    )
+  train_logits, test_logits = [], []
+  for k, view in enumerate(views):
+    model = models.build("mlp", in_features=data_lib.NUM_PIXELS,
+                         hidden=tuple(config.teacher_hidden[k]),
+                         num_classes=data_lib.NUM_CLASSES)  # fmt: skip
+    optimizer = train.make_optimizer(
+      config.teacher_learning_rate, config.teacher_steps,
+      weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
+    )  # fmt: skip
+    x_train = view.apply(train_split)  # [N, 64] the teacher's view of every training image
+    state, _ = train.train(
+      name=f"teacher_{k}",
+      init_params=model.init,
+      train_step=train.make_supervised_step(model.apply, optimizer),
+      optimizer=optimizer,
+      arrays={"x": x_train[view.train_rows], "y": train_split.y[view.train_rows]},
+      mesh=mesh,
+      partition_rules=rules,
+      num_steps=config.teacher_steps,
+      batch_size=config.batch_size,
+      seed=config.seed + k,
+      checkpoint_dir=os.path.join(workdir, "checkpoints", f"teacher_{k}"),
+      checkpoint_every=config.teacher_steps,
+    )
+    train_logits.append(train.predict(model.apply, state.params, x_train, mesh))
+    test_logits.append(train.predict(model.apply, state.params, view.apply(test_split), mesh))
+  return splits, list(views), np.stack(train_logits), np.stack(test_logits)
+
+
+# --------------------------------------------------------------------------------------------
+# Plot helpers.
+# --------------------------------------------------------------------------------------------
+def pyplot():
+  """matplotlib.pyplot with the Agg backend (figures are written to files, never shown)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def operator_colors(specs: Sequence[str]) -> dict[str, str]:
+  """A fixed colour per operator spec, the same in every figure."""
+  palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
+  return {spec: palette[i % len(palette)] for i, spec in enumerate(specs)}

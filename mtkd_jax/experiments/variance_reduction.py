@@ -1,0 +1,337 @@
+"""Thm IV.2, ensemble variance reduction: Monte-Carlo over seeds against the closed forms.
+
+Synthetic teachers p_k = p̄ + ε_k over V tokens. The noise is built so that the theorem's
+quantities are exactly what is measured, with no projection or clipping:
+
+    z_k(i) = √ρ c(i) + √(1−ρ) e_k(i),   c, e_k i.i.d. uniform on [−√3, √3] (unit variance),
+    ε_k(i) = σ_k √(V/(V−1)) (z_k(i) − mean_j z_k(j)).
+
+Centring makes Σ_i ε_k(i) = 0 (p_k stays normalised); the factor √(V/(V−1)) restores the
+per-token variance to exactly σ_k², and Corr(ε_j(i), ε_l(i)) = ρ. The noise is bounded,
+|ε_k(i)| ≤ σ_k √(V/(V−1)) 2√3 (√ρ + √(1−ρ)), and p̄ has a floor: `validate_config` refuses a σ for
+which that bound could reach min p̄, so every p_k is strictly inside the simplex.
+
+For the linear operator q − p̄ = Σ_k w_k ε_k, whose per-token variance is
+wᵀCw = Σ_k w_k² σ_k² (ρ = 0) or σ²(Σw² + ρ(1 − Σw²)) (equal σ), against Σ_k w_k σ_k² for the
+weighted single teacher. The other operators have no closed form: their measured variance and its
+ratio to the linear closed form are reported. All K ∈ [1, K_max] run in one compiled function:
+teachers beyond K get weight 0. Seeds are vmapped (`jax.lax.map` in chunks of vmapped seeds).
+
+Monte-Carlo tolerance. The unbiased variance estimate from n seeds has relative standard
+deviation √(2/(n−1)) for Gaussian data, and less for our platykurtic (uniform-based) noise. The
+reported variance is the mean over V tokens whose estimates are nearly independent (centring
+correlates tokens by only −1/(V−1)), so its relative std is ≈ √(2/((n−1)V)); the check uses
+`tolerance = 4 √(2/((n−1)V))`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from mtkd_jax import theory
+from mtkd_jax.experiments import common
+
+_WEIGHTINGS = ("uniform", "skewed")
+_SIGMA_MODES = ("equal", "spread")
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up: the common signal, weights and noise scales.
+# --------------------------------------------------------------------------------------------
+def mean_distribution(config) -> np.ndarray:
+  """p̄ [V]: half uniform, half a Dirichlet(1) draw, so min p̄ ≥ 1/(2V)."""
+  v = config.vocab_size
+  dirichlet = np.random.default_rng([config.seed, 7]).dirichlet(np.ones(v))
+  return (0.5 / v + 0.5 * dirichlet).astype(np.float64)
+
+
+def teacher_weights(weighting: str, k: int, k_max: int, skew: float) -> np.ndarray:
+  """w [k_max]: the first k teachers weighted uniformly or ∝ skew^j, the rest 0."""
+  if weighting == "uniform":
+    w = np.ones(k)
+  elif weighting == "skewed":
+    w = skew ** np.arange(k)
+  else:
+    raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+  return np.concatenate([w / w.sum(), np.zeros(k_max - k)])
+
+
+def teacher_sigmas(mode: str, k_max: int, sigma: float, spread: float) -> np.ndarray:
+  """σ [k_max]: all equal to σ, or cycling through σ(1 + spread·{−1, −1/3, 1/3, 1})."""
+  if mode == "equal":
+    return np.full(k_max, sigma)
+  levels = np.array([-1.0, -1 / 3, 1 / 3, 1.0])
+  return sigma * (1.0 + spread * levels[np.arange(k_max) % 4])
+
+
+def noise_bound(config) -> float:
+  """Largest |ε_k(i)| the noise can take, over all ρ in the config."""
+  v = config.vocab_size
+  sigma_max = config.sigma * (1.0 + config.sigma_spread)
+  reach = max(math.sqrt(r) + math.sqrt(1.0 - r) for r in config.rhos)
+  return sigma_max * math.sqrt(v / (v - 1)) * 2.0 * math.sqrt(3.0) * reach
+
+
+def tolerance(num_seeds: int, vocab_size: int, num_sigmas: float = 4.0) -> float:
+  """Relative Monte-Carlo tolerance of the token-averaged variance: 4 √(2/((n−1)V))."""
+  return num_sigmas * math.sqrt(2.0 / ((num_seeds - 1) * vocab_size))
+
+
+def validate_config(config) -> None:
+  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_operators("operators", config.operators)
+  if config.vocab_size < 2:
+    raise ValueError(f"config.vocab_size: need V ≥ 2, got {config.vocab_size}")
+  if config.num_seeds < 10:
+    raise ValueError(f"config.num_seeds: need ≥ 10 Monte-Carlo seeds, got {config.num_seeds}")
+  if not config.num_teachers or min(config.num_teachers) < 1:
+    raise ValueError(f"config.num_teachers: need K ≥ 1, got {config.num_teachers}")
+  if any(not 0.0 <= r < 1.0 for r in config.rhos):
+    raise ValueError(f"config.rhos: need 0 ≤ ρ < 1, got {config.rhos}")
+  if not 0.0 <= config.sigma_spread < 1.0:
+    raise ValueError(f"config.sigma_spread: need 0 ≤ spread < 1, got {config.sigma_spread}")
+  if not 0.0 < config.skew <= 1.0:
+    raise ValueError(f"config.skew: need 0 < skew ≤ 1, got {config.skew}")
+  floor = 0.5 / config.vocab_size
+  if config.sigma <= 0 or noise_bound(config) >= floor:
+    raise ValueError(
+      f"config.sigma: {config.sigma} lets |ε| reach {noise_bound(config):.4g} ≥ min p̄ bound "
+      f"{floor:.4g}, so teachers could leave the simplex; use a smaller sigma"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Monte-Carlo: one compiled function per operator, vmapped over settings and seeds.
+# --------------------------------------------------------------------------------------------
+def noise(key, rho, num_teachers: int, vocab_size: int) -> jax.Array:
+  """Unit-variance, zero-sum, ρ-correlated teacher noise z [K, V] (ε_k = σ_k z_k)."""
+  key_common, key_own = jax.random.split(key)
+  r3 = math.sqrt(3.0)
+  c = jax.random.uniform(key_common, (vocab_size,), minval=-r3, maxval=r3)  # [V]
+  e = jax.random.uniform(key_own, (num_teachers, vocab_size), minval=-r3, maxval=r3)  # [K, V]
+  z = jnp.sqrt(rho) * c + jnp.sqrt(1.0 - rho) * e  # [K, V]
+  scale = math.sqrt(vocab_size / (vocab_size - 1))
+  return scale * (z - z.mean(axis=-1, keepdims=True))
+
+
+def aggregate_moments(operator, p_bar, keys, rho, weights, sigmas, chunk: int = 250):
+  """Mean and variance over seeds of the aggregate's error q − p̄, for every setting.
+
+  Args:
+    operator: an aggregation operator.
+    p_bar: [V] the common signal.
+    keys: [n] PRNG keys, one per Monte-Carlo seed.
+    rho: pairwise correlation of the teacher errors.
+    weights: [S, K] one weight vector per setting.
+    sigmas: [S, K] noise scales per setting.
+    chunk: seeds vmapped at once.
+
+  Returns:
+    `(mean [S, V], variance [S, V], min_p [])`: E[q − p̄], Var[q] (unbiased), and the smallest
+    teacher probability drawn (> 0: nothing was clipped).
+  """
+  num_teachers, vocab_size = weights.shape[1], p_bar.shape[0]
+  temperatures = jnp.ones(num_teachers)
+
+  def one_seed(key):
+    z = noise(key, rho, num_teachers, vocab_size)  # [K, V]
+
+    def one_setting(w, s):
+      p = p_bar + s[:, None] * z  # [K, V]
+      log_q = operator(jnp.log(p), temperatures=temperatures, weights=w)  # [V]
+      return jnp.exp(log_q) - p_bar, p.min()
+
+    return jax.vmap(one_setting)(weights, sigmas)  # [S, V], [S]
+
+  errors, min_p = jax.lax.map(one_seed, keys, batch_size=chunk)  # [n, S, V], [n, S]
+  return errors.mean(axis=0), errors.var(axis=0, ddof=1), min_p.min()
+
+
+def run(config, workdir: str) -> dict:
+  """Measures Var[q(i)] for every operator, K, weighting, σ mode and ρ; returns the rows."""
+  del workdir  # everything is in the returned results
+  k_max = max(config.num_teachers)
+  p_bar = mean_distribution(config)
+  settings = [
+    (k, weighting, mode)
+    for k in config.num_teachers
+    for weighting in _WEIGHTINGS
+    for mode in _SIGMA_MODES
+  ]
+  weights = np.stack([teacher_weights(wt, k, k_max, config.skew) for k, wt, _ in settings])
+  sigmas = np.stack(
+    [teacher_sigmas(m, k_max, config.sigma, config.sigma_spread) for _, _, m in settings]
+  )  # [S, K_max]
+  keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)  # shared by all runs
+  tol = tolerance(config.num_seeds, config.vocab_size)
+  p_bar32 = jnp.asarray(p_bar, jnp.float32)
+
+  def compiled(op):  # keys are an argument, not a closed-over constant: XLA would fold the noise
+    return jax.jit(lambda keys, rho, w, s: aggregate_moments(op, p_bar32, keys, rho, w, s))
+
+  moments = {spec: compiled(common.parse_operator(spec)) for spec in config.operators}
+
+  rows, min_p = [], 1.0
+  progress = tqdm(total=len(config.rhos) * len(config.operators), disable=not config.progress)
+  for rho in config.rhos:
+    closed = [
+      float(theory.ensemble_noise_variance(w, theory.equicorrelated_covariance(s, rho)))
+      for w, s in zip(weights, sigmas, strict=True)
+    ]
+    single = [float(np.dot(w, s**2)) for w, s in zip(weights, sigmas, strict=True)]
+    for spec in config.operators:
+      progress.set_description(f"ρ={rho} {spec}")
+      mean, var, lowest = jax.device_get(moments[spec](keys, rho, weights, sigmas))
+      min_p = min(min_p, float(lowest))
+      for j, (k, weighting, mode) in enumerate(settings):
+        measured = float(var[j].mean())
+        rel_err = measured / closed[j] - 1.0
+        rows.append(
+          {
+            "operator": spec,
+            "num_teachers": k,
+            "weighting": weighting,
+            "sigmas": mode,
+            "rho": float(rho),
+            "measured": measured,
+            "closed_form": closed[j],  # wᵀCw: the linear operator's exact variance
+            "single_teacher": single[j],  # Σ_k w_k σ_k², the right side of Thm IV.2
+            "sum_w2": float(np.sum(weights[j] ** 2)),
+            "ratio_to_closed_form": measured / closed[j],
+            "reduction": measured / single[j],
+            "z_score": rel_err / (tol / 4.0),
+            "within_tolerance": abs(rel_err) <= tol,
+            "bias": float(np.abs(mean[j]).mean()),  # mean over tokens of |E[q(i)] − p̄(i)|
+          }
+        )
+      progress.update()
+  progress.close()
+  return {
+    "p_bar": p_bar.tolist(),
+    "num_seeds": config.num_seeds,
+    "vocab_size": config.vocab_size,
+    "sigma": config.sigma,
+    "tolerance": tol,
+    "noise_bound": noise_bound(config),
+    "min_teacher_probability": min_p,
+    "rows": rows,
+  }
+
+
+# --------------------------------------------------------------------------------------------
+# Output.
+# --------------------------------------------------------------------------------------------
+def select(results, **where) -> list[dict]:
+  """The rows of `results` whose fields equal `where` (e.g. operator="linear", rho=0.0)."""
+  return [r for r in results["rows"] if all(r[k] == v for k, v in where.items())]
+
+
+def format_table(results: dict) -> str:
+  """Linear: measured vs closed form per K and ρ; all operators: measured / closed form."""
+  tol = results["tolerance"]
+  lines = [
+    f"Thm IV.2 variance reduction: {results['num_seeds']} seeds, V={results['vocab_size']}, "
+    f"Monte-Carlo tolerance ±{tol:.2%} (4 √(2/((n−1)V))); min teacher probability drawn "
+    f"{results['min_teacher_probability']:.4f} (> 0: no clipping)",
+    f"{'weights':<8} {'σ_k':<7} {'ρ':>5} {'K':>3} {'measured':>11} {'closed':>11} "
+    f"{'rel.err':>8} {'Σwσ²':>11} {'reduction':>9}  ok",
+  ]
+  for r in select(results, operator="linear"):
+    if r["num_teachers"] in (1, 2, 4, 8, 16):
+      lines.append(
+        f"{r['weighting']:<8} {r['sigmas']:<7} {r['rho']:>5.2f} {r['num_teachers']:>3} "
+        f"{r['measured']:>11.4e} {r['closed_form']:>11.4e} "
+        f"{r['ratio_to_closed_form'] - 1:>+8.2%} {r['single_teacher']:>11.4e} "
+        f"{r['reduction']:>9.3f}  {'✓' if r['within_tolerance'] else '✗'}"
+      )
+  linear = select(results, operator="linear")
+  bad = [r for r in linear if not r["within_tolerance"]]
+  lines.append(f"linear within tolerance: {len(linear) - len(bad)}/{len(linear)} settings")
+  lines.append("")
+  lines.append("Measured Var[q] / linear closed form wᵀCw (no closed form for non-linear ops):")
+  specs = list(dict.fromkeys(r["operator"] for r in results["rows"]))
+  lines.append(f"{'ρ':>5} {'weights':<8} {'K':>3} " + " ".join(f"{s:>13}" for s in specs))
+  for rho in sorted({r["rho"] for r in results["rows"]}):
+    for weighting in _WEIGHTINGS:
+      for k in (2, 4, 8, 16):
+        cells = [
+          select(results, operator=s, rho=rho, weighting=weighting, num_teachers=k, sigmas="spread")
+          for s in specs
+        ]
+        if all(cells):
+          ratios = " ".join(f"{c[0]['ratio_to_closed_form']:>13.3f}" for c in cells)
+          lines.append(f"{rho:>5.2f} {weighting:<8} {k:>3} {ratios}")
+  return "\n".join(lines)
+
+
+def make_figure(results: dict, png_path: str) -> None:
+  """Variance vs K and vs ρ (measured points over closed-form curves), and per-operator ratios."""
+  plt = common.pyplot()
+  specs = list(dict.fromkeys(r["operator"] for r in results["rows"]))
+  colors = common.operator_colors(specs)
+  rhos = sorted({r["rho"] for r in results["rows"]})
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+
+  # (a) variance vs K, linear operator, equal σ (the heterogeneous σ_k rows are in the table).
+  ax = axes[0]
+  styles = {"uniform": "-", "skewed": "--"}
+  shown = [r for r in rhos if r in (0.0, 0.5)] or rhos[:2]
+  shades = dict(zip(shown, ["#1f77b4", "#d62728", "#2ca02c"], strict=False))
+  for rho in shown:
+    for weighting, style in styles.items():
+      rows = select(results, operator="linear", rho=rho, weighting=weighting, sigmas="equal")
+      ks = [r["num_teachers"] for r in rows]
+      ax.plot(ks, [r["closed_form"] for r in rows], style, color=shades[rho], lw=1.5,
+              label=f"σ²(Σw² + ρ(1−Σw²)), ρ={rho:g}, {weighting} w")  # fmt: skip
+      ax.plot(ks, [r["measured"] for r in rows], "o", color=shades[rho], ms=4,
+              mfc="white" if weighting == "skewed" else shades[rho])  # fmt: skip
+  ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² = Σ w_k σ_k² (one teacher)")
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xlabel("number of teachers K")
+  ax.set_ylabel("Var[q(i)] (mean over tokens)")
+  ax.set_title("Thm IV.2, linear q: Monte-Carlo (dots)\nover the closed form (lines)")
+  ax.legend(fontsize=7)
+
+  # (b) variance vs ρ at the largest K, equal σ: σ²(Σw² + ρ(1 − Σw²)).
+  ax = axes[1]
+  k_big = max(r["num_teachers"] for r in results["rows"])
+  for weighting, style in styles.items():
+    rows = [select(results, operator="linear", rho=rho, weighting=weighting, sigmas="equal",
+                   num_teachers=k_big)[0] for rho in rhos]  # fmt: skip
+    grid = np.linspace(0.0, 1.0, 101)
+    s2, sw2 = results["sigma"] ** 2, rows[0]["sum_w2"]
+    ax.plot(grid, s2 * (sw2 + grid * (1 - sw2)), style, color="k", lw=1.2,
+            label=f"σ²(Σw² + ρ(1−Σw²)), {weighting} w, 1/Σw²={1 / sw2:.1f}")  # fmt: skip
+    ax.plot(rhos, [r["measured"] for r in rows], "o", color="C0",
+            mfc="white" if weighting == "skewed" else "C0",
+            label=f"measured, {weighting} w")  # fmt: skip
+  ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² (one teacher)")
+  ax.set_xlabel("pairwise error correlation ρ")
+  ax.set_ylabel("Var[q(i)]")
+  ax.set_title(f"Correlated errors, K={k_big}:\naveraging stops helping as ρ → 1")
+  ax.legend(fontsize=7)
+
+  # (c) every operator, measured / linear closed form.
+  ax = axes[2]
+  for spec in specs:
+    rows = select(results, operator=spec, rho=min(rhos), weighting="uniform", sigmas="spread")
+    ax.plot([r["num_teachers"] for r in rows], [r["ratio_to_closed_form"] for r in rows],
+            "o-", color=colors[spec], ms=3, lw=1, label=spec)  # fmt: skip
+  tol = results["tolerance"]
+  ax.axhspan(1 - tol, 1 + tol, color="gray", alpha=0.2, label=f"MC tolerance ±{tol:.1%}")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("number of teachers K")
+  ax.set_ylabel("measured Var[q(i)] / Σ w_k² σ_k²")
+  ax.set_title(
+    f"Every operator, ρ={min(rhos):g}, uniform w, σ_k unequal:\nmeasured / linear closed form"
+  )
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)
