@@ -9,7 +9,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import hypothesis  # noqa: E402
 
 hypothesis.settings.register_profile(
-    "ci", max_examples=25, deadline=None, derandomize=True, print_blob=True
+  "ci", max_examples=25, deadline=None, derandomize=True, print_blob=True
 )
 hypothesis.settings.register_profile("dev", max_examples=25, deadline=None)
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "dev")
