@@ -19,7 +19,8 @@ A checker only finds what it samples: "passed" means no violation was found, not
 paper asserts that geometric and entropic pools satisfy all five; this checker finds weight
 monotonicity counterexamples for them (the normaliser can lower q(i)), and reports them.
 
-`python -m mtkd_jax.axioms` prints the operator × axiom table.
+`python -m mtkd_jax.axioms` prints the operator × axiom table, then the weighting-scheme ×
+property table of `mtkd_jax.weighting_checks`.
 """
 
 from __future__ import annotations
@@ -414,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checking {name} ...", file=sys.stderr, flush=True)
     reports.append(check(op, name=name))
   print(format_table(reports))
+  # Weighting schemes (SPEC §7): imported here, weighting_checks imports this module.
+  from mtkd_jax import weighting_checks
+
+  print()
+  print(weighting_checks.format_table(weighting_checks.check_builtin()))
   return 0
 
 
