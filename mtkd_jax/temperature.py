@@ -66,7 +66,9 @@ def scale(log_p: jax.Array, temperatures, axis: int = -1) -> jax.Array:
   t = check_temperatures(temperatures, log_p.shape[0] if log_p.ndim >= 2 else None)
   if t.ndim == 1:
     t = t.reshape((-1,) + (1,) * (log_p.ndim - 1))  # [K, 1, ..., 1]
-  return jax.nn.log_softmax(log_p / t, axis=axis)
+  # -inf / T has d/dT = +inf (NaN once multiplied by a zero cotangent): divide finite entries only.
+  finite = jnp.isfinite(log_p)
+  return jax.nn.log_softmax(jnp.where(finite, jnp.where(finite, log_p, 0.0) / t, log_p), axis=axis)
 
 
 def to_log_probs(x: jax.Array, kind: str, axis: int = -1) -> jax.Array:
