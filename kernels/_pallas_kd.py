@@ -72,35 +72,44 @@ def _sds(shape, dtype, like):
 
 
 def _grid_terms(p_ref, t_ref, w_ref, k, operator):
-  """The tempered terms of one (rows, vocab) tile and their weights ([bm, 1] or None)."""
-  ys = [t_ref[i].astype(jnp.float32) * p_ref[i] for i in range(k)]  # K × [bm, bv]
+  """Raw terms of one (rows, vocab) tile, their temperatures and weights ([bm, 1] or None).
+
+  Each term n stands for log_softmax(x_n / t_n): the linear mixture has the K raw teacher
+  tiles; the geometric pool has one pooled tile Σ_k w_k z_k / T_k with t = 1.
+  """
+  xs = [t_ref[i].astype(jnp.float32) for i in range(k)]  # K × [bm, bv]
   if operator == "linear":
-    return ys, [w_ref[:, i : i + 1] for i in range(k)]
+    return xs, [p_ref[i] for i in range(k)], [w_ref[:, i : i + 1] for i in range(k)]
   pooled = 0.0
   for i in range(k):
     wi = w_ref[:, i : i + 1]  # [bm, 1]; 0·(−inf) would be NaN
-    pooled = pooled + jnp.where(wi == 0, 0.0, wi * ys[i])
-  return [pooled], [None]
+    pooled = pooled + jnp.where(wi == 0, 0.0, wi * (xs[i] / p_ref[i]))
+  return [pooled], [1.0], [None]
 
 
-def _mask(ys, j, bv, v):
+def _mask(xs, j, bv, v):
   if v % bv == 0:
-    return ys
-  col = j * bv + jax.lax.broadcasted_iota(jnp.int32, ys[0].shape, 1)
-  return [jnp.where(col < v, y, _NEG_INF) for y in ys]
+    return xs
+  col = j * bv + jax.lax.broadcasted_iota(jnp.int32, xs[0].shape, 1)
+  return [jnp.where(col < v, x, _NEG_INF) for x in xs]
 
 
-def _kl_and_grad(ys, ws, y_s, lse, valid):
-  """Per-tile KL row sums [bm, 1] and p_S − q [bm, bv], given safe LSEs [N + 1, bm, 1]."""
+def _log_p(x, t, shift, log_se):
+  # (x − max)/t, not x/t − max/t: at t = 1e-3 an ulp of x/t is ~1 and would shift q by e^±1.
+  return (x - shift) / t - log_se
+
+
+def _kl_and_grad(xs, ts, ws, x_s, t_s, shift, log_se, valid):
+  """Per-element KL terms and p_S − q of a tile, given per-row stats [N + 1] × [bm, 1]."""
   q = 0.0
-  for n, (y, wn) in enumerate(zip(ys, ws, strict=True)):
-    e = jnp.exp(y - lse[n])
+  for n, (x, t, wn) in enumerate(zip(xs, ts, ws, strict=True)):
+    e = jnp.exp(_log_p(x, t, shift[n], log_se[n]))
     q = q + (e if wn is None else wn * e)
-  log_p = y_s - lse[len(ys)]
+  log_p = _log_p(x_s, t_s, shift[-1], log_se[-1])
   kl = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0)
   if valid is not None:
     kl = jnp.where(valid, kl, 0.0)
-  return jnp.sum(kl, axis=1, keepdims=True), jnp.exp(log_p) - q
+  return kl, jnp.exp(log_p) - q
 
 
 def _stats_kernel(p_ref, t_ref, s_ref, w_ref, m_out, l_out, m_scr, l_scr, *, k, op, v, bv):
@@ -111,15 +120,15 @@ def _stats_kernel(p_ref, t_ref, s_ref, w_ref, m_out, l_out, m_scr, l_scr, *, k, 
     m_scr[...] = jnp.full(m_scr.shape, _NEG_INF, jnp.float32)
     l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
 
-  ys, _ = _grid_terms(p_ref, t_ref, w_ref, k, op)
+  xs, ts, _ = _grid_terms(p_ref, t_ref, w_ref, k, op)
   if s_ref is not None:
-    ys.append(s_ref[...].astype(jnp.float32) * p_ref[k])
-  for n, y in enumerate(_mask(ys, j, bv, v)):
-    m_old = m_scr[n]  # [bm, 1]
-    m_new = jnp.maximum(m_old, jnp.max(y, axis=1, keepdims=True))
+    xs, ts = [*xs, s_ref[...].astype(jnp.float32)], [*ts, p_ref[k]]
+  for n, (x, t) in enumerate(zip(_mask(xs, j, bv, v), ts, strict=True)):
+    m_old = m_scr[n]  # [bm, 1], running max of the raw term
+    m_new = jnp.maximum(m_old, jnp.max(x, axis=1, keepdims=True))
     m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)
-    l_scr[n] = l_scr[n] * jnp.exp(m_old - m_safe) + jnp.sum(
-      jnp.exp(y - m_safe), axis=1, keepdims=True
+    l_scr[n] = l_scr[n] * jnp.exp((m_old - m_safe) / t) + jnp.sum(
+      jnp.exp((x - m_safe) / t), axis=1, keepdims=True
     )
     m_scr[n] = m_new
 
@@ -133,41 +142,43 @@ def _no_student(kernel, p_ref, t_ref, w_ref, *refs):
   return kernel(p_ref, t_ref, None, w_ref, *refs)
 
 
-def _loss_kernel(p_ref, t_ref, s_ref, w_ref, lse_ref, kl_out, *g_out, k, op, v, bv):
+def _loss_kernel(p_ref, t_ref, s_ref, w_ref, st_ref, kl_out, *g_out, k, op, v, bv):
   j = pl.program_id(1)
 
   @pl.when(j == 0)
   def _init():
     kl_out[...] = jnp.zeros(kl_out.shape, jnp.float32)
 
-  ys, ws = _grid_terms(p_ref, t_ref, w_ref, k, op)
-  y_s = s_ref[...].astype(jnp.float32) * p_ref[k]
+  xs, ts, ws = _grid_terms(p_ref, t_ref, w_ref, k, op)
+  x_s = s_ref[...].astype(jnp.float32)
   valid = None
   if v % bv:
-    valid = j * bv + jax.lax.broadcasted_iota(jnp.int32, y_s.shape, 1) < v
-  kl, diff = _kl_and_grad(ys, ws, y_s, lse_ref[...], valid)
-  kl_out[...] += kl
+    valid = j * bv + jax.lax.broadcasted_iota(jnp.int32, x_s.shape, 1) < v
+  st = st_ref[...]  # [2, N + 1, bm, 1]: shift, log Σ exp
+  kl, diff = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], st[0], st[1], valid)
+  kl_out[...] += jnp.sum(kl, axis=1, keepdims=True)
   if g_out:
     g_out[0][...] = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
 
 
 def _fused_kernel(p_ref, t_ref, s_ref, w_ref, kl_out, *g_out, k, op):
   """Whole row in one block: stats and loss in one pass over the loaded tile."""
-  ys, ws = _grid_terms(p_ref, t_ref, w_ref, k, op)
-  y_s = s_ref[...].astype(jnp.float32) * p_ref[k]
-  lse = []
-  for y in [*ys, y_s]:
-    m = jnp.max(y, axis=1, keepdims=True)
+  xs, ts, ws = _grid_terms(p_ref, t_ref, w_ref, k, op)
+  x_s = s_ref[...].astype(jnp.float32)
+  shift, log_se = [], []
+  for x, t in zip([*xs, x_s], [*ts, p_ref[k]], strict=True):
+    m = jnp.max(x, axis=1, keepdims=True)
     m = jnp.where(m == _NEG_INF, 0.0, m)
-    lse.append(m + jnp.log(jnp.sum(jnp.exp(y - m), axis=1, keepdims=True)))
-  lse = [jnp.where(jnp.isfinite(x), x, 0.0) for x in lse]
-  kl, diff = _kl_and_grad(ys, ws, y_s, lse, None)
-  kl_out[...] = kl
+    se = jnp.sum(jnp.exp((x - m) / t), axis=1, keepdims=True)
+    shift.append(m)
+    log_se.append(jnp.where(se > 0, jnp.log(se), 0.0))
+  kl, diff = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], shift, log_se, None)
+  kl_out[...] = jnp.sum(kl, axis=1, keepdims=True)
   if g_out:
     g_out[0][...] = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
 
 
-def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret, fused, lse):
+def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret, fused, stats):
   """Runs one grid kernel; returns its outputs. w_t is [B, K]."""
   k, b, v = teachers.shape
   bm = b if b <= bs.block_rows else bs.block_rows  # a full dim is always a legal block
@@ -193,7 +204,7 @@ def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret,
   if fused:
     kernel = functools.partial(_fused_kernel, k=k, op=op)
     out_shape, out_specs = [kl_shape, *g_shape], [row_out, *g_spec]
-  elif lse is None:  # stats pass
+  elif stats is None:  # stats pass
     kernel = functools.partial(_stats_kernel, k=k, op=op, v=v, bv=bv)
     if student is None:
       kernel = functools.partial(_no_student, kernel)
@@ -204,8 +215,8 @@ def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret,
     scratch = [pltpu.VMEM((ns, bm, 1), jnp.float32)] * 2
   else:  # loss pass
     kernel = functools.partial(_loss_kernel, k=k, op=op, v=v, bv=bv)
-    specs.append(pl.BlockSpec((n + 1, bm, 1), lambda i, j: (0, i, 0)))
-    args.append(lse)
+    specs.append(pl.BlockSpec((2, n + 1, bm, 1), lambda i, j: (0, 0, i, 0)))
+    args.append(stats)
     out_shape, out_specs = [kl_shape, *g_shape], [row_out, *g_spec]
   return pl.pallas_call(
     kernel,
@@ -224,11 +235,14 @@ def _grid_kd(params, teachers, student, w, *, op, bs, with_grad, interpret, comb
   w_t = w.T  # [B, K]: rows on the sublane axis
   kw = dict(op=op, bs=bs, with_grad=with_grad, interpret=interpret)
   if teachers.shape[-1] <= bs.block_vocab and not sharded:
-    outs = _grid_calls(params, teachers, student, w_t, fused=True, lse=None, **kw)
+    outs = _grid_calls(params, teachers, student, w_t, fused=True, stats=None, **kw)
   else:
-    m, se = _grid_calls(params, teachers, student, w_t, fused=False, lse=None, **kw)
-    lse = combine(m[..., 0], se[..., 0])[..., None]  # [N + 1, B, 1]
-    outs = _grid_calls(params, teachers, student, w_t, fused=False, lse=lse, **kw)
+    m, se = _grid_calls(params, teachers, student, w_t, fused=False, stats=None, **kw)
+    n = m.shape[0] - 1
+    t = params[:n] if op == "linear" else jnp.ones((1,), jnp.float32)
+    t = jnp.concatenate([t, params[-2:-1]])[:, None]  # [N + 1, 1]: term temperatures
+    stats = jnp.stack(combine(m[..., 0], se[..., 0], t))[..., None]  # [2, N + 1, B, 1]
+    outs = _grid_calls(params, teachers, student, w_t, fused=False, stats=stats, **kw)
   return outs[0][:, 0], (outs[1] if with_grad else None)
 
 
@@ -236,14 +250,15 @@ def _grid_kd(params, teachers, student, w, *, op, bs, with_grad, interpret, comb
 
 
 def _row_terms(p_ref, t_ref, w_ref, k, op, cols, mask):
+  """Row-kernel version of `_grid_terms` for one vocabulary chunk [bv] (masked loads)."""
   load = lambda i: plgpu.load(t_ref.at[i, cols], mask=mask, other=_NEG_INF)
-  ys = [load(i).astype(jnp.float32) * p_ref[i] for i in range(k)]  # K × [bv]
+  xs = [load(i).astype(jnp.float32) for i in range(k)]  # K × [bv]
   if op == "linear":
-    return ys, [w_ref[i] for i in range(k)]
+    return xs, [p_ref[i] for i in range(k)], [w_ref[i] for i in range(k)]
   pooled = 0.0
   for i in range(k):
-    pooled = pooled + jnp.where(w_ref[i] == 0, 0.0, w_ref[i] * ys[i])
-  return [jnp.where(mask, pooled, _NEG_INF)], [None]
+    pooled = pooled + jnp.where(w_ref[i] == 0, 0.0, w_ref[i] * (xs[i] / p_ref[i]))
+  return [jnp.where(mask, pooled, _NEG_INF)], [1.0], [None]
 
 
 def _gpu_stats_kernel(p_ref, t_ref, s_ref, w_ref, m_out, l_out, *, k, op, v, bv):
@@ -252,51 +267,43 @@ def _gpu_stats_kernel(p_ref, t_ref, s_ref, w_ref, m_out, l_out, *, k, op, v, bv)
   def body(jb, carry):
     cols = jb * bv + jnp.arange(bv)
     mask = cols < v
-    ys, _ = _row_terms(p_ref, t_ref, w_ref, k, op, cols, mask)
-    ys.append(plgpu.load(s_ref.at[cols], mask=mask, other=_NEG_INF).astype(jnp.float32) * p_ref[k])
+    xs, ts, _ = _row_terms(p_ref, t_ref, w_ref, k, op, cols, mask)
+    xs.append(plgpu.load(s_ref.at[cols], mask=mask, other=_NEG_INF).astype(jnp.float32))
     new = []
-    for y, (m, se) in zip(ys, carry, strict=True):  # lane-wise online softmax
-      m_new = jnp.maximum(m, y)
+    for x, t, (m, se) in zip(xs, [*ts, p_ref[k]], carry, strict=True):  # lane-wise online
+      m_new = jnp.maximum(m, x)
       m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)
-      new.append((m_new, se * jnp.exp(m - m_safe) + jnp.exp(y - m_safe)))
+      new.append((m_new, se * jnp.exp((m - m_safe) / t) + jnp.exp((x - m_safe) / t)))
     return tuple(new)
 
   init = tuple((jnp.full((bv,), _NEG_INF), jnp.zeros((bv,))) for _ in range(n + 1))
   carry = jax.lax.fori_loop(0, pl.cdiv(v, bv), body, init)
-  for i, (m, se) in enumerate(carry):
+  ts = [p_ref[i] for i in range(n)] if op == "linear" else [1.0]
+  for i, ((m, se), t) in enumerate(zip(carry, [*ts, p_ref[k]], strict=True)):
     m_row = jnp.max(m)
     m_safe = jnp.where(m_row == _NEG_INF, 0.0, m_row)
     m_out[i] = m_row
-    l_out[i] = jnp.sum(se * jnp.exp(m - m_safe))
+    l_out[i] = jnp.sum(se * jnp.exp((m - m_safe) / t))
 
 
-def _gpu_loss_kernel(p_ref, t_ref, s_ref, w_ref, lse_ref, kl_out, *g_out, k, op, v, bv):
+def _gpu_loss_kernel(p_ref, t_ref, s_ref, w_ref, st_ref, kl_out, *g_out, k, op, v, bv):
   n = 1 if op == "geometric" else k
 
   def body(jb, acc):
     cols = jb * bv + jnp.arange(bv)
     mask = cols < v
-    ys, ws = _row_terms(p_ref, t_ref, w_ref, k, op, cols, mask)
-    y_s = plgpu.load(s_ref.at[cols], mask=mask, other=0.0).astype(jnp.float32) * p_ref[k]
-    lse = [lse_ref[i] for i in range(n + 1)]
-    kl, diff = _kl_and_grad_1d(ys, ws, y_s, lse)
+    xs, ts, ws = _row_terms(p_ref, t_ref, w_ref, k, op, cols, mask)
+    x_s = plgpu.load(s_ref.at[cols], mask=mask, other=0.0).astype(jnp.float32)
+    shift = [st_ref[0, i] for i in range(n + 1)]
+    log_se = [st_ref[1, i] for i in range(n + 1)]
+    kl, diff = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], shift, log_se, mask)
     if g_out:
       val = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
       plgpu.store(g_out[0].at[cols], val, mask=mask)
-    return acc + jnp.where(mask, kl, 0.0)
+    return acc + jnp.sum(kl)
 
-  acc = jax.lax.fori_loop(0, pl.cdiv(v, bv), body, jnp.zeros((bv,), jnp.float32))
-  kl_out[0] = jnp.sum(acc)
-
-
-def _kl_and_grad_1d(ys, ws, y_s, lse):
-  q = 0.0
-  for n, (y, wn) in enumerate(zip(ys, ws, strict=True)):
-    e = jnp.exp(y - lse[n])
-    q = q + (e if wn is None else wn * e)
-  log_p = y_s - lse[len(ys)]
-  kl = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0)
-  return kl, jnp.exp(log_p) - q
+  acc = jax.lax.fori_loop(0, pl.cdiv(v, bv), body, jnp.zeros((), jnp.float32))
+  kl_out[0] = acc
 
 
 def _gpu_kd(params, teachers, student, w, *, op, bs, with_grad, combine, interpret=False):
@@ -325,37 +332,43 @@ def _gpu_kd(params, teachers, student, w, *, op, bs, with_grad, combine, interpr
     interpret=interpret,
     name=f"fused_kd_stats_{op}",
   )(params, teachers, student, w_t)
-  lse = combine(m.T, se.T).T  # [B, N + 1]
+  t = params[:n] if op == "linear" else jnp.ones((1,), jnp.float32)
+  t = jnp.concatenate([t, params[k : k + 1]])[:, None]  # [N + 1, 1]: term temperatures
+  stats = jnp.stack(combine(m.T, se.T, t)).transpose(2, 0, 1)  # [B, 2, N + 1]
   g_shape = [_sds((b, v), student.dtype, teachers)] if with_grad else []
   g_spec = [pl.BlockSpec((sq, v), lambda i: (i, 0))] if with_grad else []
   outs = pl.pallas_call(
     functools.partial(_gpu_loss_kernel, k=k, op=op, v=v, bv=bv),
     out_shape=[_sds((b, 1), jnp.float32, teachers), *g_shape],
     grid=(b,),
-    in_specs=[*specs, st_spec],
+    in_specs=[*specs, pl.BlockSpec((sq, 2, n + 1), lambda i: (i, 0, 0))],
     out_specs=[pl.BlockSpec((sq, 1), lambda i: (i, 0)), *g_spec],
     compiler_params=cp,
     interpret=interpret,
     name=f"fused_kd_loss_{op}",
-  )(params, teachers, student, w_t, lse)
+  )(params, teachers, student, w_t, stats)
   return outs[0][:, 0], (outs[1] if with_grad else None)
 
 
 # ----------------------------------------------------------------------------- dispatch
 
 
+def combine_stats(m, se, t, axis_name):
+  """Per-shard raw row max m and Σ exp((x − m)/t) [N, B] -> (shift, log Σ exp) [N, B].
+
+  With a sharded vocabulary: one pmax of m and one psum of the rescaled sums. Rows that are
+  all −inf give (0, 0), so their terms exp(−inf) stay 0 instead of NaN.
+  """
+  if axis_name is not None:
+    m_all = jax.lax.pmax(m, axis_name)
+    m_safe = jnp.where(jnp.isfinite(m_all), m_all, 0.0)
+    se = jax.lax.psum(se * jnp.exp((m - m_safe) / t), axis_name)
+    m = m_all
+  return jnp.where(jnp.isfinite(m), m, 0.0), jnp.where(se > 0, jnp.log(se), 0.0)
+
+
 def _combiner(axis_name):
-  """(max, sum-exp) [N + 1, B] -> safe global LSE (non-finite -> 0), pmax/psum if sharded."""
-
-  def combine(m, se):
-    if axis_name is not None:
-      ml = jax.lax.pmax(m, axis_name)
-      se = jax.lax.psum(se * jnp.exp(m - jnp.where(jnp.isfinite(ml), ml, 0.0)), axis_name)
-      m = ml
-    lse = jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(se)
-    return jnp.where(jnp.isfinite(lse), lse, 0.0)
-
-  return combine
+  return functools.partial(combine_stats, axis_name=axis_name)
 
 
 def pallas_kd(
@@ -395,28 +408,20 @@ def pallas_mixture(teachers, params, w, *, operator, axis_name, block_sizes, int
   """log q [B, V]: Pallas stats pass (TPU/interpret), then one fused XLA elementwise pass."""
   k = teachers.shape[0]
   bs = block_sizes or BlockSizes.get_default("cpu" if interpret else "tpu")
-  params = jnp.concatenate([params, jnp.zeros((1,), jnp.float32)])
-  m, se = _grid_calls(
-    params,
-    teachers,
-    None,
-    w.T,
-    op=operator,
-    bs=bs,
-    with_grad=False,
-    interpret=interpret,
-    fused=False,
-    lse=None,
-  )
-  lse = _combiner(axis_name)(m[..., 0], se[..., 0])  # [N, B]
-  inv_t = params[:k]
+  params = jnp.concatenate([params, jnp.ones((1,), jnp.float32)])
+  kw = dict(op=operator, bs=bs, with_grad=False, interpret=interpret, fused=False, stats=None)
+  m, se = _grid_calls(params, teachers, None, w.T, **kw)
+  t = params[:k, None] if operator == "linear" else jnp.ones((1, 1), jnp.float32)
+  shift, log_se = combine_stats(m[..., 0], se[..., 0], t, axis_name)  # [N, B] each
+  temps = params[:k]
   if operator == "geometric":
-    y = sum(
-      jnp.where(w[i][:, None] == 0, 0.0, w[i][:, None] * inv_t[i] * teachers[i]) for i in range(k)
+    pooled = sum(
+      jnp.where(w[i][:, None] == 0, 0.0, w[i][:, None] * (teachers[i] / temps[i])) for i in range(k)
     )
-    return y - lse[0][:, None]
+    return pooled - shift[0][:, None] - log_se[0][:, None]
   q = sum(
-    w[i][:, None] * jnp.exp(teachers[i].astype(jnp.float32) * inv_t[i] - lse[i][:, None])
+    w[i][:, None] * jnp.exp(_log_p(teachers[i].astype(jnp.float32), temps[i],
+                                   shift[i][:, None], log_se[i][:, None]))
     for i in range(k)
-  )
+  )  # fmt: skip
   return jnp.log(q)

@@ -73,13 +73,15 @@ def _flatten(teacher_logits, temperatures, weights, student_temperature, student
   k, v = teacher_logits.shape[0], teacher_logits.shape[-1]
   batch = teacher_logits.shape[1:-1]
   teachers = teacher_logits.reshape(k, -1, v)  # [K, B, V]
-  inv_t = 1.0 / jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (k,))  # [K]
-  inv_ts = 1.0 / jnp.asarray(student_temperature, jnp.float32).reshape(1)  # [1]
+  # Temperatures divide (not multiply by 1/T): z/T then rounds exactly as in the reference and
+  # the core operators, which matters at T = 1e-3 where one ulp of z/T moves q by e^±1.
+  temps = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (k,))  # [K]
+  ts = jnp.asarray(student_temperature, jnp.float32).reshape(1)  # [1]
   w = jnp.asarray(weights, jnp.float32)
   w = w.reshape(w.shape + (1,) * (len(batch) + 1 - w.ndim))
   w = jnp.broadcast_to(w, (k, *batch)).reshape(k, -1)  # [K, B]
   student = None if student_logits is None else student_logits.reshape(-1, v)  # [B, V]
-  return teachers, jnp.concatenate([inv_t, inv_ts]), w, student
+  return teachers, jnp.concatenate([temps, ts]), w, student
 
 
 def _resolve(implementation, interpret):
@@ -94,28 +96,20 @@ def _resolve(implementation, interpret):
 # ----------------------------------------------------------------------------- XLA path
 
 
-def _combine_stats(m, s, axis_name):
-  """Per-shard (max, sum-exp) [N, B] -> global log-sum-exp [N, B] (one pmax, one psum)."""
-  if axis_name is not None:
-    m_all = jax.lax.pmax(jax.lax.stop_gradient(m), axis_name)
-    s = jax.lax.psum(s * jnp.exp(m - jnp.where(jnp.isfinite(m_all), m_all, 0.0)), axis_name)
-    m = m_all
-  return jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(s)
+def _row_max_sumexp(x, t):
+  """x [..., V] (any float), t > 0 broadcastable to [...] -> (max x, Σ exp((x − max x) / t)).
 
-
-def _row_max_sumexp(x, scale):
-  """x [..., V] (any float), scale [...] > 0 -> (max, Σ exp(x·scale − max)) [...] in f32.
-
-  The max is taken on the raw input (max(a·x) = a·max(x) for a > 0), so no scaled copy of x
-  is materialised. XLA:CPU row reductions over a long minor axis ran at ~1 G elements/s here;
-  reducing [..., V/128, 128] over the middle axis first vectorises along the 128 lanes and
-  halved the stats pass (11 -> 5.5 ms at K=4, B=64, V=32768).
+  The max is taken on the raw input, so no scaled copy of x is materialised, and the shift is
+  subtracted before dividing by t: at t = 1e-3 an ulp of x/t is ~1, and computing x/t − m/t in
+  two differently fused places moved q by e^±1. XLA:CPU row reductions over a long minor axis
+  ran at ~1 G elements/s here; reducing [..., V/128, 128] over the middle axis first vectorises
+  along the 128 lanes and halved the stats pass (11 -> 5.5 ms at K=4, B=64, V=32768).
   """
   v = x.shape[-1]
   xb = x.reshape(*x.shape[:-1], v // 128, 128) if v % 128 == 0 else x[..., None]
-  m = jnp.max(jnp.max(xb, axis=-2), axis=-1).astype(jnp.float32) * scale
-  m = jnp.where(jnp.isfinite(m), m, 0.0)
-  e = jnp.exp(xb.astype(jnp.float32) * scale[..., None, None] - m[..., None, None])
+  m = jnp.max(jnp.max(xb, axis=-2), axis=-1).astype(jnp.float32)
+  m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+  e = jnp.exp((xb.astype(jnp.float32) - m_safe[..., None, None]) / t[..., None, None])
   return m, jnp.sum(jnp.sum(e, axis=-2), axis=-1)
 
 
@@ -129,40 +123,46 @@ def _row_sum(x):
   )
 
 
-def _xla_lse(teachers, student, params, w, operator, axis_name):
-  """Safe LSEs [N + 1, B] of the N tempered terms and the student; the pooled term if any."""
+def _xla_stats(teachers, student, params, w, operator, axis_name):
+  """Row stats of the N tempered terms (+ the student): shift, log Σ exp [N (+1), B], t, pooled.
+
+  Term n stands for log_softmax(x_n / t_n) = (x_n − shift_n) / t_n − log_se_n.
+  """
   k = teachers.shape[0]
   pooled = None
   if operator == "linear":
-    m, se = _row_max_sumexp(teachers, params[:k, None])  # [K, B] each, no [K, B, V] temp
+    t = params[:k, None]  # [K, 1]
+    m, se = _row_max_sumexp(teachers, t)  # [K, B] each, no [K, B, V] temporary
   else:
     # 0 · (−inf) would be NaN: a teacher with zero weight contributes nothing.
     pooled = sum(
-      jnp.where(w[i][:, None] == 0, 0.0, (w[i] * params[i])[:, None] * teachers[i])
+      jnp.where(w[i][:, None] == 0, 0.0, w[i][:, None] * (teachers[i] / params[i]))
       for i in range(k)
     )  # [B, V], unrolled over K
-    m, se = _row_max_sumexp(pooled[None], jnp.ones((1, 1), jnp.float32))
+    t = jnp.ones((1, 1), jnp.float32)
+    m, se = _row_max_sumexp(pooled[None], t)
   if student is not None:
     ms, ses = _row_max_sumexp(student, params[k])
     m, se = jnp.concatenate([m, ms[None]]), jnp.concatenate([se, ses[None]])
-  lse = _combine_stats(m, se, axis_name)
-  return jnp.where(jnp.isfinite(lse), lse, 0.0), pooled
+    t = jnp.concatenate([t, params[k:, None]])
+  shift, log_se = _pallas_kd.combine_stats(m, se, t, axis_name)
+  return shift[..., None], log_se[..., None], t, pooled  # [N (+1), B, 1] x2, [N (+1), 1]
 
 
-def _xla_q(teachers, params, w, lse, pooled):
-  """q [B, V] f32 from the inputs and the row LSEs, unrolled over K (never sum(axis=0))."""
-  if pooled is not None:
-    return jnp.exp(pooled - lse[0][:, None])
+def _xla_q(terms, t, w, shift, log_se, pooled):
+  """q [B, C] f32 from raw terms and the row stats, unrolled over K (never sum(axis=0))."""
+  if pooled:
+    return jnp.exp(terms[0] - shift[0] - log_se[0])
   return sum(
-    w[i][:, None] * jnp.exp(teachers[i] * params[i] - lse[i][:, None])
-    for i in range(teachers.shape[0])
+    w[i][:, None] * jnp.exp((terms[i] - shift[i]) / t[i] - log_se[i]) for i in range(len(terms))
   )
 
 
-def _xla_chunk(terms, student, params, w, lse, pooled):
-  """Per-element KL terms and p_S − q for a vocabulary slice: terms [K, B, C] or pooled."""
-  q = _xla_q(terms, params, w, lse, terms[0] if pooled else None)  # [B, C]
-  log_p = student.astype(jnp.float32) * params[-1] - lse[-1][:, None]  # [B, C]
+def _xla_chunk(terms, student, w, stats, pooled):
+  """Per-element KL terms and p_S − q for a vocabulary slice: terms [K, B, C] or [1, B, C]."""
+  shift, log_se, t = stats
+  q = _xla_q(terms, t, w, shift, log_se, pooled)  # [B, C]
+  log_p = (student.astype(jnp.float32) - shift[-1]) / t[-1] - log_se[-1]  # [B, C]
   kl = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0)
   return kl, jnp.exp(log_p) - q
 
@@ -178,13 +178,14 @@ def _chunk_size(b, v):
 def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
   """XLA path: (KL(q ‖ p_S) [B], p_S − q [B, V] in the student's dtype, or None)."""
   b, v = student.shape
-  lse, pooled = _xla_lse(teachers, student, params, w, operator, axis_name)
+  shift, log_se, t, pooled = _xla_stats(teachers, student, params, w, operator, axis_name)
+  stats = (shift, log_se, t)
   # Geometric: the pooled [B, V] term is materialised once by the stats pass and re-read,
   # so the rest costs what a single-teacher KL costs.
   terms, is_pooled = (teachers, False) if pooled is None else (pooled[None], True)
   c = _chunk_size(b, v)
   if not with_grad or v < 2 * c:
-    kl, d = _xla_chunk(terms, student, params, w, lse, is_pooled)
+    kl, d = _xla_chunk(terms, student, w, stats, is_pooled)
     kl, d = _row_sum(kl), (d.astype(student.dtype) if with_grad else None)
   else:
     # Loss and gradient both consume q. Written flat, XLA:CPU then materialised the K exp
@@ -196,7 +197,7 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
     def body(j, carry):
       acc, d = carry
       sl = lambda x: jax.lax.dynamic_slice_in_dim(x, j * c, c, axis=x.ndim - 1)
-      kl_c, d_c = _xla_chunk(sl(terms), sl(student), params, w, lse, is_pooled)
+      kl_c, d_c = _xla_chunk(sl(terms), sl(student), w, stats, is_pooled)
       acc = acc + jnp.sum(kl_c.reshape(b, c // 128, 128), axis=1)  # lane-wise partial sums
       return acc, jax.lax.dynamic_update_slice_in_dim(d, d_c.astype(d.dtype), j * c, axis=1)
 
@@ -204,7 +205,7 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
     acc, d = jax.lax.fori_loop(0, n, body, init)
     kl = jnp.sum(acc, axis=-1)
     if v % c:
-      kl_t, d_t = _xla_chunk(terms[..., n * c :], student[:, n * c :], params, w, lse, is_pooled)
+      kl_t, d_t = _xla_chunk(terms[..., n * c :], student[:, n * c :], w, stats, is_pooled)
       kl = kl + jnp.sum(kl_t, axis=-1)
       d = jax.lax.dynamic_update_slice_in_dim(d, d_t.astype(d.dtype), n * c, axis=1)
   if axis_name is not None:
@@ -213,10 +214,10 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
 
 
 def _xla_mixture(teachers, params, w, *, operator, axis_name):
-  lse, pooled = _xla_lse(teachers, None, params, w, operator, axis_name)
+  shift, log_se, t, pooled = _xla_stats(teachers, None, params, w, operator, axis_name)
   if pooled is not None:
-    return pooled - lse[0][:, None]
-  return jnp.log(_xla_q(teachers, params, w, lse, None))  # [B, V]
+    return pooled - shift[0] - log_se[0]
+  return jnp.log(_xla_q(teachers, t, w, shift, log_se, False))  # [B, V]
 
 
 # ----------------------------------------------------------------------------- custom_vjp
@@ -268,9 +269,9 @@ def _kd_loss_fwd(cfg, student, teachers, params, w):
 
 
 def _kd_loss_bwd(cfg, res, g):
-  d, inv_ts = res
+  d, ts = res
   # ∂KL/∂z_S = (p_S − q)/T_S. Teachers, temperatures and weights are frozen: None cotangents.
-  student_ct = ((g * inv_ts)[:, None] * d.astype(jnp.float32)).astype(d.dtype)
+  student_ct = ((g / ts)[:, None] * d.astype(jnp.float32)).astype(d.dtype)
   return student_ct, None, None, None
 
 
@@ -293,6 +294,7 @@ def fused_kd_loss(
   block_sizes=None,
   interpret=None,
   axis_name=None,
+  where=None,
   _mesh=None,
 ):
   """Per-row T_S² · KL(q ‖ softmax(z_S / T_S)) with q the tempered teacher mixture, fused.
@@ -314,6 +316,7 @@ def fused_kd_loss(
     interpret: run Pallas in interpret mode (None: only on CPU).
     axis_name: mesh axis over which V is sharded, when called inside `shard_map`; the row
       statistics are combined with pmax/psum and the returned loss is the global one.
+    where: optional boolean mask [...] (False -> loss 0 and no gradient), as in losses.
 
   Returns:
     [...] float32 per-row loss.
@@ -334,7 +337,13 @@ def fused_kd_loss(
   cfg = _Config(operator, impl, block_sizes, bool(interp), axis_name, _mesh)
   stop = jax.lax.stop_gradient
   kl = _kd_loss(cfg, student, stop(teachers), stop(params), stop(w))
-  return (scale * kl).reshape(student_logits.shape[:-1])
+  loss = (scale * kl).reshape(student_logits.shape[:-1])
+  if where is not None:
+    if jnp.shape(where) != loss.shape:
+      raise ValueError(f"where must have shape {loss.shape} (= student_logits.shape[:-1]); "
+                       f"got {jnp.shape(where)=}")  # fmt: skip
+    loss = jnp.where(where, loss, 0.0)
+  return loss
 
 
 def fused_mixture(

@@ -1,0 +1,292 @@
+"""Tests for mtkd_jax.kernels: XLA path, interpret-mode Pallas, lowering, sharding, memory."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+from jax.sharding import PartitionSpec as P
+
+from mtkd_jax import losses, operators
+from mtkd_jax.kernels import (
+  BlockSizes,
+  _pallas_kd,
+  fused_kd_loss,
+  fused_kd_loss_reference,
+  fused_kd_loss_vocab_parallel,
+  fused_mixture,
+  fused_mixture_reference,
+)
+
+OPS = ("linear", "geometric")
+SMALL = BlockSizes(block_rows=8, block_vocab=256)  # interpret mode: several ragged blocks
+
+
+def _inputs(seed, k, batch, v, dtype=jnp.float32, scale=3.0, per_row=True):
+  ks = jax.random.split(jax.random.key(seed), 4)
+  zt = (scale * jax.random.normal(ks[0], (k, *batch, v))).astype(dtype)
+  zs = (scale * jax.random.normal(ks[1], (*batch, v))).astype(dtype)
+  w_shape = (k, *batch) if per_row else (k,)
+  w = jax.nn.softmax(jax.random.normal(ks[2], w_shape), axis=0)
+  temps = jax.random.uniform(ks[3], (k,), minval=0.5, maxval=2.0)
+  return zs, zt, temps, w
+
+
+def _close(actual, expected, rtol):
+  actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+  assert np.all(np.isfinite(actual)), actual
+  scale = max(np.abs(expected).max(), 1e-6)
+  np.testing.assert_allclose(actual, expected, atol=rtol * scale, rtol=rtol)
+
+
+def _check(zs, zt, temps, w, *, op, ts=1.5, rtol=2e-5, grad_rtol=None, **kw):
+  """Forward and gradient (with a random row cotangent) against the plain-jnp reference."""
+  args = dict(temperatures=temps, weights=w, student_temperature=ts, operator=op)
+  ct = jax.random.uniform(jax.random.key(7), zs.shape[:-1], minval=0.5, maxval=1.5)
+  ours = lambda s: fused_kd_loss(s, zt, **args, **kw)
+  ref = lambda s: fused_kd_loss_reference(s, zt, **args)
+  out, vjp = jax.vjp(jax.jit(ours), zs)
+  ref_out, ref_vjp = jax.vjp(ref, zs)
+  _close(out, ref_out, rtol)
+  (g,), (g_ref,) = vjp(ct), ref_vjp(ct)
+  assert g.dtype == zs.dtype and g.shape == zs.shape
+  _close(g, g_ref, grad_rtol or rtol)
+  return out, g
+
+
+# ----------------------------------------------------------------------------- XLA path
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("v", [700, 16384 + 300])  # flat; chunked loop with a ragged tail
+def test_xla_matches_reference(op, dtype, v):
+  zs, zt, temps, w = _inputs(0, 3, (2, 3), v, dtype)
+  bf16 = dtype == jnp.bfloat16
+  _check(zs, zt, temps, w, op=op, implementation="xla", grad_rtol=1e-2 if bf16 else 2e-5)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_xla_global_weights_k1_and_no_scaling(op):
+  zs, zt, temps, w = _inputs(1, 1, (4,), 300, per_row=False)
+  _check(zs, zt, temps, w, op=op, implementation="xla")
+  kw = dict(temperatures=temps, weights=w, operator=op, student_temperature=2.0)
+  a = fused_kd_loss(zs, zt, temperature_sq_scaling=False, implementation="xla", **kw)
+  b = fused_kd_loss(zs, zt, implementation="xla", **kw)
+  np.testing.assert_allclose(4.0 * a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("op", OPS)
+def test_extreme_logits_and_temperatures(impl, op):
+  """Logits ±1e4, temperatures 1e-3 and 1e3, masked (−inf) teacher tokens: finite, exact."""
+  ks = jax.random.split(jax.random.key(2), 3)
+  zt = jax.random.uniform(ks[0], (2, 4, 300), minval=-1e4, maxval=1e4)
+  zt = zt.at[:, :, :7].set(-jnp.inf).at[0, 1, 10:20].set(-jnp.inf)  # masked tokens
+  zs = jax.random.uniform(ks[1], (4, 300), minval=-1e4, maxval=1e4)
+  w = jnp.array([0.3, 0.7])
+  kw = dict(implementation=impl, block_sizes=SMALL if impl == "pallas" else None)
+  for ts in (1e-3, 1e3):
+    out, _ = _check(zs, zt, jnp.array([1e-3, 1e3]), w, op=op, ts=ts, rtol=1e-4, **kw)
+    assert np.all(np.asarray(out) >= 0)
+
+
+def test_matches_core_operators_and_mixture_kd():
+  zs, zt, temps, w = _inputs(3, 3, (5,), 200)
+  for op, fn in (("linear", operators.linear), ("geometric", operators.geometric)):
+    log_q = fn(zt, temperatures=temps, weights=w)
+    ref_q = fused_mixture_reference(zt, temperatures=temps, weights=w, operator=op)
+    _close(ref_q, log_q, 1e-5)
+    _close(fused_mixture(zt, temperatures=temps, weights=w, operator=op), log_q, 1e-5)
+    expected = losses.mixture_kd(zs, log_q, student_temperature=1.7)
+    kw = dict(temperatures=temps, weights=w, operator=op, student_temperature=1.7)
+    _close(fused_kd_loss_reference(zs, zt, **kw), expected, 1e-5)
+    _close(fused_kd_loss(zs, zt, implementation="xla", **kw), expected, 1e-5)
+
+
+def test_where_mask_zeroes_loss_and_gradient():
+  zs, zt, temps, w = _inputs(4, 2, (4,), 128)
+  mask = jnp.array([True, False, True, False])
+  f = lambda s: fused_kd_loss(s, zt, temperatures=temps, weights=w, where=mask).sum()
+  loss, g = jax.value_and_grad(f)(zs)
+  assert float(loss) > 0
+  assert np.all(np.asarray(g)[~np.asarray(mask)] == 0) and np.any(np.asarray(g)[0] != 0)
+
+
+# ----------------------------------------------------------------------------- Pallas (interpret)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_interpret_two_pass(op, dtype):
+  """V = 700 over 256-wide blocks (ragged), B = 10 rows over 8-row blocks (ragged)."""
+  zs, zt, temps, w = _inputs(5, 3, (10,), 700, dtype)
+  bf16 = dtype == jnp.bfloat16
+  kw = dict(implementation="pallas", block_sizes=SMALL, interpret=True)
+  _check(zs, zt, temps, w, op=op, grad_rtol=1e-2 if bf16 else 2e-5, **kw)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_pallas_interpret_one_pass_k1_global_weights(op):
+  zs, zt, temps, w = _inputs(6, 1, (2, 3), 200, per_row=False)  # V <= block: fused kernel
+  _check(zs, zt, temps, w, op=op, implementation="pallas", block_sizes=SMALL, interpret=True)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_pallas_mixture_interpret(op):
+  _, zt, temps, w = _inputs(7, 3, (5,), 300)
+  ref = fused_mixture_reference(zt, temperatures=temps, weights=w, operator=op)
+  out = fused_mixture(
+    zt, temperatures=temps, weights=w, operator=op, implementation="pallas", block_sizes=SMALL
+  )
+  _close(out, ref, 1e-5)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gpu_row_kernel_interpret(op):
+  """The Triton row kernel's math, run through the Pallas interpreter."""
+  zs, zt, temps, w = _inputs(8, 3, (4,), 700)
+  params = jnp.concatenate([temps, jnp.array([2.0, 1.0])])  # T_k, T_S, gscale
+  kl, d = _pallas_kd._gpu_kd(
+    params, zt, zs, w, op=op, bs=BlockSizes(1, 256), with_grad=True,
+    combine=_pallas_kd._combiner(None), interpret=True,
+  )  # fmt: skip
+  kw = dict(temperatures=temps, weights=w, student_temperature=2.0, operator=op)
+  ref = lambda s: fused_kd_loss_reference(s, zt, temperature_sq_scaling=False, **kw)
+  _close(kl, ref(zs), 1e-5)
+  _close(d / 2.0, jax.grad(lambda s: ref(s).sum())(zs), 1e-5)  # ∂KL/∂z_S = (p − q)/T_S
+
+
+# ----------------------------------------------------------------------------- lowering
+
+
+def _avals(k=3, b=16, v=4096 + 256, dtype=jnp.bfloat16):
+  return (
+    jax.ShapeDtypeStruct((b, v), dtype),
+    jax.ShapeDtypeStruct((k, b, v), dtype),
+    jax.ShapeDtypeStruct((k,), jnp.float32),
+    jax.ShapeDtypeStruct((k, b), jnp.float32),
+  )
+
+
+def _value_and_grad(op):
+  def f(zs, zt, temps, w):
+    loss = lambda s: fused_kd_loss(
+      s, zt, temperatures=temps, weights=w, operator=op, implementation="pallas", interpret=False
+    ).sum()
+    return jax.value_and_grad(loss)(zs)
+
+  return jax.jit(f)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_tpu_export_contains_mosaic_kernels(op):
+  module = export.export(_value_and_grad(op), platforms=["tpu"])(*_avals()).mlir_module()
+  assert module.count("tpu_custom_call") == 2  # stats pass + loss/gradient pass
+  one_block = _avals(v=1000)  # V <= block_vocab: one fused kernel, one pass
+  module = export.export(_value_and_grad(op), platforms=["tpu"])(*one_block).mlir_module()
+  assert module.count("tpu_custom_call") == 1
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_lowering_of_triton_kernels(op):
+  text = _value_and_grad(op).trace(*_avals()).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("__gpu$xla.gpu.triton") == 2
+  assert "tpu_custom_call" not in text
+
+
+def test_block_sizes_validation():
+  with pytest.raises(ValueError, match="block_rows % 8"):
+    BlockSizes(12, 256).validate("tpu")
+  with pytest.raises(ValueError, match="powers of two"):
+    BlockSizes(1, 300).validate("gpu")
+  with pytest.raises(ValueError, match="positive"):
+    BlockSizes(0, 128)
+  assert BlockSizes.get_default("tpu").validate("tpu").block_vocab % 128 == 0
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_xla_value_and_grad_has_no_kbv_temporary(op):
+  k, b, v = 4, 64, 32768
+  temps, w = jnp.array([1.0, 2.0, 0.5, 1.5]), jnp.full((k, b), 1.0 / k)
+  f = lambda s, t: fused_kd_loss(s, t, temperatures=temps, weights=w, operator=op).mean()
+  zs, zt = jax.ShapeDtypeStruct((b, v), jnp.float32), jax.ShapeDtypeStruct((k, b, v), jnp.float32)
+  temp = jax.jit(jax.value_and_grad(f)).lower(zs, zt).compile().memory_analysis()
+  assert temp.temp_size_in_bytes <= 3 * b * v * 4 + (1 << 20), temp.temp_size_in_bytes
+  # The naive formulation does hold K·B·V buffers: the check can fail.
+  naive = lambda s, t: losses.mixture_kd(s, operators.linear(t, temperatures=temps, weights=w))
+  naive_temp = jax.jit(jax.value_and_grad(lambda s, t: naive(s, t).mean())).lower(zs, zt)
+  assert naive_temp.compile().memory_analysis().temp_size_in_bytes > k * b * v * 4
+
+
+# ----------------------------------------------------------------------------- vocab-parallel
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("op", OPS)
+def test_vocab_parallel_equals_unsharded(impl, op):
+  mesh = jax.make_mesh((8,), ("vocab",))
+  zs, zt, temps, w = _inputs(9, 3, (4,), 8 * 160)
+  zt = zt.at[:, :, 5].set(-jnp.inf)
+  kw = dict(temperatures=temps, weights=w, student_temperature=1.5, operator=op)
+  block = BlockSizes(8, 128) if impl == "pallas" else None
+  sharded = lambda s: fused_kd_loss_vocab_parallel(
+    s, zt, mesh=mesh, axis_name="vocab", implementation=impl, block_sizes=block, **kw
+  )
+  ct = jnp.arange(1.0, 5.0)
+  out, vjp = jax.vjp(jax.jit(sharded), zs)
+  ref_out, ref_vjp = jax.vjp(lambda s: fused_kd_loss(s, zt, implementation="xla", **kw), zs)
+  _close(out, ref_out, 2e-5)
+  (g,), (g_ref,) = vjp(ct), ref_vjp(ct)
+  _close(g, g_ref, 2e-5)
+
+
+def test_axis_name_inside_user_shard_map():
+  mesh = jax.make_mesh((8,), ("v",), axis_types=(jax.sharding.AxisType.Explicit,))
+  zs, zt, temps, w = _inputs(10, 2, (3,), 8 * 64)
+  kw = dict(temperatures=temps, weights=w, implementation="xla")
+
+  @functools.partial(
+    jax.shard_map, mesh=mesh, in_specs=(P(None, "v"), P(None, None, "v")), out_specs=P()
+  )
+  def local(s, t):
+    return fused_kd_loss(s, t, axis_name="v", **kw)
+
+  put = lambda x, spec: jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec))
+  zs_s, zt_s = put(zs, P(None, "v")), put(zt, P(None, None, "v"))
+  loss, g = jax.jit(jax.value_and_grad(lambda s: local(s, zt_s).sum()))(zs_s)
+  ref, g_ref = jax.value_and_grad(lambda s: fused_kd_loss(s, zt, **kw).sum())(zs)
+  _close(loss, ref, 2e-5)
+  _close(g, g_ref, 2e-5)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(teacher_logits=jnp.ones((2, 4, 9))), r"teacher_logits.*shape"),
+    (dict(teacher_logits=jnp.ones((4,))), r"teacher_logits.*shape"),
+    (dict(temperatures=jnp.ones((3,))), r"temperatures.*\(3,\)"),
+    (dict(weights=jnp.ones((2, 5))), r"weights.*\(2, 5\)"),
+    (dict(operator="power"), "operator"),
+    (dict(implementation="cuda"), "implementation"),
+    (dict(where=jnp.ones((3,), bool)), r"where.*\(3,\)"),
+  ],
+)
+def test_bad_inputs_raise_value_error(kwargs, match):
+  args = dict(
+    student_logits=jnp.ones((4, 8)),
+    teacher_logits=jnp.ones((2, 4, 8)),
+    temperatures=jnp.ones((2,)),
+    weights=jnp.full((2,), 0.5),
+  )
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    fused_kd_loss(args.pop("student_logits"), args.pop("teacher_logits"), **args)
