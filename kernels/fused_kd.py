@@ -109,7 +109,7 @@ def _row_max_sumexp(x, t):
   xb = x.reshape(*x.shape[:-1], v // 128, 128) if v % 128 == 0 else x[..., None]
   m = jnp.max(jnp.max(xb, axis=-2), axis=-1).astype(jnp.float32)
   m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
-  e = jnp.exp((xb.astype(jnp.float32) - m_safe[..., None, None]) / t[..., None, None])
+  e = jnp.exp((xb.astype(jnp.float32) - m_safe[..., None, None]) * (1.0 / t)[..., None, None])
   return m, jnp.sum(jnp.sum(e, axis=-2), axis=-1)
 
 
@@ -154,7 +154,8 @@ def _xla_q(terms, t, w, shift, log_se, pooled):
   if pooled:
     return jnp.exp(terms[0] - shift[0] - log_se[0])
   return sum(
-    w[i][:, None] * jnp.exp((terms[i] - shift[i]) / t[i] - log_se[i]) for i in range(len(terms))
+    w[i][:, None] * jnp.exp((terms[i] - shift[i]) * (1.0 / t[i]) - log_se[i])
+    for i in range(len(terms))
   )
 
 
@@ -162,7 +163,7 @@ def _xla_chunk(terms, student, w, stats, pooled):
   """Per-element KL terms and p_S − q for a vocabulary slice: terms [K, B, C] or [1, B, C]."""
   shift, log_se, t = stats
   q = _xla_q(terms, t, w, shift, log_se, pooled)  # [B, C]
-  log_p = (student.astype(jnp.float32) - shift[-1]) / t[-1] - log_se[-1]  # [B, C]
+  log_p = (student.astype(jnp.float32) - shift[-1]) * (1.0 / t[-1]) - log_se[-1]  # [B, C]
   kl = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0)
   return kl, jnp.exp(log_p) - q
 
