@@ -192,7 +192,10 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
     # Loss and gradient both consume q. Written flat, XLA:CPU then materialised the K exp
     # terms as [B, V] buffers (K·B·V·4 bytes; 21-45 ms at K=4, B=64, V=32768 on 2 cores).
     # A loop over vocab chunks keeps those temporaries in cache, writes p_S − q once and
-    # took ~9 ms. The ragged tail (V mod C) is one static chunk after the loop.
+    # took ~9 ms. The ragged tail (V mod C) is one static chunk after the loop. Tried and
+    # dropped: O(B) residuals with a backward that recomputes q from the inputs (3K + 3
+    # instead of 2K + 4 transcendentals, q written differently so CSE cannot merge the two
+    # passes): as fast under load, slower for geometric, and 8 MB more temporaries.
     n = v // c
 
     def body(j, carry):
