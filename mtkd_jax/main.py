@@ -261,10 +261,10 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
           ("kl_q_student", "KL(q ‖ p_S)"), ("grad_norm", "gradient norm")]  # fmt: skip
   fig, axes = plt.subplots(2, 2, figsize=(11, 7))
   for ax, (key, title) in zip(axes.ravel(), keys, strict=True):
-    for name, rows in runs.items():
+    for i, (name, rows) in enumerate(runs.items()):
       steps = sorted(s for s in rows if key in rows[s])
-      if steps:
-        ax.plot(steps, [rows[s][key] for s in steps], label=name, lw=1)
+      if steps:  # one colour per run in every panel (teachers have no KL to q)
+        ax.plot(steps, [rows[s][key] for s in steps], label=name, lw=1, color=f"C{i % 10}")
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_yscale("log" if key in ("loss", "kl_q_student") else "linear")

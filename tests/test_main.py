@@ -88,7 +88,7 @@ TINY = ["--config.teacher_steps=20", "--config.num_steps=20", "--config.checkpoi
 def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
   workdir = tmp_path / "run"
   r = _run_cli(workdir, *TINY)
-  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.returncode == 0, f"rc={r.returncode}\n{r.stderr[-3000:]}"
   for name in ("teacher_0", "teacher_2", "student_linear", "student_geometric",
                "student_from_teacher_1", "average teacher", "ensemble_q_linear"):  # fmt: skip
     assert name in r.stdout, r.stdout
@@ -109,7 +109,7 @@ def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
 
   # A rerun resumes: every run is finished, so nothing is retrained and the numbers repeat.
   r2 = _run_cli(workdir, *TINY, "--config.log_every=10")  # observation-only field: allowed
-  assert r2.returncode == 0, r2.stderr[-3000:]
+  assert r2.returncode == 0, f"rc={r2.returncode}\n{r2.stderr[-3000:]}"
   assert json.loads((workdir / "results.json").read_text()) == results
   assert len((workdir / "metrics.jsonl").read_text().splitlines()) == len(rows)
 

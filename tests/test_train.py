@@ -335,7 +335,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240, **kw
   )
   r = run([*cli, f"--workdir={ref}"])
-  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.returncode == 0, f"rc={r.returncode}\n{r.stderr[-3000:]}"
   # Dies by SIGKILL right after starting the (asynchronous) save of step 20 of the student.
   killer = [sys.executable, os.path.join(TESTS, "_kill_worker.py"), "student_linear", "20"]
   r = run([*killer, *CLI_TINY, f"--workdir={killed}"])
@@ -343,7 +343,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
   assert _load_final_params(killed, "student_linear")[0] in (10, 20)
   assert not os.path.exists(os.path.join(killed, "checkpoints", "student_geometric"))
   r = run([*cli, f"--workdir={killed}"])
-  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.returncode == 0, f"rc={r.returncode}\n{r.stderr[-3000:]}"
   for name in ("teacher_0", "student_linear", "student_geometric"):
     step_ref, p_ref = _load_final_params(ref, name)
     step_res, p_res = _load_final_params(killed, name)
