@@ -132,9 +132,10 @@ def make_train_step(
     `train_step(state, batch, teacher_params=None) -> (state, metrics)`, a pure function to
     jit; `batch` holds "x" [B, ...] and "y" int [B, ...] (and "teacher_logits").
 
-  >>> step = make_train_step(apply, optax.adam(1e-3), operator=operators.linear,
-  ...                        loss=losses.mixture_kd, temperatures=[1., 2.], weights=[.5, .5])
-  ... # doctest: +SKIP
+  >>> from mtkd_jax import models
+  >>> m = models.build("mlp", in_features=4, hidden=(8,), num_classes=3)
+  >>> step = make_train_step(m.apply, optax.adam(1e-3), operator=operators.geometric,
+  ...                        loss=losses.mixture_kd, temperatures=[1.0, 2.0], weights=[0.5, 0.5])
   """
   if not callable(operator):
     raise ValueError(f"operator: must be a function op(teacher_log_probs, *, temperatures, "

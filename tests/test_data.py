@@ -1,7 +1,9 @@
 """Tests for mtkd_jax.data: deterministic splits, teacher views, pure batch iterators."""
 
+import hypothesis
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from mtkd_jax import data
 
@@ -79,3 +81,27 @@ def test_lm_batch_targets_are_shifted_inputs():
   assert b["x"].shape == b["y"].shape == (4, 32)
   np.testing.assert_array_equal(b["x"][:, 1:], b["y"][:, :-1])
   np.testing.assert_array_equal(b["x"], data.lm_batch(corpus, 4, 32, seed=0, step=5)["x"])
+
+
+@hypothesis.given(
+  n=st.integers(2, 300),
+  b=st.integers(1, 64),
+  seed=st.integers(0, 2**16),
+  step=st.integers(0, 10_000),
+  parts=st.sampled_from([1, 2, 4]),
+)
+def test_batch_properties(n, b, seed, step, parts):
+  hypothesis.assume(b <= n)
+  idx = data.batch_indices(n, b, seed=seed, step=step)
+  assert idx.shape == (b,) and len(np.unique(idx)) == b and idx.min() >= 0 and idx.max() < n
+  np.testing.assert_array_equal(idx, data.batch_indices(n, b, seed=seed, step=step))
+  # Per-process slices of the global batch reassemble it, whatever the process count.
+  if b % parts == 0:
+    arrays = {"i": np.arange(n)}
+    shards = [
+      data.get_batch(
+        arrays, b, seed=seed, step=step, rows=slice(p * b // parts, (p + 1) * b // parts)
+      )
+      for p in range(parts)
+    ]
+    np.testing.assert_array_equal(np.concatenate([s["i"] for s in shards]), idx)

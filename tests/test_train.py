@@ -47,11 +47,23 @@ KW = dict(temperatures=[1.0, 2.0, 0.5], weights=[0.5, 0.3, 0.2], student_tempera
 
 
 @pytest.mark.parametrize("op", [operators.linear, operators.geometric])
-def test_fused_kernel_path_matches_composed_path(op):
+def test_fused_kernel_path_matches_composed_path(op, monkeypatch):
+  from mtkd_jax import kernels
+
+  calls = []
+  fused_kd_loss = kernels.fused_kd_loss
+
+  def counting(*args, **kwargs):
+    calls.append(kwargs["operator"])
+    return fused_kd_loss(*args, **kwargs)
+
+  monkeypatch.setattr(kernels, "fused_kd_loss", counting)
   model, batch = _random_problem()
   fused_state, fused_m = _one_step(model, batch, operator=op, loss=losses.mixture_kd, **KW)
-  composed = lambda t, **kw: op(t, **kw)  # not the registered function: composed path
+  assert calls == [op.__name__]  # the registered operator goes through the kernel
+  composed = lambda t, **kw: op(t, **kw)  # any other function: operator + losses.mixture_kd
   comp_state, comp_m = _one_step(model, batch, operator=composed, loss=losses.mixture_kd, **KW)
+  assert calls == [op.__name__]
   np.testing.assert_allclose(fused_m["loss"], comp_m["loss"], rtol=1e-5)
   for a, b in zip(
     jax.tree.leaves(fused_state.params), jax.tree.leaves(comp_state.params), strict=True

@@ -6,7 +6,7 @@ Trains K=3 teachers that each see a different random subset of pixels, a differe
 a different part of the training set and have a different width (cached in the workdir), then
 distils one student per operator (linear, geometric) and one single-teacher student per teacher.
 Prints test accuracy and log-loss of every model and the average teacher log-loss (SPEC Cor
-IV.10). Runtime about 1-2 minutes on 2 CPU cores. Override any field, e.g.
+IV.10). Runtime about 45-60 s on 2 CPU cores. Override any field, e.g.
 `--config.operator=geometric`, `--config.weights="(0.5,0.3,0.2)"`, `--config.mesh.model=2`.
 """
 
