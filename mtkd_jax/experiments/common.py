@@ -69,6 +69,39 @@ def register_operators(specs: Sequence[str]) -> None:
       operators.register(spec, parse_operator(spec))
 
 
+def load_sibling_config(config_file: str, name: str):
+  """`get_config()` of experiments/configs/<name>.py, found next to `config_file`.
+
+  Lets an experiment config embed the digits job config (`c.digits = ...`) without copying it.
+  """
+  import importlib.util
+
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_mtkd_config_{name}", path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f"no config file {path!r}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def read_metrics(path: str) -> dict[str, dict[str, list]]:
+  """metrics.jsonl of the digits job → {run: {field: [values by step]}} (last row per step)."""
+  import json
+
+  runs: dict[str, dict[int, dict]] = {}
+  with open(path) as f:
+    for line in f:
+      row = json.loads(line)
+      runs.setdefault(row["run"], {})[row["step"]] = row
+  out = {}
+  for name, by_step in runs.items():
+    steps = sorted(by_step)
+    fields = {k for s in steps for k in by_step[s]} - {"run"}
+    out[name] = {k: [by_step[s].get(k) for s in steps] for k in sorted(fields)}
+  return out
+
+
 # --------------------------------------------------------------------------------------------
 # Digits teachers (the same runs, names and checkpoints as the teachers of `mtkd_jax.main.run`).
 # --------------------------------------------------------------------------------------------
@@ -98,13 +131,18 @@ def train_teachers(config, workdir: str, views: Sequence[data_lib.TeacherView] |
     )
   train_logits, test_logits = [], []
   for k, view in enumerate(views):
-    model = models.build("mlp", in_features=data_lib.NUM_PIXELS,
-                         hidden=tuple(config.teacher_hidden[k]),
-                         num_classes=data_lib.NUM_CLASSES)  # fmt: skip
+    model = models.build(
+      "mlp",
+      in_features=data_lib.NUM_PIXELS,
+      hidden=tuple(config.teacher_hidden[k]),
+      num_classes=data_lib.NUM_CLASSES,
+    )
     optimizer = train.make_optimizer(
-      config.teacher_learning_rate, config.teacher_steps,
-      weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-    )  # fmt: skip
+      config.teacher_learning_rate,
+      config.teacher_steps,
+      weight_decay=config.weight_decay,
+      warmup_steps=config.warmup_steps,
+    )
     x_train = view.apply(train_split)  # [N, 64] the teacher's view of every training image
     state, _ = train.train(
       name=f"teacher_{k}",
@@ -123,6 +161,60 @@ def train_teachers(config, workdir: str, views: Sequence[data_lib.TeacherView] |
     train_logits.append(train.predict(model.apply, state.params, x_train, mesh))
     test_logits.append(train.predict(model.apply, state.params, view.apply(test_split), mesh))
   return splits, list(views), np.stack(train_logits), np.stack(test_logits)
+
+
+# --------------------------------------------------------------------------------------------
+# Random teachers for counterexample searches.
+# --------------------------------------------------------------------------------------------
+def random_teachers(seed: int, num: int, num_teachers: int, vocab_size: int):
+  """`num` random problems of K teachers over V tokens, from flat to very peaked.
+
+  Each teacher row is a Dirichlet(c) draw with c ∈ {0.1, 0.3, 1, 5} picked per teacher and
+  problem (small c: near one-hot, large c: near uniform), floored at 1e-6 and renormalised so
+  every log-probability is finite; weights are Dirichlet(1) per problem.
+
+  Returns:
+    `(teacher_log_probs [K, num, V] float32, weights [K, num] float32, rng)`; the numpy
+    generator continues the stream (for labels or students).
+
+  >>> lp, w, _ = random_teachers(0, 4, 3, 5)
+  >>> lp.shape, w.shape
+  ((3, 4, 5), (3, 4))
+  """
+  rng = np.random.default_rng(seed)
+  conc = rng.choice(np.array([0.1, 0.3, 1.0, 5.0]), size=(num_teachers, num, 1))
+  p = rng.gamma(np.broadcast_to(conc, (num_teachers, num, vocab_size)))  # [K, N, V]
+  p = p / p.sum(-1, keepdims=True)
+  p = np.maximum(p, 1e-6)
+  p = p / p.sum(-1, keepdims=True)
+  weights = rng.dirichlet(np.ones(num_teachers), size=num).T  # [K, N]
+  return np.log(p).astype(np.float32), weights.astype(np.float32), rng
+
+
+def worst_case(violation: np.ndarray, tol: float, inputs: Callable[[int], dict]) -> dict:
+  """Summary of a bound check over N problems, with violation = lhs − rhs per problem.
+
+  Args:
+    violation: [N] lhs − rhs; > tol is a counterexample (tol absorbs float32 rounding).
+    tol: tolerance.
+    inputs: `inputs(j) -> dict of arrays`, the inputs of problem j (shown for the worst one).
+
+  Returns:
+    dict with `fraction` of problems violating, `max_violation`, and `counterexample` (the
+    rounded inputs of the worst problem) or None when no problem violates.
+  """
+  violation = np.asarray(violation, np.float64)
+  j = int(np.argmax(violation))
+  bad = violation > tol
+  example = None
+  if bad.any():
+    sig4 = np.vectorize(lambda x: float(f"{x:.4g}"))  # 4 significant digits: tiny p stay visible
+    example = {k: sig4(np.asarray(v, np.float64)).tolist() for k, v in inputs(j).items()}
+  return {
+    "fraction": float(bad.mean()),
+    "max_violation": float(violation[j]),
+    "counterexample": example,
+  }
 
 
 # --------------------------------------------------------------------------------------------

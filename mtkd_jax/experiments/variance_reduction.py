@@ -286,10 +286,22 @@ def make_figure(results: dict, png_path: str) -> None:
     for weighting, style in styles.items():
       rows = select(results, operator="linear", rho=rho, weighting=weighting, sigmas="equal")
       ks = [r["num_teachers"] for r in rows]
-      ax.plot(ks, [r["closed_form"] for r in rows], style, color=shades[rho], lw=1.5,
-              label=f"σ²(Σw² + ρ(1−Σw²)), ρ={rho:g}, {weighting} w")  # fmt: skip
-      ax.plot(ks, [r["measured"] for r in rows], "o", color=shades[rho], ms=4,
-              mfc="white" if weighting == "skewed" else shades[rho])  # fmt: skip
+      ax.plot(
+        ks,
+        [r["closed_form"] for r in rows],
+        style,
+        color=shades[rho],
+        lw=1.5,
+        label=f"σ²(Σw² + ρ(1−Σw²)), ρ={rho:g}, {weighting} w",
+      )
+      ax.plot(
+        ks,
+        [r["measured"] for r in rows],
+        "o",
+        color=shades[rho],
+        ms=4,
+        mfc="white" if weighting == "skewed" else shades[rho],
+      )
   ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² = Σ w_k σ_k² (one teacher)")
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
@@ -302,15 +314,30 @@ def make_figure(results: dict, png_path: str) -> None:
   ax = axes[1]
   k_big = max(r["num_teachers"] for r in results["rows"])
   for weighting, style in styles.items():
-    rows = [select(results, operator="linear", rho=rho, weighting=weighting, sigmas="equal",
-                   num_teachers=k_big)[0] for rho in rhos]  # fmt: skip
+    rows = [
+      select(
+        results, operator="linear", rho=rho, weighting=weighting, sigmas="equal", num_teachers=k_big
+      )[0]
+      for rho in rhos
+    ]
     grid = np.linspace(0.0, 1.0, 101)
     s2, sw2 = results["sigma"] ** 2, rows[0]["sum_w2"]
-    ax.plot(grid, s2 * (sw2 + grid * (1 - sw2)), style, color="k", lw=1.2,
-            label=f"σ²(Σw² + ρ(1−Σw²)), {weighting} w, 1/Σw²={1 / sw2:.1f}")  # fmt: skip
-    ax.plot(rhos, [r["measured"] for r in rows], "o", color="C0",
-            mfc="white" if weighting == "skewed" else "C0",
-            label=f"measured, {weighting} w")  # fmt: skip
+    ax.plot(
+      grid,
+      s2 * (sw2 + grid * (1 - sw2)),
+      style,
+      color="k",
+      lw=1.2,
+      label=f"σ²(Σw² + ρ(1−Σw²)), {weighting} w, 1/Σw²={1 / sw2:.1f}",
+    )
+    ax.plot(
+      rhos,
+      [r["measured"] for r in rows],
+      "o",
+      color="C0",
+      mfc="white" if weighting == "skewed" else "C0",
+      label=f"measured, {weighting} w",
+    )
   ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² (one teacher)")
   ax.set_xlabel("pairwise error correlation ρ")
   ax.set_ylabel("Var[q(i)]")
@@ -321,8 +348,15 @@ def make_figure(results: dict, png_path: str) -> None:
   ax = axes[2]
   for spec in specs:
     rows = select(results, operator=spec, rho=min(rhos), weighting="uniform", sigmas="spread")
-    ax.plot([r["num_teachers"] for r in rows], [r["ratio_to_closed_form"] for r in rows],
-            "o-", color=colors[spec], ms=3, lw=1, label=spec)  # fmt: skip
+    ax.plot(
+      [r["num_teachers"] for r in rows],
+      [r["ratio_to_closed_form"] for r in rows],
+      "o-",
+      color=colors[spec],
+      ms=3,
+      lw=1,
+      label=spec,
+    )
   tol = results["tolerance"]
   ax.axhspan(1 - tol, 1 + tol, color="gray", alpha=0.2, label=f"MC tolerance ±{tol:.1%}")
   ax.set_xscale("log", base=2)

@@ -1,0 +1,155 @@
+"""Thm IV.9, the log-loss bound −log q(y) ≤ −Σ_k w_k log p_k(y), on digits and on random inputs.
+
+The proof is Jensen's inequality for the linear mixture. It also holds for the geometric pool,
+and for every power mean with α ≤ 1: q(y) = M_α(y)/Z with M_α(y) ≥ M_0(y) = Π_k p_k(y)^{w_k} and a
+normaliser Z = Σ_i M_α(i) ≤ Σ_i M_1(i) = 1 (power means grow with α), so q(y) ≥ Π_k p_k(y)^{w_k}.
+For α > 1 the normaliser exceeds 1, and the entropic pool flattens q: neither is covered, and the
+measurements below show where they break.
+
+Part 1 (digits): the digits job's teachers (trained or restored from `<workdir>/checkpoints`)
+on every train and test example, per operator: the fraction of examples with −log q(y) above the
+bound, the largest excess, and the mean of both sides.
+Part 2 (random): random teachers, weights and labels, the same statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtkd_jax import temperature, theory
+from mtkd_jax.experiments import common
+
+TOL = 1e-5  # −log q(y) − bound above this (float32 rounding) is a violation
+
+
+def validate_config(config) -> None:
+  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_operators("operators", config.operators)
+  if config.num_random < 1:
+    raise ValueError(f"config.num_random: need ≥ 1 random problems, got {config.num_random}")
+
+
+def check_bound(log_p, labels, weights, temperatures, specs) -> dict:
+  """Per operator: both sides of Thm IV.9 per example and the violation summary.
+
+  Args:
+    log_p: [K, N, V] teacher log-probabilities or logits.
+    labels: int [N].
+    weights: [K] or [K, N].
+    temperatures: [K].
+    specs: operator specs.
+  """
+  p = np.exp(np.asarray(temperature.scale(log_p, temperatures), np.float64))  # [K, N, V]
+  w = np.broadcast_to(
+    np.reshape(weights, np.shape(weights) + (1,) * (2 - np.ndim(weights))), p.shape[:2]
+  )  # [K, N]
+  out = {}
+  for spec in specs:
+    lhs, rhs = theory.log_loss_bound(
+      log_p,
+      labels,
+      temperatures=temperatures,
+      weights=weights,
+      operator=common.parse_operator(spec),
+    )
+    lhs, rhs = np.asarray(lhs, np.float64), np.asarray(rhs, np.float64)
+    summary = common.worst_case(
+      lhs - rhs,
+      TOL,
+      lambda j, lhs=lhs, rhs=rhs: {
+        "teachers": p[:, j],
+        "weights": w[:, j],
+        "label": labels[j],
+        "neg_log_q_y": lhs[j],
+        "bound": rhs[j],
+      },
+    )
+    summary.update(
+      mean_lhs=float(lhs.mean()), mean_rhs=float(rhs.mean()), lhs=lhs.tolist(), rhs=rhs.tolist()
+    )
+    out[spec] = summary
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  """Digits teachers (cached in workdir) and random problems; returns per-operator summaries."""
+  specs = list(config.operators)
+  digits = config.digits
+  splits, _, train_logits, test_logits = common.train_teachers(digits, workdir)
+  logits = np.concatenate([train_logits, test_logits], axis=1)  # [K, N, V]
+  labels = np.concatenate([splits["train"].y, splits["test"].y])  # [N]
+  temperatures = np.asarray(digits.temperatures, np.float32)
+  weights = np.asarray(digits.weights, np.float32)
+  real = check_bound(logits, labels, weights, temperatures, specs)
+
+  k, v = config.random_num_teachers, config.random_vocab_size
+  log_p, w, rng = common.random_teachers(config.seed, config.num_random, k, v)
+  random_labels = rng.integers(0, v, config.num_random)
+  rnd = check_bound(log_p, random_labels, w, np.ones(k, np.float32), specs)
+  for r in rnd.values():  # per-example sides of the random search are not needed downstream
+    del r["lhs"], r["rhs"]
+  return {"digits": real, "random": rnd, "num_digits_examples": len(labels)}
+
+
+def format_table(results: dict) -> str:
+  """Violation rates and mean log-losses per operator."""
+  lines = [
+    "Thm IV.9 log-loss bound −log q(y) ≤ −Σ_k w_k log p_k(y):",
+    f"  {'operator':<24} {'digits viol.':>12} {'max excess':>10} {'mean −log q(y)':>15} "
+    f"{'mean bound':>10} {'random viol.':>12} {'max excess':>10}",
+  ]
+  for spec, r in results["digits"].items():
+    x = results["random"][spec]
+    lines.append(
+      f"  {spec:<24} {r['fraction']:>12.2%} {max(r['max_violation'], 0):>10.4f} "
+      f"{r['mean_lhs']:>15.4f} {r['mean_rhs']:>10.4f} {x['fraction']:>12.2%} "
+      f"{max(x['max_violation'], 0):>10.4f}"
+    )
+  lines.append(f"  ({results['num_digits_examples']} digits examples, train + test)")
+  for part in ("digits", "random"):
+    for spec, r in results[part].items():
+      if r["counterexample"] is not None:
+        lines.append(f"  counterexample {spec} ({part}): {r['counterexample']}")
+  return "\n".join(lines)
+
+
+def make_figure(results: dict, png_path: str) -> None:
+  """Per operator, −log q(y) against the bound on digits; violation rates."""
+  plt = common.pyplot()
+  specs = list(results["digits"])
+  colors = common.operator_colors(specs)
+  ncols = len(specs) + 1
+  fig, axes = plt.subplots(1, ncols, figsize=(2.9 * ncols, 3.4))
+  top = max(max(r["rhs"]) for r in results["digits"].values())
+  for ax, spec in zip(axes, specs, strict=False):
+    r = results["digits"][spec]
+    lhs, rhs = np.asarray(r["lhs"]), np.asarray(r["rhs"])
+    bad = lhs > rhs + TOL
+    ax.plot([0, top], [0, top], "k--", lw=1)
+    ax.scatter(rhs[~bad], lhs[~bad], s=3, color=colors[spec], alpha=0.4)
+    ax.scatter(rhs[bad], lhs[bad], s=6, color="k", marker="x", label=f"above: {bad.mean():.1%}")
+    ax.set_xscale("symlog", linthresh=1e-2)
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_title(spec, fontsize=9)
+    ax.set_xlabel("−Σ w_k log p_k(y)", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+  axes[0].set_ylabel("−log q(y)  (digits, per example)")
+  ax = axes[-1]
+  x = np.arange(len(specs))
+  real = [100 * results["digits"][s]["fraction"] for s in specs]
+  rnd = [100 * results["random"][s]["fraction"] for s in specs]
+  b1 = ax.bar(x - 0.2, real, 0.4, color=[colors[s] for s in specs], label="digits")
+  b2 = ax.bar(
+    x + 0.2, rnd, 0.4, color=[colors[s] for s in specs], alpha=0.45, hatch="//", label="random"
+  )
+  ax.bar_label(b1, fmt="%.0f", fontsize=7)
+  ax.bar_label(b2, fmt="%.0f", fontsize=7)
+  ax.set_xticks(x, specs, rotation=35, ha="right", fontsize=7)
+  ax.set_ylabel("% examples above the bound", fontsize=8)
+  ax.legend(fontsize=7)
+  fig.suptitle(
+    "Thm IV.9: −log q(y) ≤ −Σ_k w_k log p_k(y) (dashed: equality; × = violation)", fontsize=10
+  )
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)

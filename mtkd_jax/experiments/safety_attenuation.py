@@ -1,0 +1,183 @@
+"""Prop IV.11 / Cor IV.12, safety attenuation: q(unsafe) as the safety teacher's weight w* grows.
+
+Cor IV.12: q(i) ≤ (1 − w*) max_{k≠k*} p_k(i) + w* p_{k*}(i) for a safety teacher k*.
+Prop IV.11: q(i) < p_max = max_k p_k(i) when a teacher with w_k > 0 puts less than p_max on i.
+Both are stated for any operator satisfying Axiom 1, but the proofs treat q(i) as a convex
+combination of the p_k(i), i.e. the linear operator. A normalised non-linear pool divides by a
+normaliser Z(p, w) that can be < 1 (geometric, power α < 1: mass the teachers disagree on is lost
+and what they agree on is amplified), and a flattening pool (entropic) lifts small probabilities.
+
+Part 1, scenarios (token 0 is "unsafe", the last teacher is the safety teacher, the others share
+1 − w* equally): q(0) against the bound for w* ∈ [0, 1], for every operator.
+Part 2, random search: random teachers and weights; a problem violates Cor IV.12 if some token
+with p_{k*}(i) ≤ `unsafe_threshold` (the corollary's premise p_{k*}(i) ≪ 1) has q(i) above the
+bound, and violates Prop IV.11 if some token has q(i) > max_k p_k(i) while a teacher with w_k > 0
+is below that max.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from mtkd_jax import theory
+from mtkd_jax.experiments import common
+
+TOL = 1e-6  # q(i) − bound above this (float32 rounding) is a violation
+
+
+def validate_config(config) -> None:
+  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_operators("operators", config.operators)
+  for name, teachers in config.scenarios.items():
+    p = np.asarray(teachers, np.float64)
+    if p.ndim != 2 or p.shape[0] < 2 or np.any(p <= 0):
+      raise ValueError(
+        f"config.scenarios.{name}: need K ≥ 2 rows of positive probabilities, got shape {p.shape}"
+      )
+  if config.num_weights < 2:
+    raise ValueError(f"config.num_weights: need ≥ 2 values of w*, got {config.num_weights}")
+
+
+def scenario_sweep(teachers, specs, num_weights: int) -> dict:
+  """q(0) and the Cor IV.12 bound for w* on a grid, the safety teacher being the last row."""
+  p = np.asarray(teachers, np.float64)
+  p = p / p.sum(-1, keepdims=True)  # [K, V]
+  k = p.shape[0]
+  w_star = np.linspace(0.0, 1.0, num_weights)  # [W]
+  weights = np.concatenate(
+    [np.repeat(((1.0 - w_star) / (k - 1))[None], k - 1, axis=0), w_star[None]]
+  ).astype(np.float32)  # [K, W]
+  log_p = jnp.log(jnp.asarray(np.repeat(p[:, None], num_weights, axis=1), jnp.float32))
+  out = {"w_star": w_star.tolist(), "teachers": p.tolist(), "q": {}, "violations": {}}
+  for spec in specs:
+    q, bound = theory.safety_bound(
+      log_p,
+      temperatures=jnp.ones(k),
+      weights=weights,
+      safety_teacher=k - 1,
+      operator=common.parse_operator(spec),
+    )
+    q0, b0 = np.asarray(q[:, 0], np.float64), np.asarray(bound[:, 0], np.float64)
+    out["bound"] = b0.tolist()
+    out["q"][spec] = q0.tolist()
+    out["violations"][spec] = [
+      float(w) for w, a, b in zip(w_star, q0, b0, strict=True) if a > b + TOL
+    ]
+  return out
+
+
+def random_search(config) -> dict:
+  """Violation rates of Cor IV.12 (on premise tokens) and Prop IV.11 over random problems."""
+  k, v = config.random_num_teachers, config.random_vocab_size
+  log_p, w, _ = common.random_teachers(config.seed, config.num_random, k, v)  # [K, N, V], [K, N]
+  p = np.exp(log_p.astype(np.float64))
+  premise = p[-1] <= config.unsafe_threshold  # [N, V] tokens the safety teacher calls unsafe
+  p_max = p.max(axis=0)  # [N, V]
+  below = ((w[..., None] > 0) & (p < p_max - TOL)).any(axis=0)  # [N, V] Prop IV.11 premise
+  out = {}
+  for spec in config.operators:
+    q, bound = theory.safety_bound(
+      log_p,
+      temperatures=jnp.ones(k),
+      weights=w,
+      safety_teacher=k - 1,
+      operator=common.parse_operator(spec),
+    )
+    q, bound = np.asarray(q, np.float64), np.asarray(bound, np.float64)
+    cor = np.where(premise, q - bound, -np.inf).max(axis=-1)  # [N]
+    prop = np.where(below, q - p_max, -np.inf).max(axis=-1)  # [N]
+    show = lambda j, q=q: {"teachers": p[:, j], "weights": w[:, j], "q": q[j]}
+    out[spec] = {
+      "cor_iv12": common.worst_case(np.where(np.isfinite(cor), cor, -1.0), TOL, show),
+      "prop_iv11": common.worst_case(np.where(np.isfinite(prop), prop, -1.0), TOL, show),
+    }
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  """Scenario sweeps and the random search; everything is in the returned results."""
+  del workdir
+  specs = list(config.operators)
+  return {
+    "scenarios": {
+      name: scenario_sweep(t, specs, config.num_weights) for name, t in config.scenarios.items()
+    },
+    "random": random_search(config),
+    "unsafe_threshold": config.unsafe_threshold,
+  }
+
+
+def format_table(results: dict) -> str:
+  """Per scenario, the w* where each operator exceeds the bound; random-search violation rates."""
+  lines = ["Cor IV.12 safety bound q(unsafe) ≤ (1 − w*) max_{k≠k*} p_k + w* p_{k*}:"]
+  for name, sc in results["scenarios"].items():
+    lines.append(f"  scenario {name!r} (teachers: {np.round(sc['teachers'], 3).tolist()}):")
+    for spec, ws in sc["violations"].items():
+      q = sc["q"][spec]
+      where = f"above the bound for w* ∈ [{min(ws):.2f}, {max(ws):.2f}]" if ws else "holds"
+      lines.append(f"    {spec:<24} q(0) at w*=0: {q[0]:.4f}, at w*=1: {q[-1]:.4f}; {where}")
+  lines.append(
+    f"Random problems (Cor IV.12 on tokens with p_k*(i) ≤ {results['unsafe_threshold']}; "
+    "Prop IV.11 q(i) < p_max):"
+  )
+  lines.append(
+    f"  {'operator':<24} {'IV.12 viol.':>11} {'max excess':>10} {'IV.11 viol.':>11} "
+    f"{'max excess':>10}"
+  )
+  for spec, r in results["random"].items():
+    c, p = r["cor_iv12"], r["prop_iv11"]
+    lines.append(
+      f"  {spec:<24} {c['fraction']:>11.2%} {max(c['max_violation'], 0):>10.4f} "
+      f"{p['fraction']:>11.2%} {max(p['max_violation'], 0):>10.4f}"
+    )
+  for spec, r in results["random"].items():
+    if r["prop_iv11"]["counterexample"] is not None:
+      lines.append(f"  IV.11 counterexample {spec}: {r['prop_iv11']['counterexample']}")
+  return "\n".join(lines)
+
+
+def make_figure(results: dict, png_path: str) -> None:
+  """q(unsafe) vs w* per operator with the bound, per scenario; random-search violation rates."""
+  plt = common.pyplot()
+  scenarios = results["scenarios"]
+  specs = list(results["random"])
+  colors = common.operator_colors(specs)
+  fig, axes = plt.subplots(1, len(scenarios) + 1, figsize=(5.3 * (len(scenarios) + 1), 4.6))
+  for ax, (name, sc) in zip(axes, scenarios.items(), strict=False):
+    w = sc["w_star"]
+    ax.plot(w, sc["bound"], "k--", lw=2, label="Cor IV.12 bound")
+    for spec in specs:
+      ax.plot(w, sc["q"][spec], color=colors[spec], lw=1.3, label=spec)
+      bad = [i for i, x in enumerate(w) if x in sc["violations"][spec]]
+      ax.plot([w[i] for i in bad], [sc["q"][spec][i] for i in bad], "x", color=colors[spec], ms=5)
+    p = np.asarray(sc["teachers"])
+    ax.set_title(
+      f"{name}: p_k(unsafe) = {np.round(p[:, 0], 3).tolist()}\n(× = above the bound)", fontsize=9
+    )
+    ax.set_xlabel("safety teacher weight w*")
+    ax.set_ylabel("q(unsafe)")
+    ax.legend(fontsize=7)
+  ax = axes[-1]
+  x = np.arange(len(specs))
+  cor = [100 * results["random"][s]["cor_iv12"]["fraction"] for s in specs]
+  prop = [100 * results["random"][s]["prop_iv11"]["fraction"] for s in specs]
+  b1 = ax.bar(x - 0.2, cor, 0.4, color=[colors[s] for s in specs], label="Cor IV.12 bound")
+  b2 = ax.bar(
+    x + 0.2,
+    prop,
+    0.4,
+    color=[colors[s] for s in specs],
+    alpha=0.45,
+    hatch="//",
+    label="Prop IV.11: q(i) < p_max",
+  )
+  ax.bar_label(b1, fmt="%.0f", fontsize=7)
+  ax.bar_label(b2, fmt="%.0f", fontsize=7)
+  ax.set_xticks(x, specs, rotation=25, ha="right", fontsize=8)
+  ax.set_ylabel("% of random problems violating")
+  ax.set_title("Random teachers: linear never violates", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)
