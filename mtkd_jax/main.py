@@ -34,6 +34,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() (auto).")
 
 
+def _operator_kwargs(config) -> dict:
+  """The operator hyperparameters that are set (placeholders left at None are dropped)."""
+  return {k: v for k, v in config.operator_kwargs.items() if v is not None}
+
+
 # --------------------------------------------------------------------------------------------
 # Config validation: one-line errors naming the field, before anything is compiled.
 # --------------------------------------------------------------------------------------------
@@ -49,7 +54,7 @@ def validate_config(config, num_devices: int) -> None:
   k = config.num_teachers
   check("model", lambda: models.check_name(config.model))
   check("loss", lambda: train.get_loss(config.loss))
-  check("operator", lambda: operators.get(config.operator, **config.operator_kwargs))
+  check("operator", lambda: operators.get(config.operator, **_operator_kwargs(config)))
   for name in config.compare_operators:
     check("compare_operators", lambda name=name: operators.get(name))
   check("temperatures", lambda: temperature_lib.check_temperatures(config.temperatures, k))
@@ -173,7 +178,7 @@ def run(config, workdir: str) -> dict:
   temperatures = np.asarray(config.temperatures, np.float32)
   weights = np.asarray(config.weights, np.float32)
   for name, op_name, ks in students:
-    kwargs = dict(config.operator_kwargs) if op_name == config.operator else {}
+    kwargs = _operator_kwargs(config) if op_name == config.operator else {}
     operator = operators.get(op_name, **kwargs)
     w = weights[ks] / weights[ks].sum()  # a single teacher gets weight 1
     optimizer = train.make_optimizer(
@@ -207,7 +212,7 @@ def run(config, workdir: str) -> dict:
 
   # ---- The aggregate q itself, and the average teacher (Thm IV.9, Cor IV.10) --------------
   for op_name in op_names:
-    kwargs = dict(config.operator_kwargs) if op_name == config.operator else {}
+    kwargs = _operator_kwargs(config) if op_name == config.operator else {}
     log_q = operators.get(op_name, **kwargs)(
       teacher_test_logits, temperatures=temperatures, weights=weights
     )  # [N_test, V]

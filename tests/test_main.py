@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -31,6 +30,7 @@ def _config(**overrides):
 
 def test_default_config_is_valid():
   main.validate_config(_config(), num_devices=8)
+  main.validate_config(_config(operator="power", **{"operator_kwargs.alpha": 0.5}), num_devices=8)
   main.validate_config(_config(**{"mesh.data": 4, "mesh.model": 2}), num_devices=8)
 
 
@@ -52,6 +52,7 @@ def test_default_config_is_valid():
     ({"mesh.data": 3, "mesh.model": 2}, "config.mesh"),
     ({"batch_size": 60}, "config.batch_size"),
     ({"operator": "power"}, "config.operator"),  # power needs alpha
+    ({"operator_kwargs.alpha": 0.5}, "config.operator"),  # linear takes no alpha
   ],
 )
 def test_bad_config_is_a_one_line_error_naming_the_field(overrides, field):
@@ -71,13 +72,11 @@ def _run_cli(workdir, *flags, timeout=240):
 
 
 def test_cli_rejects_unknown_operator_before_compiling(tmp_path):
-  start = time.time()
   r = _run_cli(tmp_path / "w", "--config.operator=median")
   assert r.returncode == 2
   lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
   assert len(lines) == 1 and "config.operator" in lines[0] and "'linear'" in lines[0]
   assert not (tmp_path / "w").exists()  # nothing trained or written
-  assert time.time() - start < 60
 
 
 TINY = ["--config.teacher_steps=20", "--config.num_steps=20", "--config.checkpoint_every=10",

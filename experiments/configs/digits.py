@@ -11,6 +11,7 @@ IV.10). Runtime about 45-60 s on 2 CPU cores. Override any field, e.g.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -31,7 +32,11 @@ def get_config():
   c.model = "mlp"  # registry name in mtkd_jax.models
   c.student_hidden = (64,)  # hidden widths of the student MLP (sees all 64 pixels)
   c.operator = "linear"  # aggregation operator of the main student (mtkd_jax.operators names)
-  c.operator_kwargs = ml_collections.ConfigDict()  # e.g. {"alpha": 0.5} for "power"
+  # Hyperparameters of parameterised operators; only the ones set are passed to
+  # operators.get, e.g. --config.operator=power --config.operator_kwargs.alpha=0.5.
+  c.operator_kwargs = ml_collections.ConfigDict(
+    {"alpha": placeholder(float), "beta": placeholder(float)}  # power(alpha), entropic(beta)
+  )
   c.compare_operators = ("geometric",)  # further multi-teacher students, one per operator
   c.single_teacher_students = True  # also distil one student from each teacher alone
   c.loss = "mixture_kd"  # "mixture_kd" (KL(q‖p_S), fused kernel) or "sum_of_kls"
