@@ -127,8 +127,10 @@ def test_jit_and_vmap():
 def test_gradients_float64():
   x = np.random.default_rng(1).normal(size=(3, 2, 4))
   with jax.enable_x64(True):
-    f = lambda x, log_t: jnp.sum(
-      jnp.sin(jnp.arange(24.0).reshape(3, 2, 4)) * temperature.scale(x, jnp.exp(log_t))
+    f = jax.jit(
+      lambda x, log_t: jnp.sum(
+        jnp.sin(jnp.arange(24.0).reshape(3, 2, 4)) * temperature.scale(x, jnp.exp(log_t))
+      )
     )
     check_grads(f, (jnp.asarray(x), jnp.log(jnp.array([0.5, 1.0, 2.0]))), order=2, modes=["rev"])
 
