@@ -8,10 +8,11 @@ and a student z_S [..., V] at temperature T_S, per row:
     loss = T_S² · KL(q ‖ softmax(z_S / T_S))             (T_S² only if temperature_sq_scaling)
     ∂loss/∂z_S = T_S² · (softmax(z_S / T_S) − q) / T_S
 
-The fused paths never build a [K, B, V] array. They run a stats pass (per-row running max and
-sum-exp of each tempered teacher and of the student: K + 1 numbers per row), then one
-loss-and-gradient pass that recomputes q from the inputs. The `custom_vjp` forward keeps only
-the [B, V] gradient as residual; the backward is one multiply by the row cotangents. With a
+The fused paths never build a [K, B, V] array. They run a stats pass (per row: the raw max of
+each teacher and of the student, and Σ exp((x − max)/T): 2(K + 1) numbers), then one
+loss-and-gradient pass that recomputes q from the inputs (XLA: a loop over vocabulary chunks;
+Pallas: a second kernel, or the same one when a row fits one block). The `custom_vjp` forward
+keeps only p_S − q [B, V] as residual; the backward is one multiply by the row cotangents. With a
 vocabulary sharded over a mesh axis, the row statistics are combined with one `pmax` and one
 `psum` of a [K + 1, B] array; the [B, V] data never moves.
 
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -41,7 +43,9 @@ _IMPLEMENTATIONS = ("auto", "xla", "pallas")
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_inputs(student_logits, teacher_logits, temperatures, weights, operator, impl):
+def _check_inputs(
+  student_logits, teacher_logits, temperatures, weights, operator, impl, student_temperature=1.0
+):
   """Raises ValueError naming the offending argument and its shape."""
   if operator not in _OPERATORS:
     raise ValueError(f"operator must be one of {_OPERATORS}; got {operator=}")
@@ -59,6 +63,9 @@ def _check_inputs(student_logits, teacher_logits, temperatures, weights, operato
     jnp.ndim(temperatures) == 1 and jnp.shape(temperatures)[0] != k
   ):
     raise ValueError(f"temperatures must be a scalar or [K={k}]; got {jnp.shape(temperatures)=}")
+  for name, t in (("temperatures", temperatures), ("student_temperature", student_temperature)):
+    if not isinstance(t, jax.core.Tracer) and np.any(np.asarray(t) <= 0):
+      raise ValueError(f"{name} must be > 0; got {name}={np.asarray(t)} ({jnp.shape(t)=})")
   w_shape = tuple(jnp.shape(weights))
   batch = tuple(teacher_logits.shape[1:-1])
   if not w_shape or w_shape[0] != k or w_shape[1:] != batch[: len(w_shape) - 1]:
@@ -69,12 +76,10 @@ def _check_inputs(student_logits, teacher_logits, temperatures, weights, operato
 
 
 def _flatten(teacher_logits, temperatures, weights, student_temperature, student_logits=None):
-  """-> teachers [K, B, V], params [K + 1] (1/T_k, 1/T_S), weights [K, B], student [B, V]."""
+  """-> teachers [K, B, V], params [K + 1] (T_k, T_S), weights [K, B], student [B, V]."""
   k, v = teacher_logits.shape[0], teacher_logits.shape[-1]
   batch = teacher_logits.shape[1:-1]
   teachers = teacher_logits.reshape(k, -1, v)  # [K, B, V]
-  # Temperatures divide (not multiply by 1/T): z/T then rounds exactly as in the reference and
-  # the core operators, which matters at T = 1e-3 where one ulp of z/T moves q by e^±1.
   temps = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (k,))  # [K]
   ts = jnp.asarray(student_temperature, jnp.float32).reshape(1)  # [1]
   w = jnp.asarray(weights, jnp.float32)
@@ -107,6 +112,10 @@ def _row_max_sumexp(x, t):
   """
   v = x.shape[-1]
   xb = x.reshape(*x.shape[:-1], v // 128, 128) if v % 128 == 0 else x[..., None]
+  # Known limitation (bf16 inputs): XLA:CPU's reductions do not fuse the bf16 -> f32 convert,
+  # so it materialises f32 copies of the inputs (K·B·V·4 bytes) and shares them with the loss
+  # loop; a chunked online-softmax stats loop did not help (XLA hoisted the converts out of
+  # the loop). The Pallas kernels convert per tile.
   m = jnp.max(jnp.max(xb, axis=-2), axis=-1).astype(jnp.float32)
   m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
   e = jnp.exp((xb.astype(jnp.float32) - m_safe[..., None, None]) * (1.0 / t)[..., None, None])
@@ -132,7 +141,7 @@ def _xla_stats(teachers, student, params, w, operator, axis_name):
   pooled = None
   if operator == "linear":
     t = params[:k, None]  # [K, 1]
-    m, se = _row_max_sumexp(teachers, t)  # [K, B] each, no [K, B, V] temporary
+    m, se = _row_max_sumexp(teachers, t)  # [K, B] each, no [K, B, V] temporary (f32 inputs)
   else:
     # 0 · (−inf) would be NaN: a teacher with zero weight contributes nothing.
     pooled = sum(
@@ -177,7 +186,7 @@ def _chunk_size(b, v):
 
 
 def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
-  """XLA path: (KL(q ‖ p_S) [B], p_S − q [B, V] in the student's dtype, or None)."""
+  """XLA path: (KL(q ‖ p_S) [B], p_S − q [B, V] in f32, or None)."""
   b, v = student.shape
   shift, log_se, t, pooled = _xla_stats(teachers, student, params, w, operator, axis_name)
   stats = (shift, log_se, t)
@@ -187,7 +196,7 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
   c = _chunk_size(b, v)
   if not with_grad or v < 2 * c:
     kl, d = _xla_chunk(terms, student, w, stats, is_pooled)
-    kl, d = _row_sum(kl), (d.astype(student.dtype) if with_grad else None)
+    kl, d = _row_sum(kl), (d if with_grad else None)
   else:
     # Loss and gradient both consume q. Written flat, XLA:CPU then materialised the K exp
     # terms as [B, V] buffers (K·B·V·4 bytes; 21-45 ms at K=4, B=64, V=32768 on 2 cores).
@@ -203,15 +212,17 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
       sl = lambda x: jax.lax.dynamic_slice_in_dim(x, j * c, c, axis=x.ndim - 1)
       kl_c, d_c = _xla_chunk(sl(terms), sl(student), w, stats, is_pooled)
       acc = acc + jnp.sum(kl_c.reshape(b, c // 128, 128), axis=1)  # lane-wise partial sums
-      return acc, jax.lax.dynamic_update_slice_in_dim(d, d_c.astype(d.dtype), j * c, axis=1)
+      return acc, jax.lax.dynamic_update_slice_in_dim(d, d_c, j * c, axis=1)
 
-    init = (jnp.zeros((b, 128), jnp.float32), jnp.zeros((b, v), student.dtype))
+    # The buffer stays f32: a bf16 one made XLA:CPU copy it on every update (134 vs 6 ms);
+    # the backward's multiply does the cast to the student's dtype.
+    init = (jnp.zeros((b, 128), jnp.float32), jnp.zeros((b, v), jnp.float32))
     acc, d = jax.lax.fori_loop(0, n, body, init)
     kl = jnp.sum(acc, axis=-1)
     if v % c:
       kl_t, d_t = _xla_chunk(terms[..., n * c :], student[:, n * c :], w, stats, is_pooled)
       kl = kl + jnp.sum(kl_t, axis=-1)
-      d = jax.lax.dynamic_update_slice_in_dim(d, d_t.astype(d.dtype), n * c, axis=1)
+      d = jax.lax.dynamic_update_slice_in_dim(d, d_t, n * c, axis=1)
   if axis_name is not None:
     kl = jax.lax.psum(kl, axis_name)
   return kl, d
@@ -238,7 +249,7 @@ class _Config:
 
 
 def _kd(cfg, student, teachers, params, w, with_grad):
-  """(KL(q ‖ p_S) [B] f32, p_S − q [B, V] in the student's dtype or None)."""
+  """(KL(q ‖ p_S) [B] f32, p_S − q [B, V] (f32 or the student's dtype) or None)."""
   if cfg.mesh is not None:
     # shard_map sits inside the custom_vjp, so it is never differentiated: the backward
     # is one elementwise multiply on the (sharded) global arrays.
@@ -268,14 +279,15 @@ def _kd_loss(cfg, student, teachers, params, w):
 
 def _kd_loss_fwd(cfg, student, teachers, params, w):
   kl, d = _kd(cfg, student, teachers, params, w, with_grad=True)
-  # Residuals: p_S − q [B, V] and 1/T_S; nothing of size K·B·V.
-  return kl, (d, params[teachers.shape[0]])
+  # Residuals: p_S − q [B, V] (f32 on XLA, the student's dtype on Pallas), T_S, and an empty
+  # array carrying the student's dtype; nothing of size K·B·V.
+  return kl, (d, params[teachers.shape[0]], jnp.zeros((0,), student.dtype))
 
 
 def _kd_loss_bwd(cfg, res, g):
-  d, ts = res
+  d, ts, like = res
   # ∂KL/∂z_S = (p_S − q)/T_S. Teachers, temperatures and weights are frozen: None cotangents.
-  student_ct = ((g / ts)[:, None] * d.astype(jnp.float32)).astype(d.dtype)
+  student_ct = ((g / ts)[:, None] * d.astype(jnp.float32)).astype(like.dtype)
   return student_ct, None, None, None
 
 
@@ -330,7 +342,11 @@ def fused_kd_loss(
   >>> loss.shape
   (3,)
   """
-  _check_inputs(student_logits, teacher_logits, temperatures, weights, operator, implementation)
+  student_logits, teacher_logits = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
+  _check_inputs(
+    student_logits, teacher_logits, temperatures, weights, operator, implementation,
+    student_temperature,
+  )  # fmt: skip
   impl, interp = _resolve(implementation, interpret)
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise ValueError(f"block_sizes must be a BlockSizes; got {type(block_sizes)=}")
@@ -369,6 +385,7 @@ def fused_mixture(
   >>> fused_mixture(z_t, temperatures=[1.0, 2.0], weights=[0.5, 0.5]).shape
   (3, 10)
   """
+  teacher_logits = jnp.asarray(teacher_logits)
   _check_inputs(None, teacher_logits, temperatures, weights, operator, implementation)
   impl, interp = _resolve(implementation, interpret)
   teachers, params, w, _ = _flatten(teacher_logits, temperatures, weights, 1.0)

@@ -278,6 +278,8 @@ def test_axis_name_inside_user_shard_map():
     (dict(operator="power"), "operator"),
     (dict(implementation="cuda"), "implementation"),
     (dict(where=jnp.ones((3,), bool)), r"where.*\(3,\)"),
+    (dict(temperatures=jnp.array([1.0, 0.0])), r"temperatures must be > 0"),
+    (dict(student_temperature=-1.0), r"student_temperature must be > 0"),
   ],
 )
 def test_bad_inputs_raise_value_error(kwargs, match):
