@@ -112,10 +112,6 @@ def _row_max_sumexp(x, t):
   """
   v = x.shape[-1]
   xb = x.reshape(*x.shape[:-1], v // 128, 128) if v % 128 == 0 else x[..., None]
-  # Known limitation (bf16 inputs): XLA:CPU's reductions do not fuse the bf16 -> f32 convert,
-  # so it materialises f32 copies of the inputs (K·B·V·4 bytes) and shares them with the loss
-  # loop; a chunked online-softmax stats loop did not help (XLA hoisted the converts out of
-  # the loop). The Pallas kernels convert per tile.
   m = jnp.max(jnp.max(xb, axis=-2), axis=-1).astype(jnp.float32)
   m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
   e = jnp.exp((xb.astype(jnp.float32) - m_safe[..., None, None]) * (1.0 / t)[..., None, None])
@@ -188,6 +184,12 @@ def _chunk_size(b, v):
 def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
   """XLA path: (KL(q ‖ p_S) [B], p_S − q [B, V] in f32, or None)."""
   b, v = student.shape
+  # Known limitation, bf16 inputs: XLA:CPU's reductions do not fuse a bf16 -> f32 convert, so
+  # XLA made f32 copies of the inputs anyway, twice (for the stats and for the loop; a chunked
+  # online-softmax stats loop did not help: the converts were hoisted out of the loop). One
+  # explicit upcast is the cheapest of those: (K + 1)·B·V·4 bytes. The Pallas kernels convert
+  # per tile and have no such copy.
+  teachers, student = teachers.astype(jnp.float32), student.astype(jnp.float32)
   shift, log_se, t, pooled = _xla_stats(teachers, student, params, w, operator, axis_name)
   stats = (shift, log_se, t)
   # Geometric: the pooled [B, V] term is materialised once by the stats pass and re-read,
@@ -229,6 +231,7 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
 
 
 def _xla_mixture(teachers, params, w, *, operator, axis_name):
+  teachers = teachers.astype(jnp.float32)  # see _xla_kd (bf16 on XLA:CPU)
   shift, log_se, t, pooled = _xla_stats(teachers, None, params, w, operator, axis_name)
   if pooled is not None:
     return pooled - shift[0] - log_se[0]
