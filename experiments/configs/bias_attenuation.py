@@ -1,7 +1,9 @@
 """Supervisory bias attenuation: class-shifted digits teachers vs their aggregate, per operator.
 
     python -m mtkd_jax.main --config=experiments/configs/bias_attenuation.py \
-        --workdir=runs/bias_attenuation [--config.size=small]
+        --workdir=runs/bias_attenuation
+
+or `--config=experiments/configs/bias_attenuation.py:small` for the small setting.
 
 Each of the three teachers is trained on all digits of its own window of 6 classes and 10% of the
 rest, so it over-predicts its window. On the test set the bias b = E[p(·|x) − e_y] of every
@@ -15,10 +17,10 @@ import ml_collections
 from mtkd_jax.experiments.common import DEFAULT_OPERATORS, load_sibling_config
 
 
-def get_config():
+def get_config(size: str = "full"):
   c = ml_collections.ConfigDict()
   c.experiment = "bias_attenuation"  # module mtkd_jax.experiments.bias_attenuation
-  c.size = "full"  # "full" or "small" (shorter teacher training)
+  c.size = size  # "full" or "small" (shorter teacher training)
   c.operators = DEFAULT_OPERATORS  # operator specs
   c.window = 6  # classes each teacher sees in full (consecutive digits, shifted by 10/K)
   c.out_fraction = 0.1  # fraction of the other classes' examples each teacher also sees
@@ -26,8 +28,10 @@ def get_config():
   c.digits.teacher_keep_fractions = (1.0, 1.0, 1.0)  # all pixels: bias comes from the classes
   c.digits.teacher_noises = (0.0, 0.0, 0.0)  # no corruption
   c.digits.teacher_train_fractions = (1.0, 1.0, 1.0)  # before the class shift
-  if c.size == "small":
+  if size == "small":
     apply_small(c)
+  elif size != "full":
+    raise ValueError(f"config size must be 'full' or 'small', got {size!r}")
   return c
 
 

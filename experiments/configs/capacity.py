@@ -1,7 +1,9 @@
 """Prop V.2 capacity: final KL(q ‖ p_S) on N fixed points as the student MLP widens.
 
     python -m mtkd_jax.main --config=experiments/configs/capacity.py \
-        --workdir=runs/capacity [--config.size=small]
+        --workdir=runs/capacity
+
+or `--config=experiments/configs/capacity.py:small` for the small setting.
 
 N = 128 digits images with random-teacher mixture targets q (no learnable structure); one hidden
 layer of width 1..256, full-batch Adam, 3 seeds vmapped. Expected: the final mean KL falls by
@@ -12,10 +14,10 @@ N·(V−1) = 1152. Runtime about 1 minute (small: ~10 s).
 import ml_collections
 
 
-def get_config():
+def get_config(size: str = "full"):
   c = ml_collections.ConfigDict()
   c.experiment = "capacity"  # module mtkd_jax.experiments.capacity
-  c.size = "full"  # "full" or "small" (three widths, fewer steps)
+  c.size = size  # "full" or "small" (three widths, fewer steps)
   c.seed = 0  # seed of the targets and of the student initialisations
   c.num_points = 128  # N fixed training points (first N digits of the train split)
   c.num_teachers = 3  # K random teachers per point, mixed linearly with uniform weights
@@ -25,8 +27,10 @@ def get_config():
   c.learning_rate = 1e-2  # peak learning rate (warm-up then cosine decay)
   c.num_seeds = 3  # initialisation seeds, vmapped
   c.progress = True  # tqdm progress bar over widths
-  if c.size == "small":
+  if size == "small":
     apply_small(c)
+  elif size != "full":
+    raise ValueError(f"config size must be 'full' or 'small', got {size!r}")
   return c
 
 

@@ -1,7 +1,9 @@
 """Prop IV.11 / Cor IV.12 safety attenuation: q(unsafe) as the safety weight w* goes 0 → 1.
 
     python -m mtkd_jax.main --config=experiments/configs/safety_attenuation.py \
-        --workdir=runs/safety_attenuation [--config.size=small]
+        --workdir=runs/safety_attenuation
+
+or `--config=experiments/configs/safety_attenuation.py:small` for the small setting.
 
 Two scenarios (token 0 unsafe; last teacher = safety teacher) and a random search, every
 operator. Expected: linear stays on or under the bound everywhere; power(2) and entropic(0.5)
@@ -15,10 +17,10 @@ import ml_collections
 from mtkd_jax.experiments.common import DEFAULT_OPERATORS
 
 
-def get_config():
+def get_config(size: str = "full"):
   c = ml_collections.ConfigDict()
   c.experiment = "safety_attenuation"  # module mtkd_jax.experiments.safety_attenuation
-  c.size = "full"  # "full" or "small" (fewer random problems; tests and notebooks)
+  c.size = size  # "full" or "small" (fewer random problems; tests and notebooks)
   c.seed = 0  # seed of the random search
   c.operators = DEFAULT_OPERATORS  # operator specs
   c.num_weights = 51  # grid of w* in [0, 1]
@@ -40,8 +42,10 @@ def get_config():
   c.num_random = 20000  # random problems
   c.random_num_teachers = 3  # K of the random problems (the last is the safety teacher)
   c.random_vocab_size = 5  # V of the random problems
-  if c.size == "small":
+  if size == "small":
     apply_small(c)
+  elif size != "full":
+    raise ValueError(f"config size must be 'full' or 'small', got {size!r}")
   return c
 
 

@@ -1,7 +1,9 @@
 """Thm IV.2 variance reduction: Monte-Carlo teacher noise against Σ w_k² σ_k² and wᵀCw.
 
     python -m mtkd_jax.main --config=experiments/configs/variance_reduction.py \
-        --workdir=runs/variance_reduction [--config.size=small]
+        --workdir=runs/variance_reduction
+
+or `--config=experiments/configs/variance_reduction.py:small` for the small setting.
 
 Synthetic teachers p_k = p̄ + ε_k (zero-sum, bounded, ρ-correlated noise with per-token variance
 exactly σ_k², never clipped), K = 1..16, uniform and skewed weights, equal and heterogeneous σ_k,
@@ -17,10 +19,10 @@ import ml_collections
 from mtkd_jax.experiments.common import DEFAULT_OPERATORS
 
 
-def get_config():
+def get_config(size: str = "full"):
   c = ml_collections.ConfigDict()
   c.experiment = "variance_reduction"  # module mtkd_jax.experiments.variance_reduction
-  c.size = "full"  # "full" or "small" (fewer seeds, K and ρ values; for tests and notebooks)
+  c.size = size  # "full" or "small" (fewer seeds, K and ρ values; for tests and notebooks)
   c.seed = 0  # seed of p̄ and of the Monte-Carlo noise
   c.num_seeds = 5000  # Monte-Carlo draws of the teachers' noise
   c.vocab_size = 10  # V tokens
@@ -31,8 +33,10 @@ def get_config():
   c.skew = 0.6  # skewed weights w_k ∝ skew^k
   c.operators = DEFAULT_OPERATORS  # operator specs, e.g. "power(0.5)", "barycenter(hellinger)"
   c.progress = True  # tqdm progress bar
-  if c.size == "small":
+  if size == "small":
     apply_small(c)
+  elif size != "full":
+    raise ValueError(f"config size must be 'full' or 'small', got {size!r}")
   return c
 
 
@@ -41,5 +45,6 @@ def apply_small(c):
   c.size = "small"
   c.num_seeds = 2000
   c.num_teachers = (1, 2, 4, 8)
+  c.operators = ("linear", "geometric", "power(2)", "entropic(0.5)")
   c.rhos = (0.0, 0.5)
   return c

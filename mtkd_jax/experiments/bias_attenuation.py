@@ -145,7 +145,7 @@ def make_figure(results: dict, png_path: str) -> None:
   plt = common.pyplot()
   specs = list(results["aggregates"])
   colors = common.operator_colors(specs)
-  fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.4, 1]})
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.4, 1]})
   ax = axes[0]
   classes = np.arange(data_lib.NUM_CLASSES)
   for i, (name, r) in enumerate(results["teachers"].items()):
@@ -175,7 +175,7 @@ def make_figure(results: dict, png_path: str) -> None:
   ax.set_xlabel("class c")
   ax.set_ylabel("b(c) = E[p(c|x)] − P(y = c)")
   ax.set_title("Class-shifted teachers over- and under-predict; their biases cancel in q")
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13))
   ax = axes[1]
   names = list(results["teachers"]) + [f"q[{s}]" for s in specs]
   values = [r["bias_l2"] for r in results["teachers"].values()]

@@ -118,23 +118,36 @@ def make_figure(results: dict, png_path: str) -> None:
   plt = common.pyplot()
   specs = list(results["digits"])
   colors = common.operator_colors(specs)
-  ncols = len(specs) + 1
-  fig, axes = plt.subplots(1, ncols, figsize=(2.9 * ncols, 3.4))
+  ncols = (len(specs) + 2) // 2
+  fig, axes = plt.subplots(2, ncols, figsize=(3.6 * ncols, 6.6))
+  axes = axes.ravel()
   top = max(max(r["rhs"]) for r in results["digits"].values())
   for ax, spec in zip(axes, specs, strict=False):
     r = results["digits"][spec]
     lhs, rhs = np.asarray(r["lhs"]), np.asarray(r["rhs"])
     bad = lhs > rhs + TOL
     ax.plot([0, top], [0, top], "k--", lw=1)
-    ax.scatter(rhs[~bad], lhs[~bad], s=3, color=colors[spec], alpha=0.4)
-    ax.scatter(rhs[bad], lhs[bad], s=6, color="k", marker="x", label=f"above: {bad.mean():.1%}")
+    ax.scatter(rhs, lhs, s=3, color=colors[spec], alpha=0.4)
+    ax.scatter(
+      rhs[bad],
+      lhs[bad],
+      s=4,
+      color="k",
+      marker="x",
+      lw=0.5,
+      alpha=0.5,
+      label=f"above the bound: {bad.mean():.1%}",
+    )
     ax.set_xscale("symlog", linthresh=1e-2)
     ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_title(spec, fontsize=9)
     ax.set_xlabel("−Σ w_k log p_k(y)", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
+  for ax in axes[len(specs) + 1 :]:
+    ax.axis("off")
   axes[0].set_ylabel("−log q(y)  (digits, per example)")
-  ax = axes[-1]
+  axes[ncols].set_ylabel("−log q(y)  (digits, per example)")
+  ax = axes[len(specs)]
   x = np.arange(len(specs))
   real = [100 * results["digits"][s]["fraction"] for s in specs]
   rnd = [100 * results["random"][s]["fraction"] for s in specs]
