@@ -245,6 +245,13 @@ def test_configs_load_and_validate(config_name):
       module.validate_config(config)
 
 
+def test_digits_fields_are_validated():
+  config = figures.load_config("log_loss_bound", small=True)
+  config.digits.weights = (0.5, 0.5, 0.5)
+  with pytest.raises(ValueError, match=r"config\.digits\.weights"):
+    log_loss_bound.validate_config(config)
+
+
 def test_parse_operator():
   assert common.parse_operator("linear") is operators.linear
   lp = jnp.log(jnp.array([[0.9, 0.1], [0.5, 0.5]]))

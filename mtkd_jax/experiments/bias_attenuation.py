@@ -27,15 +27,13 @@ from mtkd_jax.experiments import common
 def validate_config(config) -> None:
   """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_operators("operators", config.operators)
-  k = config.digits.num_teachers
   if not 1 <= config.window <= data_lib.NUM_CLASSES:
     raise ValueError(
       f"config.window: need 1 ≤ window ≤ {data_lib.NUM_CLASSES}, got {config.window}"
     )
   if not 0.0 <= config.out_fraction <= 1.0:
     raise ValueError(f"config.out_fraction: need a fraction in [0, 1], got {config.out_fraction}")
-  if len(config.digits.weights) != k:
-    raise ValueError(f"config.digits.weights: need {k} weights, got {config.digits.weights}")
+  common.validate_digits(config.digits)
 
 
 def class_windows(num_teachers: int, window: int) -> list[list[int]]:

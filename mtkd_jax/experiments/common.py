@@ -85,6 +85,22 @@ def load_sibling_config(config_file: str, name: str):
   return module.get_config()
 
 
+def validate_digits(digits) -> None:
+  """The digits job's own config checks (`mtkd_jax.main.validate_config`) on `config.digits`.
+
+  Raises ValueError("config.digits.<field>: ...").
+  """
+  import jax
+
+  from mtkd_jax import main as main_lib
+
+  register_operators([digits.operator, *digits.compare_operators])
+  try:
+    main_lib.validate_config(digits, jax.device_count())
+  except ValueError as e:
+    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
+
+
 def read_metrics(path: str) -> dict[str, dict[str, list]]:
   """metrics.jsonl of the digits job → {run: {field: [values by step]}} (last row per step)."""
   import json
@@ -231,6 +247,10 @@ def pyplot():
 
 
 def operator_colors(specs: Sequence[str]) -> dict[str, str]:
-  """A fixed colour per operator spec, the same in every figure."""
-  palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
-  return {spec: palette[i % len(palette)] for i, spec in enumerate(specs)}
+  """A fixed colour per operator spec, the same in every figure (whatever subset it shows)."""
+  palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+  extra = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+  fixed = dict(zip(DEFAULT_OPERATORS, palette, strict=True))
+  others = [s for s in specs if s not in fixed]
+  fixed.update({s: extra[i % len(extra)] for i, s in enumerate(others)})
+  return {s: fixed[s] for s in specs}

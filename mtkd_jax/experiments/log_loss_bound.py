@@ -27,6 +27,7 @@ def validate_config(config) -> None:
   common.check_operators("operators", config.operators)
   if config.num_random < 1:
     raise ValueError(f"config.num_random: need ≥ 1 random problems, got {config.num_random}")
+  common.validate_digits(config.digits)
 
 
 def check_bound(log_p, labels, weights, temperatures, specs) -> dict:

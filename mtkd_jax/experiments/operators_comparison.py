@@ -23,6 +23,7 @@ def validate_config(config) -> None:
   common.check_operators("operators", config.operators)
   if not config.seeds:
     raise ValueError("config.seeds: need at least one seed")
+  common.validate_digits(digits_config(config, config.seeds[0]))
 
 
 def digits_config(config, seed: int):
