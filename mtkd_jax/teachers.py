@@ -312,17 +312,20 @@ def dump(config, out: str, workdir: str | None = None, *, progress: bool = True)
     raise ValueError(f"config.experiment: {config.experiment!r} defines no teacher_source")
   workdir = os.path.join(out, "teachers_workdir") if workdir is None else workdir
   source = module.teacher_source(config, workdir)
+  # An experiment with size presets resolves them itself (`sized(config)`).
+  store = (module.sized(config) if hasattr(module, "sized") else config).store
   if jax.process_index() != 0:
     return {}
   return write_store(
-    out, source, k=config.store.k, generation_temperatures=config.store.generation_temperature,
-    dtype=config.store.dtype, batch_size=config.store.batch_size, progress=progress,
+    out, source, k=store.k, generation_temperatures=store.generation_temperature,
+    dtype=store.dtype, batch_size=store.batch_size, progress=progress,
   )  # fmt: skip
 
 
 def _main(argv):
-  from absl import flags
+  from absl import flags, logging
 
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   if len(argv) != 2 or argv[1] not in ("dump", "verify"):
     print("usage: python -m mtkd_jax.teachers {dump --config=... | verify} --out=DIR",
           file=sys.stderr)  # fmt: skip
