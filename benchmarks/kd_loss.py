@@ -1,6 +1,6 @@
 """Side-by-side timing of the multi-teacher KD loss (value and gradient) on this machine.
 
-For each (K, rows, V, dtype) it times, interleaved round-robin in one process (median ms):
+For each (K, rows, V, dtype) it times, in one process, in 3 rounds of blocks (median ms):
   naive-einsum  softmax per teacher, einsum('k,kbv->bv') mixture, KL by hand, jax.grad
   naive-optax   the same mixture, optax.losses.kl_divergence, jax.grad
   ours          mtkd_jax.kernels.fused_kd_loss(implementation="xla") (custom_vjp)
@@ -60,21 +60,26 @@ def _temp_bytes(fn, *args):
   return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
-def _time(fns, args, budget_s):
-  """Median ms of each function, called round-robin so load spikes hit all of them."""
+def _time(fns, args, budget_s, rounds=3):
+  """Median ms of each function: `rounds` rounds, each running every function in a block of
+  consecutive calls (the first of a block discarded). Blocks keep each function in its steady
+  state, as in a training loop (round-robin single calls made ours ~40% slower: the naive
+  functions' 84 MB of temporaries evict its buffers); rounds spread load spikes over all."""
   for f in fns.values():
     jax.block_until_ready(f(*args))  # compile and warm up
   t0 = time.perf_counter()
   for f in fns.values():
     jax.block_until_ready(f(*args))
-  reps = int(np.clip(budget_s / max(time.perf_counter() - t0, 1e-4), 3, 25))
+  reps = int(np.clip(budget_s / max(time.perf_counter() - t0, 1e-4) / rounds, 2, 10))
   times = {name: [] for name in fns}
-  for _ in range(reps):
+  for _ in range(rounds):
     for name, f in fns.items():
-      t = time.perf_counter()
       jax.block_until_ready(f(*args))
-      times[name].append(time.perf_counter() - t)
-  return {name: 1e3 * float(np.median(v)) for name, v in times.items()}, reps
+      for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times[name].append(time.perf_counter() - t)
+  return {name: 1e3 * float(np.median(v)) for name, v in times.items()}, reps * rounds
 
 
 def run_config(k, b, v, dtype, budget_s):

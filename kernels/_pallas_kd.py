@@ -2,7 +2,8 @@
 
 Both compute, per row, the (max, sum-exp) statistics of the N tempered terms (N = K teachers
 for the linear mixture, N = 1 pooled term for the geometric one) and of the student, then
-KL(q ‖ p_S) and the gradient factor (p_S − q)·gscale, without any [K, B, V] buffer.
+KL(q ‖ p_S) and the gradient factor p_S − q, without any [K, B, V] buffer. Scalars arrive as
+params = [T_1..T_K, T_S, gscale] (SMEM on TPU); each term is exp((x − max)/T − log Σ).
 
 - Grid kernel (TPU via Mosaic, and interpret mode on CPU): grid (row blocks, vocab blocks),
   vocab "arbitrary" (sequential); running max/sum-exp per term live in VMEM scratch,
@@ -374,7 +375,10 @@ def _combiner(axis_name):
 def pallas_kd(
   student, teachers, params, w, *, operator, axis_name, with_grad, block_sizes, interpret
 ):
-  """(KL [B], (p_S − q)·gscale [B, V] or None) with a Pallas kernel for the target platform."""
+  """(KL [B], p_S − q [B, V] or None) with a Pallas kernel for the target platform.
+
+  params is [T_1..T_K, T_S]; w is [K, B]; teachers [K, B, V]; student [B, V].
+  """
   params = jnp.concatenate([params, jnp.ones((1,), jnp.float32)])  # [K + 2]: gscale = 1
   combine = _combiner(axis_name)
 
@@ -405,7 +409,8 @@ def pallas_kd(
 
 
 def pallas_mixture(teachers, params, w, *, operator, axis_name, block_sizes, interpret):
-  """log q [B, V]: Pallas stats pass (TPU/interpret), then one fused XLA elementwise pass."""
+  """log q [B, V]: Pallas stats pass (grid kernel: TPU or interpret mode; no Triton version),
+  then one fused XLA elementwise pass."""
   k = teachers.shape[0]
   bs = block_sizes or BlockSizes.get_default("cpu" if interpret else "tpu")
   params = jnp.concatenate([params, jnp.ones((1,), jnp.float32)])
