@@ -6,9 +6,9 @@
 or `--config=experiments/configs/capacity.py:small` for the small setting.
 
 N = 128 digits images with random-teacher mixture targets q (no learnable structure); one hidden
-layer of width 1..256, full-batch Adam, 3 seeds vmapped. Expected: the final mean KL falls by
-orders of magnitude with width, to ~1e-4 or below once the parameter count passes
-N·(V−1) = 1152. Runtime about 1 minute (small: ~10 s).
+layer of width 1..256, full-batch Adam, 3 seeds vmapped. Measured: the final mean KL falls from
+0.38 (width 1, 85 params) through 0.036 (width 16, 1210 params ≈ N·(V−1) = 1152) to 1.5e-4
+(width 64) and 8e-6 (width 256). Runtime about 25-60 s (small: ~10 s).
 """
 
 import ml_collections

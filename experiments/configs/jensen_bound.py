@@ -7,10 +7,10 @@ or `--config=experiments/configs/jensen_bound.py:small` for the small setting.
 
 Trains the digits teachers, then one student per operator on L_multi (same init and batches, so
 one trajectory) logging each operator's L_mix, plus a twin trained on L_mix; then searches random
-teachers/students for violations. Expected: linear |L_multi − L_mix − JS| ≤ 1e-5 at every step and
-the twin's L_mix curve on top of the L_multi-trained one; geometric, power and entropic targets
-violate the bound on a sizeable fraction of random problems (and entropic on digits too).
-Runtime about 40 s (small: ~15 s).
+teachers/students for violations. Measured (full): linear max |L_multi − L_mix − JS| = 6e-7 over
+80 logged steps, the twin's L_mix within 6e-7 (relative) of the L_multi-trained student's; random
+violations: linear 0%, geometric 40%, entropic(0.5) 18%, power(0.5) 7%, power(2) 0.6%; on digits
+the geometric target exceeds L_multi in the first 5 logged steps. Runtime about 30-60 s.
 """
 
 import ml_collections

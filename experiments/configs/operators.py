@@ -7,9 +7,10 @@ or `--config=experiments/configs/operators.py:small` for the small setting.
 
 Runs the digits job per seed with one student per operator family (linear, geometric,
 power(0.5), power(2), entropic(0.5), barycenter(hellinger)) and one per single teacher.
-Expected: every operator's student beats the weighted average teacher log-loss (Cor IV.10) and
-the single-teacher students' accuracy; the geometric-family students reach the lowest log-loss.
-Runtime about 2 minutes for 2 seeds (small: ~40 s).
+Measured (2 seeds): every operator's student beats the weighted average teacher log-loss 0.722
+(Cor IV.10) and every single-teacher student's accuracy (0.905-0.919 vs ≤ 0.898); only the
+geometric student (0.442) beats the best single-teacher student's log-loss (0.480).
+Runtime about 1-2 minutes (small: ~30 s).
 """
 
 import ml_collections
