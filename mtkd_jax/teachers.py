@@ -17,7 +17,8 @@
 The reader (`open_store`) checks every shard's size and checksum before mapping it, and names
 the shard in the error. Arrays are `np.memmap`s: the trainer's batch iterator
 (`data.get_batch` with this process's `rows`) reads only the rows this process feeds, so the
-store is sharded per process by construction. Writing is done by process 0 only.
+store is sharded per process by construction. The dump itself runs in one process
+(in a multi-process `dump`, process 0 writes).
 """
 
 from __future__ import annotations
