@@ -469,7 +469,7 @@ def test_masked_tokens_forward(name):
   assert not np.any(np.isnan(log_q))
   q = np.exp(log_q.astype(np.float64))
   if name.startswith("barycenter"):
-    # The mirror descent floors log-probabilities at -80 (operators._LOG_FLOOR), so a masked
+    # The mirror descent floors log q inside the iteration (operators._LOG_FLOOR), so a masked
     # token keeps a tiny mass instead of exactly 0: we accept up to 1e-6.
     zero = q < 1e-6
   else:
