@@ -47,8 +47,7 @@ MY_CONFIGS = {
 # --------------------------------------------------------------------------------------------
 # Thm IV.2, variance reduction.
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def variance_results():
+def _variance_results():
   config = figures.load_config("variance_reduction", small=True)
   config.operators = ("linear", "entropic(0.5)")
   config.num_teachers = (2, 4, 8)
@@ -63,8 +62,15 @@ def test_tolerance_formula():
   assert vr.tolerance(2001, 10) == pytest.approx(4 * math.sqrt(2 / 20000))
 
 
-def test_measured_variance_matches_closed_form(variance_results):
-  res = variance_results
+def test_measured_variance_matches_closed_form():
+  """One Monte-Carlo run (linear and entropic), checked three ways."""
+  res = _variance_results()
+  _check_closed_form(res)
+  _check_can_fail(res)
+  _check_entropic(res)
+
+
+def _check_closed_form(res):
   tol = res["tolerance"]
   assert tol == pytest.approx(4 * math.sqrt(2 / ((res["num_seeds"] - 1) * res["vocab_size"])))
   rows = vr.select(res, operator="linear")
@@ -90,7 +96,7 @@ def test_measured_variance_matches_closed_form(variance_results):
   assert res["min_teacher_probability"] > 0  # nothing left the simplex
 
 
-def test_variance_check_can_fail(variance_results):
+def _check_can_fail(variance_results):
   """Ignoring the correlation (Σ w² σ² at ρ = 0.5) is far outside the Monte-Carlo tolerance."""
   tol = variance_results["tolerance"]
   for r in vr.select(variance_results, operator="linear", rho=0.5):
@@ -99,7 +105,7 @@ def test_variance_check_can_fail(variance_results):
     assert abs(r["measured"] / np.sum(w**2 * sigma**2) - 1) > 3 * tol
 
 
-def test_entropic_variance_is_measured_not_closed(variance_results):
+def _check_entropic(variance_results):
   for r in vr.select(variance_results, operator="entropic(0.5)"):
     assert 0.4 < r["ratio_to_closed_form"] < 0.7  # flattening shrinks the fluctuations
     assert r["bias"] > 10 * vr.select(variance_results, operator="linear")[0]["bias"]
@@ -270,6 +276,7 @@ def test_figures_list_covers_my_experiments():
     assert png.endswith(".png")
 
 
+@pytest.mark.slow
 def test_figures_command_and_cli(tmp_path):
   """`figures --small --only=...` writes a PNG; the CLI writes results.json (one subprocess)."""
   assert figures.main(["--small", "--only=safety_attenuation", f"--workdir={tmp_path}"]) == 0

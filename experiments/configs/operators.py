@@ -39,6 +39,6 @@ def apply_small(c):
   c.size = "small"
   c.seeds = (0,)
   c.operators = ("linear", "geometric")
-  c.digits.teacher_steps = 60
-  c.digits.num_steps = 60
+  c.digits.teacher_steps = 150
+  c.digits.num_steps = 200
   return c
