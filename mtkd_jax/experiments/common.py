@@ -85,6 +85,23 @@ def load_sibling_config(config_file: str, name: str):
   return module.get_config()
 
 
+def digits_job():
+  """The module `mtkd_jax.main` (the digits job), also when it is the running `__main__`.
+
+  Under `python -m mtkd_jax.main` the module runs as `__main__`; importing `mtkd_jax.main` again
+  would execute its absl flag definitions a second time (DuplicateFlagError), so the running
+  module is returned instead.
+  """
+  import importlib
+  import sys
+
+  running = sys.modules.get("__main__")
+  spec = getattr(running, "__spec__", None)
+  if spec is not None and spec.name == "mtkd_jax.main":
+    return running
+  return importlib.import_module("mtkd_jax.main")
+
+
 def validate_digits(digits) -> None:
   """The digits job's own config checks (`mtkd_jax.main.validate_config`) on `config.digits`.
 
@@ -92,8 +109,7 @@ def validate_digits(digits) -> None:
   """
   import jax
 
-  from mtkd_jax import main as main_lib
-
+  main_lib = digits_job()
   register_operators([digits.operator, *digits.compare_operators])
   try:
     main_lib.validate_config(digits, jax.device_count())

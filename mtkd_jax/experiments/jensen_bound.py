@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtkd_jax import losses, theory
-from mtkd_jax import main as main_lib
 from mtkd_jax.experiments import common
 
 GAP_TOL = 1e-5  # |L_multi − L_mix − JS| for the linear operator (float32 rounding)
@@ -70,10 +69,10 @@ def training_curves(config, workdir: str) -> dict:
   multi_dir, mix_dir = os.path.join(workdir, "sum_of_kls"), os.path.join(workdir, "mixture_kd")
   if config.teachers_from:  # teachers another run of the same digits config already trained
     _copy_teachers(config.teachers_from, multi_dir, config.digits.num_teachers)
-  main_lib.run(_digits_config(config, "sum_of_kls", specs), multi_dir)
+  common.digits_job().run(_digits_config(config, "sum_of_kls", specs), multi_dir)
   # The twin reuses the trained teachers (the digits job restores a finished checkpoint).
   _copy_teachers(multi_dir, mix_dir, config.digits.num_teachers)
-  main_lib.run(_digits_config(config, "mixture_kd", ["linear"]), mix_dir)
+  common.digits_job().run(_digits_config(config, "mixture_kd", ["linear"]), mix_dir)
 
   multi = common.read_metrics(os.path.join(multi_dir, "metrics.jsonl"))
   mix = common.read_metrics(os.path.join(mix_dir, "metrics.jsonl"))["student_linear"]

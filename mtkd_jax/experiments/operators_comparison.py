@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 
-from mtkd_jax import main as main_lib
 from mtkd_jax.experiments import common
 
 
@@ -43,7 +42,7 @@ def run(config, workdir: str) -> dict:
   common.register_operators(config.operators)
   per_seed = {}
   for seed in config.seeds:
-    per_seed[str(seed)] = main_lib.run(
+    per_seed[str(seed)] = common.digits_job().run(
       digits_config(config, seed), os.path.join(workdir, f"seed_{seed}")
     )
   k = config.digits.num_teachers
