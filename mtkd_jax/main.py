@@ -25,6 +25,7 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import models, operators, train
 from mtkd_jax import sharding as sharding_lib
 from mtkd_jax import temperature as temperature_lib
+from mtkd_jax import weighting as weighting_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of checkpoints, metrics and plots.")
@@ -76,6 +77,27 @@ def validate_config(config, num_devices: int) -> None:
     check("partition_rules", lambda regex=regex: re.compile(regex))
   if not 0.0 <= config.label_weight <= 1.0:
     raise ValueError(f"config.label_weight: must be in [0, 1], got {config.label_weight}")
+  check("weighting", lambda: _weighting(config, np.asarray(config.temperatures, np.float32)))
+
+
+def _weighting(config, temperatures):
+  """The adaptive weighting of the multi-teacher students (`config.weighting`), or None.
+
+  A name of `mtkd_jax.weighting.names()` with `config.weighting_kwargs`; the teachers'
+  temperatures, the fixed weights and the gate's input size default to the job's.
+  """
+  name = config.get("weighting") or None
+  if name is None:
+    return None
+  kwargs = dict(config.get("weighting_kwargs") or {})
+  if name in ("confidence", "label_aware", "learned"):
+    kwargs.setdefault("temperatures", temperatures)
+  if name == "static":
+    kwargs.setdefault("weights", config.weights)
+  if name == "learned":
+    kwargs.setdefault("num_features", data_lib.NUM_PIXELS + data_lib.NUM_CLASSES)
+    kwargs.setdefault("num_teachers", len(temperatures))
+  return weighting_lib.get(name, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,14 +207,24 @@ def run(config, workdir: str) -> dict:
       config.learning_rate, config.num_steps,
       weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
     )  # fmt: skip
+    # Adaptive weighting (config.weighting) for the students of all K teachers.
+    weighting = _weighting(config, temperatures) if len(ks) == k_teachers else None
+    trainable = weighting_lib.is_trainable(weighting)
     step = train.make_train_step(
       student.apply, optimizer, operator=operator, loss=train.get_loss(config.loss),
       temperatures=temperatures[ks], weights=w, student_temperature=config.student_temperature,
       label_weight=config.label_weight, implementation=config.implementation,
+      weighting=weighting,
     )  # fmt: skip
+    init_params = student.init
+    if trainable:  # the gate's parameters train next to the student's
+      init_params = lambda rng, weighting=weighting: {
+        "student": student.init(rng),
+        "weighting": weighting.init(jax.random.fold_in(rng, 1)),
+      }
     state = fit(
       name,
-      init_params=student.init,
+      init_params=init_params,
       train_step=step,
       optimizer=optimizer,
       arrays={
@@ -204,8 +236,9 @@ def run(config, workdir: str) -> dict:
       batch_size=config.batch_size,
       seed=config.seed + 100,  # every student: same init and batch order; only q differs
     )
+    student_params = state.params["student"] if trainable else state.params
     results[name] = train.evaluate(
-      train.predict(student.apply, state.params, test_split.x, mesh), test_split.y
+      train.predict(student.apply, student_params, test_split.x, mesh), test_split.y
     )
     results[name]["description"] = f"distilled from {op_name} q over teachers {ks}"
   bar.close()

@@ -25,6 +25,7 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import losses, operators, theory
 from mtkd_jax import sharding as sharding_lib
 from mtkd_jax import temperature as temperature_lib
+from mtkd_jax import weighting as weighting_lib
 
 # Objectives by config name. A mixture-type loss has the signature of `losses.mixture_kd`
 # (student_logits, target_log_q, *, student_temperature); `losses.sum_of_kls` takes the teachers.
@@ -84,6 +85,7 @@ def distill_metrics(student_logits, teacher_logits, labels, *, operator, tempera
     "accuracy": (student_logits.argmax(-1) == labels).mean(),
     "log_loss": losses.cross_entropy(student_logits, labels).mean(),
     "effective_num_teachers": theory.effective_num_teachers(w, axis=0).mean(),
+    "weight_entropy": weighting_lib.entropy(w, axis=0).mean(),
   }
 
 
@@ -124,8 +126,12 @@ def make_train_step(
     label_weight: a ∈ [0, 1] weight of the hard-label cross-entropy.
     teacher_apply: `teacher_apply(teacher_params, batch) -> [K, B, ..., V]` frozen teachers run
       inside the step; if None, the batch carries precomputed `teacher_logits` [B, ..., K, V].
-    weighting: hook for adaptive weighting (issue 6): `weighting(teacher_logits, batch) ->
-      weights [K] or [K, B, ...]`; None uses the fixed `weights`.
+    weighting: adaptive weighting (`mtkd_jax.weighting`): a hook `weighting(teacher_logits,
+      batch) -> weights [K] or [K, B, ...]` (e.g. `weighting.get("confidence", tau=0.5)`), or a
+      trainable `weighting.Learned` gate: then params are `{"student": ..., "weighting": φ}`,
+      the student trains on the stop-gradient gate weights and the gate on `weighting.loss`
+      (logged as `gate_loss`). None uses the fixed `weights`. The step logs the effective
+      number of teachers and the weight entropy.
     implementation: `implementation=` of the fused kernel ("auto", "xla", "pallas").
 
   Returns:
@@ -150,6 +156,9 @@ def make_train_step(
   temperature_lib.check_temperatures(student_temperature, name="student_temperature")
   if not 0.0 <= label_weight <= 1.0:
     raise ValueError(f"label_weight: must be in [0, 1], got {label_weight}")
+  if weighting is not None and not callable(weighting):
+    raise ValueError(f"weighting: must be a function or weighting.Learned, got {weighting!r}")
+  trainable = weighting_lib.is_trainable(weighting)
   fused = _FUSED.get(operator) if loss is losses.mixture_kd else None
   if fused is not None:
     try:  # Imported here: the kernel package pulls in Pallas, which the other paths never need.
@@ -176,18 +185,25 @@ def make_train_step(
     else:
       teacher_logits = teacher_apply(teacher_params, batch)  # [K, B, ..., V]
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
-    w = weights if weighting is None else weighting(teacher_logits, batch)  # [K] or [K, B, ...]
+    fixed_w = weights if weighting is None or trainable else weighting(teacher_logits, batch)
 
     def loss_fn(params):
-      student_logits = student_apply(params, batch["x"])  # [B, ..., V]
+      student_params = params["student"] if trainable else params
+      student_logits = student_apply(student_params, batch["x"])  # [B, ..., V]
+      w, gate_loss = fixed_w, 0.0  # [K] or [K, B, ...]
+      if trainable:  # the gate reads the student; the student sees the gate's weights as data
+        w = weighting(params["weighting"], teacher_logits, batch, student_logits)
+        gate_loss = weighting.loss(w, teacher_logits, batch).mean()
+        w = jax.lax.stop_gradient(w)
       per_example = per_example_loss(student_logits, teacher_logits, w)  # [B, ...]
       if label_weight:
         per_example = losses.hard_label_blend(
           per_example, student_logits, batch["y"], label_weight=label_weight
         )
-      return per_example.mean(), student_logits
+      return per_example.mean() + gate_loss, (student_logits, w, gate_loss)
 
-    (loss_value, student_logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss_value, (student_logits, w, gate_loss)), grads = grad_fn(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = distill_metrics(
@@ -195,6 +211,8 @@ def make_train_step(
       temperatures=temperatures, weights=w, student_temperature=student_temperature,
     )  # fmt: skip
     metrics.update(loss=loss_value, grad_norm=optax.tree.norm(grads))
+    if trainable:
+      metrics["gate_loss"] = gate_loss
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

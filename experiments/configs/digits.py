@@ -44,6 +44,8 @@ def get_config():
   c.weights = (1 / 3, 1 / 3, 1 / 3)  # teacher weights w_k, summing to one
   c.student_temperature = 1.0  # T_S
   c.label_weight = 0.0  # weight a of the hard-label cross-entropy blend (0: pure KD)
+  c.weighting = ""  # adaptive weighting of the K-teacher students (weighting.names()); "": fixed
+  c.weighting_kwargs = ml_collections.ConfigDict()  # e.g. {"tau": 0.5} for "confidence"
   c.implementation = "auto"  # fused kernel implementation: "auto", "xla" or "pallas"
 
   # ---- Optimisation -------------------------------------------------------------------------

@@ -470,7 +470,7 @@ def make_figure(results: dict, png_path: str) -> None:
     im = ax.imshow(np.concatenate(mats, 0), aspect="auto", vmin=0, vmax=1, cmap="viridis")
     k = mats[0].shape[0]
     ax.set_yticks(
-      np.arange(k * len(shown)), [f"{n[:10]} T{j}" for n in shown for j in range(k)], fontsize=7
+      np.arange(k * len(shown)), [f"{n} T{j}" for n in shown for j in range(k)], fontsize=7
     )
     ax.set_xticks(np.arange(10))
     ax.set_xlabel("true class")
@@ -490,6 +490,19 @@ def make_figure(results: dict, png_path: str) -> None:
       ls="-" if name.endswith("+floor") else ":",
     )
   ax.axvline(floor, color="k", lw=1)
+  mins = [
+    f"{n}: min w* = {v['min_safety_weight_sensitive']:.3f}" for n, v in results["safety"].items()
+  ]
+  ax.text(
+    0.98,
+    0.5,
+    "\n".join(mins),
+    transform=ax.transAxes,
+    ha="right",
+    va="center",
+    fontsize=7,
+    family="monospace",
+  )
   ax.set_xlabel("safety teacher weight w* on sensitive training inputs")
   ax.set_ylabel("fraction of inputs")
   ax.set_title(f"the floor holds: w* ≥ {floor} with the floor (solid)")
