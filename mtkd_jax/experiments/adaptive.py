@@ -495,18 +495,18 @@ def make_figure(results: dict, png_path: str) -> None:
   ]
   ax.text(
     0.98,
-    0.5,
+    0.06,
     "\n".join(mins),
     transform=ax.transAxes,
     ha="right",
-    va="center",
+    va="bottom",
     fontsize=7,
     family="monospace",
   )
   ax.set_xlabel("safety teacher weight w* on sensitive training inputs")
   ax.set_ylabel("fraction of inputs")
   ax.set_title(f"the floor holds: w* ≥ {floor} with the floor (solid)")
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper right")
 
   ax = axes[1, 1]
   s = results["safety"]
