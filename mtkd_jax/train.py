@@ -105,6 +105,7 @@ def make_train_step(
   teacher_apply: Callable | None = None,
   weighting: Callable | None = None,
   implementation: str = "auto",
+  metrics_fn: Callable | None = None,
 ):
   """Builds the distillation update `train_step(state, batch, teacher_params=None)`.
 
@@ -133,6 +134,8 @@ def make_train_step(
       (logged as `gate_loss`). None uses the fixed `weights`. The step logs the effective
       number of teachers and the weight entropy.
     implementation: `implementation=` of the fused kernel ("auto", "xla", "pallas").
+    metrics_fn: diagnostics with the signature of `distill_metrics` (None: that function);
+      e.g. `sparse.distill_metrics` when `teacher_apply` returns sparse top-k outputs.
 
   Returns:
     `train_step(state, batch, teacher_params=None) -> (state, metrics)`, a pure function to
@@ -206,7 +209,7 @@ def make_train_step(
     (loss_value, (student_logits, w, gate_loss)), grads = grad_fn(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = distill_metrics(
+    metrics = (distill_metrics if metrics_fn is None else metrics_fn)(
       jax.lax.stop_gradient(student_logits), teacher_logits, batch["y"], operator=operator,
       temperatures=temperatures, weights=w, student_temperature=student_temperature,
     )  # fmt: skip
