@@ -275,6 +275,40 @@ def test_jit_vmap_and_where_mask():
   assert np.all(np.asarray(g)[~np.asarray(mask)] == 0) and np.any(np.asarray(g)[np.asarray(mask)])
 
 
+def test_sparse_kd_loss_runs_in_the_train_step():
+  """`make_train_step` takes a sparse operator + `sparse_kd_loss` through its hooks."""
+  import optax
+
+  from mtkd_jax import models, train
+
+  r = np.random.default_rng(8)
+  model = models.build("mlp", in_features=6, hidden=(8,), num_classes=12)
+  z = 2 * r.standard_normal((3, 16, 12)).astype(np.float32)  # [K, B, V]
+  out = sparse.from_dense(jnp.asarray(z), 4)
+  batch = {"x": r.standard_normal((16, 6)).astype(np.float32),
+           "y": r.integers(0, 12, 16).astype(np.int32),
+           "idx": np.asarray(out.indices), "lp": np.asarray(out.log_probs)}  # fmt: skip
+  teacher_apply = lambda _, b: sparse.sparse_outputs(b["idx"], b["lp"], vocab_size=12)
+  kw = dict(temperatures=[1.0, 1.0, 1.0], weights=[0.2, 0.3, 0.5])
+  step = train.make_train_step(
+    model.apply, optax.sgd(0.1), operator=sparse.get("linear", tail_mode="uniform"),
+    loss=sparse.sparse_kd_loss, teacher_apply=teacher_apply, metrics_fn=sparse.distill_metrics,
+    **kw,
+  )  # fmt: skip
+  params = model.init(jax.random.key(0))
+  optimizer = optax.sgd(0.1)
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  new_state, metrics = jax.jit(step)(state, batch)
+  target = sparse.linear(out, tail_mode="uniform", **kw)
+  loss_fn = lambda p: sparse.sparse_kd_loss(model.apply(p, batch["x"]), target).mean()
+  want, grads = jax.value_and_grad(loss_fn)(params)
+  for new, old, g in zip(*map(jax.tree.leaves, (new_state.params, params, grads)), strict=True):
+    np.testing.assert_allclose(new, old - 0.1 * g, rtol=1e-5, atol=1e-6)  # one SGD step
+  np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+  np.testing.assert_allclose(metrics["kl_q_student"], want, rtol=1e-5)
+  assert 0 < float(metrics["target_tail_mass"]) < 1
+
+
 def test_errors_name_the_argument():
   out, temps, w, student, _ = _problem(51)
   with pytest.raises(ValueError, match="tail_mode"):

@@ -1,0 +1,105 @@
+"""Sparse / offline teachers on a real byte-level LM task: the Python standard library (SPEC §7).
+
+    python -m mtkd_jax.main --config=experiments/configs/stdlib_lm.py --workdir=runs/stdlib_lm
+
+K = 3 byte-level Transformer teachers are each trained on one family of the standard library's
+own `.py` files (the test suite, the GUI/tool packages, the core library), with a deterministic
+file-level held-out split. Their top-64 outputs on the student's training windows are dumped
+once to an offline store (bf16 log-probs + int32 indices, checksummed shards; the same as
+`python -m mtkd_jax.teachers dump --config=experiments/configs/stdlib_lm.py --out=DIR`).
+Students with the teachers' architecture, the same initialisation and the same batches are
+distilled from the dense teachers (run inside the step) and from the stored top-k for
+k ∈ {4, 16, 64} under each tail mode (drop / uniform / bucket), plus a hard-label baseline.
+Prints held-out bits per byte of every teacher, the average teacher, the teachers' mixture and
+every student, overall and per family; writes `results.json` and `sparse_teachers.png`.
+
+Runtime: about 12-15 minutes on 2 otherwise idle CPU cores at the default size (more when the
+machine is shared); `--config.size=small` takes well under a minute (used by the tests). Expected
+result: each teacher is best on its own family, the dense student beats the average teacher
+overall, top-k students approach the dense one as k grows, and "drop" is the worst tail mode
+at small k.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.experiment = "stdlib_lm"  # module mtkd_jax.experiments.stdlib_lm
+  c.size = "full"  # "full" or "small" (a preset from stdlib_lm.SIZES overrides the fields below)
+  c.seed = 0  # seed of initialisations and batch orders
+  c.data_seed = 0  # seed of the training windows
+
+  # ---- Data: byte-level corpus of the standard library's .py files ---------------------------
+  # (family name, top-level packages/modules); "*" takes every file not listed elsewhere.
+  c.families = (
+    ("tests", ("test", "unittest")),
+    (
+      "tools",
+      (
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "turtle.py",
+        "lib2to3",
+        "distutils",
+        "pydoc.py",
+        "ensurepip",
+        "venv",
+        "curses",
+      ),
+    ),
+    ("core", ("*",)),
+  )
+  c.exclude = ("encodings", "pydoc_data")  # top-level names left out (data tables, not code)
+  c.test_fraction = 0.1  # fraction of files held out (CRC-32 of the path)
+  c.seq_len = 128  # bytes per training/eval window (the model's context)
+  c.eval_windows = 256  # held-out windows per family (evenly spaced over its test bytes)
+
+  # ---- Models: byte Transformer LMs (mtkd_jax.models "byte_lm") ------------------------------
+  c.depth = 2  # Transformer blocks
+  c.width = 128  # model width
+  c.num_heads = 4  # attention heads
+
+  # ---- Teachers ------------------------------------------------------------------------------
+  c.teacher_steps = 400  # update steps per teacher (on its own family)
+  c.teacher_learning_rate = 3e-3  # AdamW peak learning rate
+
+  # ---- Offline store of the teachers' top-k outputs ----------------------------------------
+  c.store = ml_collections.ConfigDict()
+  c.store.k = 64  # stored top-k (smaller k are its prefixes)
+  c.store.dtype = "bfloat16"  # "bfloat16" or "float16" log-probs
+  c.store.generation_temperature = 1.0  # T_g of the stored log-probs (all teachers)
+  c.store.batch_size = 32  # rows per teacher call while dumping
+  c.store.windows = 3072  # student training windows (an equal share from each family)
+
+  # ---- Students ------------------------------------------------------------------------------
+  c.k_values = (4, 16, 64)  # top-k of the sparse students (≤ store.k)
+  c.tail_modes = ("drop", "uniform", "bucket")  # sparse.TAIL_MODES to compare
+  c.operator = "linear"  # sparse/dense aggregation: "linear" or "geometric"
+  c.dense_student = True  # also distil from the dense teachers (run inside the step)
+  c.label_student = True  # also train a hard-label (cross-entropy only) baseline student
+  c.temperatures = (1.0, 1.0, 1.0)  # training temperatures T_k (re-tempered from T_g)
+  c.weights = (1 / 3, 1 / 3, 1 / 3)  # teacher weights w_k
+  c.student_temperature = 1.0  # T_S
+  c.student_steps = 400  # update steps per student (about 2 epochs of store.windows)
+  c.learning_rate = 3e-3  # AdamW peak learning rate of the students
+
+  # ---- Optimisation (shared) -------------------------------------------------------------------
+  c.batch_size = 16  # global batch size (windows per step; divisible by mesh.data)
+  c.weight_decay = 1e-4  # AdamW weight decay
+  c.warmup_steps = 20  # linear warm-up steps before the cosine decay
+
+  # ---- Devices, logging, checkpoints -----------------------------------------------------------
+  c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all remaining devices
+  c.partition_rules = ((r".*", ()),)  # replicate parameters (small models; data parallel)
+  c.log_every = 25  # steps between host metric fetches
+  c.checkpoint_every = 1000  # steps between orbax checkpoints (and always at the end)
+  c.keep_checkpoints = 1  # checkpoints kept per run
+  c.progress = True  # tqdm progress bar on stderr
+  return c
+
+
+def apply_small(c):
+  """The small setting (tests, notebooks with MTKD_NOTEBOOK_SIZE=small, `figures --small`)."""
+  c.size = "small"  # stdlib_lm.SIZES["small"] then overrides the sizes at run time

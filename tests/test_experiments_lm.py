@@ -1,0 +1,98 @@
+"""The stdlib_lm experiment end to end at the small size: CLI run, teacher dump CLI, notebook.
+
+The CLI run starts from an empty workdir (as from a fresh clone); the dump CLI restores the same
+teachers and must write byte-identical shards; the notebook resumes the run's workdir, so it
+re-evaluates restored models and must print the same numbers.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from mtkd_jax import teachers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "--config=experiments/configs/stdlib_lm.py"
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it
+  return env
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+  runs = tmp_path_factory.mktemp("lm") / "runs"
+  workdir = runs / "stdlib_lm"
+  cmd = [sys.executable, "-m", "mtkd_jax.main", CONFIG, "--config.size=small",
+         "--config.progress=False", f"--workdir={workdir}"]  # fmt: skip
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(workdir / "results.json") as f:
+    return runs, workdir, proc.stdout, json.load(f)
+
+
+@pytest.mark.slow
+def test_small_run_reports_every_model(small_run):
+  _, workdir, stdout, results = small_run
+  bpb = results["bits_per_byte"]
+  fams = ["tests", "tools", "core"]
+  want = [f"teacher[{f}]" for f in fams] + ["teacher mixture", "student[labels]", "student[dense]"]
+  want += [f"student[top{k},{m}]" for k in (4, 16) for m in ("drop", "uniform", "bucket")]
+  assert sorted(bpb) == sorted(want)
+  for name, row in [*bpb.items(), ("average teacher", results["average_teacher"])]:
+    assert sorted(row) == sorted([*fams, "all"]), name
+    assert all(math.isfinite(v) and 0.5 < v < 8.5 for v in row.values()), (name, row)
+    assert f"{row['all']:.4f}" in stdout  # the printed table holds the same numbers
+  # Every teacher learned something (uniform bytes are 8 bits), and the mixture of teachers is
+  # at least as good as their average (log-loss bound, SPEC Thm IV.9).
+  assert all(bpb[f"teacher[{f}]"]["all"] < 7.9 for f in fams)
+  assert bpb["teacher mixture"]["all"] <= results["average_teacher"]["all"] + 1e-9
+  # Different targets give different students (same init and batches).
+  assert len({round(bpb[n]["all"], 6) for n in want if n.startswith("student")}) == 8
+  store = teachers.open_store(str(workdir / "store"))  # checksums verified
+  assert store.k == 16 and store.names == tuple(fams)
+  with open(workdir / "sparse_teachers.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_dump_cli_writes_the_same_store(small_run, tmp_path):
+  _, workdir, _, _ = small_run
+  out = tmp_path / "dump"
+  cmd = [sys.executable, "-m", "mtkd_jax.teachers", "dump", CONFIG, "--config.size=small",
+         f"--out={out}", f"--workdir={workdir}"]  # fmt: skip
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "shards ok" in proc.stdout
+  new, old = (teachers.open_store(str(d)).manifest for d in (out, workdir / "store"))
+  assert [t["sha256"] for t in new["teachers"]] == [t["sha256"] for t in old["teachers"]]
+  assert new["tokens"]["sha256"] == old["tokens"]["sha256"]
+
+
+@pytest.mark.slow
+def test_notebook_resumes_the_run_and_plots(small_run, tmp_path, monkeypatch):
+  runs, _, _, results = small_run
+  monkeypatch.setenv("MTKD_NOTEBOOK_SIZE", "small")
+  monkeypatch.setenv("MTKD_NOTEBOOK_WORKDIR", str(runs))
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "sparse_teachers.ipynb"), as_version=4)
+  assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit w/o outputs"
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
+  text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.outputs if o.get("output_type") == "stream")  # fmt: skip
+  for name in ("sparse_teachers.png", "sparse_teachers_bpb_vs_k.png"):
+    assert os.path.getsize(tmp_path / name) > 5000
+  dense = results["bits_per_byte"]["student[dense]"]["all"]
+  assert f"dense student {dense:.4f} bits/byte" in text  # restored, not retrained differently
+  for mode in ("drop", "uniform", "bucket"):
+    k4 = results["bits_per_byte"][f"student[top4,{mode}]"]["all"] - dense
+    assert f"{mode:<8} gap to the dense-teacher student" in text and f"{k4:+.4f}" in text
