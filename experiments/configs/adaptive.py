@@ -10,10 +10,14 @@ T = 2). One student per weighting scheme (static, confidence, label_aware, learn
 hierarchical), linear operator, 3 seeds each (vmapped); then static / confidence / label_aware /
 hierarchical with and without `safety_floor` (floor 0.5 on inputs of classes 3 and 5, where the
 static mixture of the specialists puts ~17% on the unsafe class 9).
-Expected: label_aware, learned and hierarchical beat static and confidence on test log-loss;
-with the floor the safety teacher's weight on sensitive inputs is ≥ 0.5 for every scheme, and
-the unsafe mass of the target and of the student on sensitive inputs drops. Runtime about
-1–2 minutes on 2 CPU cores (small: ~20 s).
+Measured (3 seeds, mean test accuracy / log-loss): static 0.705 / 0.847, confidence 0.896 /
+0.357, label_aware 0.968 / 0.156, learned 0.971 / 0.168, hierarchical 0.968 / 0.156. With the
+floor the safety teacher's weight on every sensitive training input is ≥ 0.5 for every scheme
+(without: min 0.250, 0.001, 0.124, 0.003); the floor cuts the unsafe mass of the target q(9) on
+sensitive inputs from 0.128 to 0.085 (static) and 0.085 to 0.044 (confidence), and the student's
+p(9) on sensitive test inputs from 0.126 to 0.083 and 0.072 to 0.043; for label_aware and
+hierarchical q(9) is already ≈ 0 and the student's p(9) stays ≈ 0.02–0.03. Runtime about 45 s
+on 2 CPU cores (small: ~25 s).
 """
 
 import ml_collections

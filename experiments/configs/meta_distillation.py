@@ -7,11 +7,16 @@ or `--config=experiments/configs/meta_distillation.py:small` for the small setti
 
 q_base: the linear aggregate of the three digits teachers (the views of the digits job).
 Generation 0: a student trained on hard labels only. Generation t: a fresh student distilled from
-q_t = α q_base + (1 − α) p_{S_{t−1}}, for α in {0, 0.2, 0.5, 0.8}, 6 generations. Expected: the
-per-step bound KL(q_t ‖ q_base) ≤ (1 − α) KL(p_{S_{t−1}} ‖ q_base) holds at every generation;
-KL(q_t ‖ q_base) falls roughly like (1 − α)^t until it reaches the students' fitting error
-(where the geometric bound, which assumes exact students, stops holding); with α = 0 it does not
-contract. Runtime about 1 minute on 2 CPU cores (small: ~15 s).
+q_t = α q_base + (1 − α) p_{S_{t−1}}, for α in {0, 0.2, 0.5, 0.8}, 6 generations.
+
+Measured: KL(p_S0 ‖ q_base) = 0.337; the per-step bound
+KL(q_t ‖ q_base) ≤ (1 − α) KL(p_{S_{t−1}} ‖ q_base) holds for every example at every generation.
+KL(q_t ‖ q_base) at t = 1..6: α = 0.5: 0.070, 0.023, 0.018, 0.017, 0.018, 0.019; α = 0.8: 0.011,
+0.003, then flat at 0.003 — the geometric decay stops at the students' fitting error
+(KL(q_t ‖ p_S) ≈ 0.02 and 0.04), where the bound (1 − α)^t · 0.337, which assumes exact students,
+stops holding (from t = 5 and t = 3 for the means). α = 0.2 stays under it (0.050 vs 0.088 at
+t = 6); α = 0 drifts slowly (0.337 → 0.263). Anchoring to q_base also pulls the test log-loss
+toward q_base's (0.61; S_0: 0.14). Runtime about 20 s on 2 CPU cores (small: ~10 s).
 """
 
 import ml_collections
