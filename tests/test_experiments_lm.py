@@ -27,9 +27,8 @@ def _env():
   return env
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-  runs = tmp_path_factory.mktemp("lm") / "runs"
+def _small_run(tmp_path):
+  runs = tmp_path / "runs"
   workdir = runs / "stdlib_lm"
   cmd = [sys.executable, "-m", "mtkd_jax.main", CONFIG, "--config.size=small",
          "--config.progress=False", f"--workdir={workdir}"]  # fmt: skip
@@ -40,7 +39,15 @@ def small_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_small_run_reports_every_model(small_run):
+def test_small_run_then_dump_cli_then_notebook(tmp_path, monkeypatch):
+  """One test, so the run (the expensive part) is shared even when pytest-xdist splits files."""
+  small_run = _small_run(tmp_path)
+  _check_results(small_run)
+  _check_dump_cli(small_run, tmp_path)
+  _check_notebook(small_run, tmp_path, monkeypatch)
+
+
+def _check_results(small_run):
   _, workdir, stdout, results = small_run
   bpb = results["bits_per_byte"]
   fams = ["tests", "tools", "core"]
@@ -63,8 +70,7 @@ def test_small_run_reports_every_model(small_run):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
-def test_dump_cli_writes_the_same_store(small_run, tmp_path):
+def _check_dump_cli(small_run, tmp_path):
   _, workdir, _, _ = small_run
   out = tmp_path / "dump"
   cmd = [sys.executable, "-m", "mtkd_jax.teachers", "dump", CONFIG, "--config.size=small",
@@ -77,20 +83,20 @@ def test_dump_cli_writes_the_same_store(small_run, tmp_path):
   assert new["tokens"]["sha256"] == old["tokens"]["sha256"]
 
 
-@pytest.mark.slow
-def test_notebook_resumes_the_run_and_plots(small_run, tmp_path, monkeypatch):
+def _check_notebook(small_run, tmp_path, monkeypatch):
   runs, _, _, results = small_run
   monkeypatch.setenv("MTKD_NOTEBOOK_SIZE", "small")
   monkeypatch.setenv("MTKD_NOTEBOOK_WORKDIR", str(runs))
   monkeypatch.delenv("XLA_FLAGS", raising=False)
+  (tmp_path / "nb").mkdir()
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "sparse_teachers.ipynb"), as_version=4)
   assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit w/o outputs"
   NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
+                 resources={"metadata": {"path": str(tmp_path / "nb")}}).execute()  # fmt: skip
   text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.outputs if o.get("output_type") == "stream")  # fmt: skip
   for name in ("sparse_teachers.png", "sparse_teachers_bpb_vs_k.png"):
-    assert os.path.getsize(tmp_path / name) > 5000
+    assert os.path.getsize(tmp_path / "nb" / name) > 5000
   dense = results["bits_per_byte"]["student[dense]"]["all"]
   assert f"dense student {dense:.4f} bits/byte" in text  # restored, not retrained differently
   for mode in ("drop", "uniform", "bucket"):
