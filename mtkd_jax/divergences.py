@@ -34,6 +34,11 @@ def kl_divergence(log_p: jax.Array, log_q: jax.Array, axis: int = -1) -> jax.Arr
   >>> kl_divergence(jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([0.25, 0.75]))).round(4)
   Array(0.1438, dtype=float32)
   """
+  if jnp.shape(log_p) != jnp.shape(log_q):
+    raise ValueError(
+      f"log_p and log_q must have the same shape [..., V], got log_p.shape={jnp.shape(log_p)}, "
+      f"log_q.shape={jnp.shape(log_q)}"
+    )
   p, support = _safe_exp_and_finite(log_p)
   safe_log_p = jnp.where(support, log_p, 0.0)
   safe_log_q = jnp.where(support, log_q, 0.0)

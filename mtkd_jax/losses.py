@@ -34,7 +34,11 @@ def _mask(values: jax.Array, where, name="where") -> jax.Array:
   if where is None:
     return values
   where = jnp.asarray(where)
-  if jnp.broadcast_shapes(where.shape, values.shape) != values.shape:
+  try:
+    compatible = jnp.broadcast_shapes(where.shape, values.shape) == values.shape
+  except ValueError:
+    compatible = False
+  if not compatible:
     raise ValueError(
       f"{name} must be a per-example mask broadcastable to {values.shape}, "
       f"got {name}.shape={where.shape}"

@@ -73,6 +73,8 @@ def check_weights(weights, teacher_shape: tuple[int, ...], *, name="weights") ->
         f"[{sums.min():.6g}, {sums.max():.6g}] for {name}.shape={w.shape}; "
         "normalise them first, e.g. w / w.sum(axis=0)"
       )
+  if jnp.finfo(jnp.asarray(weights).dtype).bits <= 16:
+    w = w / jnp.sum(w, axis=0)  # remove the rounding of 16-bit weights, which the check allows
   return w.reshape(w.shape + (1,) * (len(teacher_shape) - w.ndim))  # [K, ..., 1]
 
 
@@ -167,7 +169,7 @@ def power(alpha: float) -> Operator:
   >>> op = power(0.5)
   >>> lp = jnp.log(jnp.array([[0.9, 0.1], [0.5, 0.5]]))
   >>> jnp.exp(op(lp, temperatures=jnp.ones(2), weights=jnp.array([0.5, 0.5]))).round(3)
-  Array([0.726, 0.274], dtype=float32)
+  Array([0.724, 0.276], dtype=float32)
   """
   alpha = float(alpha)
   if not np.isfinite(alpha):
@@ -186,6 +188,18 @@ def power(alpha: float) -> Operator:
     if alpha > 0:  # p_k = 0 contributes 0 to the mean.
       terms = [jnp.where(finite[k], terms[k], -jnp.inf) for k in range(log_p.shape[0])]
     log_mean = logsumexp_over_teachers(terms) / alpha
+    # Near α = 0 the division above amplifies float32 rounding by 1/α. Centred at the geometric
+    # mean g = Σ ŵ_k log p_k, log M_α = g + log1p(Σ_k ŵ_k expm1(α (log p_k − g))) / α is exact
+    # and accurate wherever every |α (log p_k − g)| < 1, so it takes over there.
+    w_hat = w / jnp.sum(w, axis=0)
+    g = sum(w_hat[k] * jnp.where(finite[k], log_p[k], 0.0) for k in range(log_p.shape[0]))
+    d = [jnp.where(finite[k], log_p[k] - g, jnp.inf) for k in range(log_p.shape[0])]
+    small = jnp.all(jnp.stack([(w[k] == 0) | (jnp.abs(alpha * d[k]) < 1) for k in range(len(d))]),
+                    axis=0)  # fmt: skip
+    z = sum(
+      w_hat[k] * jnp.expm1(alpha * jnp.where(small & (w[k] > 0), d[k], 0.0)) for k in range(len(d))
+    )
+    log_mean = jnp.where(small, g + jnp.log1p(jnp.where(small, z, 0.0)) / alpha, log_mean)
     if alpha < 0:  # p_k = 0 makes p_k^α infinite, so the mean is 0.
       log_mean = jnp.where(jnp.any((w > 0) & ~finite, axis=0), -jnp.inf, log_mean)
     return jax.nn.log_softmax(log_mean, axis=-1)
@@ -212,7 +226,8 @@ def entropic(beta: float) -> Operator:
   return entropic_op
 
 
-_LOG_FLOOR = -80.0  # e^-80 ≈ 2e-35: far below float32 resolution of the top token, above underflow
+_LOG_FLOOR = -40.0  # e^-40 ≈ 4e-18: negligible mass, yet 1/q² (second-order terms) stays finite
+_MASKED = -1e9  # a finite stand-in for log 0 inside the barycenter iteration
 
 
 def barycenter(
@@ -228,9 +243,11 @@ def barycenter(
   Built-in D: "kl" (KL(q‖p) → geometric), "reverse_kl" (KL(p‖q) → linear), "hellinger"
   (→ power(1/2)); any `D(log_q, log_p) -> [...]` reducing the last axis works.
 
-  Log-probabilities (of q and of the teachers) are floored at -80 inside the iteration: a token
-  with q(i) = 0 would make gradients such as log q − log p or p/q infinite, and the update NaN.
-  So q(i) is at least about e^-80 relative to the top token, where the exact barycenter has 0.
+  log q is floored at -40 inside the iteration: a token with q(i) = 0 would make gradients such as
+  log q − log p or p/q infinite or NaN (and 1/q² in the gradient through the iteration overflows
+  below about e^-44). So q(i) is at least about e^-40 ≈ 4e-18 relative to the top token where the
+  exact barycenter has 0. Teachers' log-probs are not floored: at tiny temperatures the answer is
+  decided far below e^-40.
 
   Args:
     divergence: a name in `divergences.DIVERGENCES` or a function `D(log_q, log_p)`.
@@ -253,7 +270,9 @@ def barycenter(
 
   def barycenter_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
     log_p, w = prepare(teacher_log_probs, temperatures, weights)
-    log_p = jnp.maximum(log_p, _LOG_FLOOR)
+    # Masked tokens (-inf) become a huge finite penalty: -inf would turn D's gradients into
+    # inf − inf = NaN, in the iteration and in the gradient through it.
+    log_p = jnp.where(jnp.isfinite(log_p), log_p, _MASKED)
     w = w[..., 0]  # [K, ...]
 
     def objective(q):  # Σ over rows of Σ_k w_k D(q, p_k); rows are independent.
@@ -265,6 +284,7 @@ def barycenter(
       return jnp.maximum(jax.nn.log_softmax(log_q - step_size * grad_q, axis=-1), _LOG_FLOOR)
 
     log_q0 = logsumexp_over_teachers([safe_log(w[k])[..., None] + log_p[k] for k in range(len(w))])
+    log_q0 = jnp.maximum(log_q0, _LOG_FLOOR)
     log_q = jax.lax.fori_loop(0, int(num_steps), step, log_q0)
     return jax.nn.log_softmax(log_q, axis=-1)
 
