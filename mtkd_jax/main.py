@@ -376,5 +376,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # `import mtkd_jax.main` from experiment code must get this module, not define the flags twice.
+  sys.modules.setdefault("mtkd_jax.main", sys.modules["__main__"])
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

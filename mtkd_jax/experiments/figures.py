@@ -30,6 +30,8 @@ EXPERIMENTS = [
   ("bias_attenuation", "bias_attenuation", "bias_attenuation.png"),
   ("capacity", "capacity", "capacity.png"),
   ("operators_comparison", "operators", "operators.png"),
+  ("adaptive", "adaptive", "adaptive.png"),
+  ("meta_distillation", "meta_distillation", "meta_distillation.png"),
 ]
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
