@@ -64,7 +64,8 @@ class Counterexample:
 
 @dataclasses.dataclass(frozen=True)
 class AxiomReport:
-  """Result of `check`: per axiom number (1–5), whether it held and a counterexample."""
+  """Result of a check: per numbered property (axioms 1–5 here; the weighting properties 1–4 in
+  `weighting_checks`), whether it held and a counterexample."""
 
   name: str
   passed: dict[int, bool]
@@ -80,8 +81,10 @@ class AxiomReport:
 # ---------------------------------------------------------------------------------------------
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-  x = x - x.max(axis=-1, keepdims=True)
+def log_softmax(x: np.ndarray) -> np.ndarray:
+  """Float64 NumPy log-softmax over the last axis; -inf entries stay -inf."""
+  m = np.max(np.where(np.isfinite(x), x, -np.inf), axis=-1, keepdims=True)
+  x = x - m
   return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
@@ -102,7 +105,7 @@ def _sample(rng: np.random.Generator, k: int, v: int, kind: str):
     weights /= weights.sum()
   elif kind == "extreme_temperature":
     temperatures = rng.choice([1e-2, 0.1, 10.0, 1e2], size=k)
-  return _log_softmax(logits), temperatures, weights
+  return log_softmax(logits), temperatures, weights
 
 
 def _sizes(num_teachers: int, vocab_size: int) -> list[tuple[int, int]]:
@@ -135,7 +138,7 @@ class _Evaluator:
 
 
 def _tempered(lp, t):  # p_{k,T} in float64, [N, K, V]
-  return np.exp(_log_softmax(lp / t[..., None]))
+  return np.exp(log_softmax(lp / t[..., None]))
 
 
 def _interpolate(s, x, y):  # (1 − s) x + s y with s [N] broadcast over x [N, ...]
@@ -167,7 +170,7 @@ def _convexity(ev, lp, t, w, tol):
 def _positivity(ev, lp, t, w, tol):
   del tol
   # Only inputs whose tempered teachers are safely positive in float32 test the axiom.
-  tempered = _log_softmax(lp / t[..., None])  # [N, K, V]
+  tempered = log_softmax(lp / t[..., None])  # [N, K, V]
   ok = (tempered > -30).all(axis=(-1, -2))
   log_q = ev.log_q(lp, t, w)
   bad = ok & ~(np.isfinite(log_q) & (log_q > -np.inf)).all(-1)
@@ -314,7 +317,7 @@ def _coherence(ev, lp, t, w, tol, limit_tol=1e-3):
   top = lp[:, 0].argmax(-1)
   second = np.argsort(lp[:, 0], -1)[:, -2]
   tied[np.arange(n), 0, second] = tied[np.arange(n), 0, top]
-  tied[:, 0] = _log_softmax(tied[:, 0])
+  tied[:, 0] = log_softmax(tied[:, 0])
   shared = tied.copy()
   shared[:, 0] = np.full((n, v), -np.inf)
   shared[np.arange(n), 0, top] = shared[np.arange(n), 0, second] = np.log(0.5)

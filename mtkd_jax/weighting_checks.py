@@ -28,7 +28,6 @@ so they fail property 4 by having no floor: that is the reason for `weighting.sa
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import sys
@@ -39,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtkd_jax import weighting
-from mtkd_jax.axioms import Counterexample
+from mtkd_jax.axioms import AxiomReport, Counterexample, log_softmax
 
 PROPERTIES = {1: "normalisation", 2: "boundedness", 3: "continuity", 4: "safety monotonicity"}
 _KINDS = ("random", "peaked", "flat", "near_tie", "label_excluded", "sparse_prior")
@@ -49,26 +48,13 @@ NUM_FEATURES = 6  # D of the features the checker feeds (and of the built-in lea
 BATCH = 4  # B positions per trial (batch statistics couple them)
 
 
-@dataclasses.dataclass(frozen=True)
-class WeightingReport:
-  """Result of `check`: per property number (1–4), whether it held and a counterexample."""
-
-  name: str
-  passed: dict[int, bool]
-  counterexamples: dict[int, Counterexample | None]
-
-  @property
-  def all_passed(self) -> bool:
-    return all(self.passed.values())
+# Same shape as the operator report: per property number, passed and a counterexample.
+WeightingReport = AxiomReport
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs (NumPy, float64).
 # ---------------------------------------------------------------------------------------------
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-  m = np.max(np.where(np.isfinite(x), x, -np.inf), axis=-1, keepdims=True)
-  x = x - m
-  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def _sample(rng: np.random.Generator, k: int, v: int, kind: str):
@@ -102,7 +88,7 @@ def _sample(rng: np.random.Generator, k: int, v: int, kind: str):
   elif kind == "zero_prior":
     prior[:, rng.integers(k)] = 0.0
     prior /= prior.sum(-1, keepdims=True)
-  return _log_softmax(logits), labels, features, sensitivity, prior
+  return log_softmax(logits), labels, features, sensitivity, prior
 
 
 def _trials(rng, k, v, n, kinds):
@@ -187,7 +173,7 @@ def _continuity(ev, args, tol, grid=65, refinements=14, jump=1e-2):
 
     def w_at(t, at=at):
       x_lp, x_f, x_s, x_p = at(t, np.arange(n))
-      return ev(_log_softmax(x_lp), y, x_f, x_s, x_p).reshape(n, -1)
+      return ev(log_softmax(x_lp), y, x_f, x_s, x_p).reshape(n, -1)
 
     steps = [w_at(np.full(n, t)) for t in np.linspace(0, 1, grid)]
     incr = np.stack([np.abs(b - a).max(-1) for a, b in itertools.pairwise(steps)])
@@ -207,7 +193,7 @@ def _continuity(ev, args, tol, grid=65, refinements=14, jump=1e-2):
     if step[r] > jump and (worst is None or step[r] > worst[0]):
       x_lo, x_hi = at(lo[[r]], [r]), at(hi[[r]], [r])
       inputs = {
-        "teacher_log_probs": _log_softmax(x_lo[0][0]), "labels": y[r], "features": x_lo[1][0],
+        "teacher_log_probs": log_softmax(x_lo[0][0]), "labels": y[r], "features": x_lo[1][0],
         "sensitivity": x_lo[2][0], "prior": x_lo[3][0], "weights": w_lo[r].reshape(k, -1),
         "other_prior": x_hi[3][0], "other_sensitivity": x_hi[2][0],
         "other_weights": w_hi[r].reshape(k, -1),

@@ -32,6 +32,7 @@ EXPERIMENTS = [
   ("operators_comparison", "operators", "operators.png"),
   ("adaptive", "adaptive", "adaptive.png"),
   ("meta_distillation", "meta_distillation", "meta_distillation.png"),
+  ("stdlib_lm", "stdlib_lm", "sparse_teachers.png"),
 ]
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
