@@ -394,10 +394,20 @@ def builtin_operators() -> dict[str, Callable]:
   }
 
 
-def format_table(reports: list[AxiomReport], *, counterexamples: bool = True) -> str:
-  """Operator × axiom table (✓ held on every input tried, ✗ counterexample found)."""
-  header = ["operator"] + [f"{n}. {a}" for n, a in AXIOMS.items()]
-  rows = [[r.name] + ["✓" if r.passed[n] else "✗" for n in AXIOMS] for r in reports]
+def format_table(
+  reports: list[AxiomReport],
+  *,
+  counterexamples: bool = True,
+  properties: dict[int, str] = AXIOMS,
+  subject: str = "operator",
+  kind: str = "axiom",
+) -> str:
+  """Subject × property table (✓ held on every input tried, ✗ counterexample found).
+
+  `properties` and `subject` default to the operator axioms; the weighting checks pass theirs.
+  """
+  header = [subject] + [f"{n}. {a}" for n, a in properties.items()]
+  rows = [[r.name] + ["✓" if r.passed[n] else "✗" for n in properties] for r in reports]
   widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
   line = lambda cells: "| " + " | ".join(map(str.ljust, cells, widths)) + " |"
   out = [line(header), "|" + "|".join("-" * (wd + 2) for wd in widths) + "|"]
@@ -407,7 +417,7 @@ def format_table(reports: list[AxiomReport], *, counterexamples: bool = True) ->
     for r in reports:
       for n, c in r.counterexamples.items():
         if c is not None:
-          out.append(f"- {r.name}, axiom {n} ({AXIOMS[n]}): {c}")
+          out.append(f"- {r.name}, {kind} {n} ({properties[n]}): {c}")
   return "\n".join(out)
 
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd_jax import weighting
+from mtkd_jax import axioms, weighting
 from mtkd_jax.axioms import AxiomReport, Counterexample, log_softmax
 
 PROPERTIES = {1: "normalisation", 2: "boundedness", 3: "continuity", 4: "safety monotonicity"}
@@ -406,19 +406,13 @@ def builtin_schemes(*, floor: float = 0.3, threshold: float = 0.5) -> dict[str, 
 
 def format_table(reports: list[WeightingReport], *, counterexamples: bool = True) -> str:
   """Scheme × property table (✓ held on every input tried, ✗ counterexample found)."""
-  header = ["weighting scheme"] + [f"{n}. {p}" for n, p in PROPERTIES.items()]
-  rows = [[r.name] + ["✓" if r.passed[n] else "✗" for n in PROPERTIES] for r in reports]
-  widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
-  line = lambda cells: "| " + " | ".join(map(str.ljust, cells, widths)) + " |"
-  out = [line(header), "|" + "|".join("-" * (wd + 2) for wd in widths) + "|"]
-  out += [line(r) for r in rows]
-  if counterexamples:
-    out.append("")
-    for r in reports:
-      for n, c in r.counterexamples.items():
-        if c is not None:
-          out.append(f"- {r.name}, {n} ({PROPERTIES[n]}): {c}")
-  return "\n".join(out)
+  return axioms.format_table(
+    reports,
+    counterexamples=counterexamples,
+    properties=PROPERTIES,
+    subject="weighting scheme",
+    kind="property",
+  )
 
 
 def check_builtin(**kwargs) -> list[WeightingReport]:
