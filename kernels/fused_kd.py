@@ -9,10 +9,11 @@ and a student z_S [..., V] at temperature T_S, per row:
     ∂loss/∂z_S = T_S² · (softmax(z_S / T_S) − q) / T_S
 
 The fused paths never build a [K, B, V] array. They run a stats pass (per row: the raw max of
-each teacher and of the student, and Σ exp((x − max)/T): 2(K + 1) numbers), then one
-loss-and-gradient pass that recomputes q from the inputs (XLA: a loop over vocabulary chunks;
-Pallas: a second kernel, or the same one when a row fits one block). The `custom_vjp` forward
-keeps only p_S − q [B, V] as residual; the backward is one multiply by the row cotangents. With a
+each teacher and of the student, and Σ exp((x − max)/T): 2(K + 1) numbers), then recompute q
+from the inputs. XLA: q as one [B, V] buffer, the KL reduce, and in the backward p_S − q fused
+into the student's cotangent. Pallas: a second kernel, or the same one when a row fits one
+block, that writes p_S − q; the backward multiplies it by the row cotangents. The residuals
+are O(B·V). With a
 vocabulary sharded over a mesh axis, the row statistics are combined with one `pmax` and one
 `psum` of a [K + 1, B] array; the [B, V] data never moves.
 
@@ -164,74 +165,57 @@ def _xla_q(terms, t, w, shift, log_se, pooled):
   )
 
 
-def _xla_chunk(terms, student, w, stats, pooled):
-  """Per-element KL terms and p_S − q for a vocabulary slice: terms [K, B, C] or [1, B, C]."""
-  shift, log_se, t = stats
-  q = _xla_q(terms, t, w, shift, log_se, pooled)  # [B, C]
-  log_p = (student.astype(jnp.float32) - shift[-1]) * (1.0 / t[-1]) - log_se[-1]  # [B, C]
-  kl = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0)
-  return kl, jnp.exp(log_p) - q
+def _student_log_probs(student, shift, log_se, t):
+  """log softmax(z_S / T_S) [B, C] from the raw student and its row stats (as in `_xla_q`)."""
+  return (student.astype(jnp.float32) - shift) * (1.0 / t) - log_se
 
 
-def _chunk_size(b, k):
-  """Vocab chunk C with K·B·C·4 ≈ 8 MiB of per-chunk temporaries (C a power of two >= 128).
+def _materialised(fn, operand):
+  """fn(operand), computed by one fusion into one buffer: a fusion boundary XLA keeps.
 
-  Measured at K=4, B=64, V=32768 under load: 2^16..2^20 elements per chunk gave 16.1, 15.1,
-  14.7, 14.0, 13.4 ms; fewer loop iterations (thread-pool barriers) win over cache size here.
+  q has two consumers: the KL reduce, and p_S − q in the backward. Left alone, XLA:CPU fused
+  q's cheap weighted sum into both and kept the K exp terms as K [B, V] buffers (33 MB and
+  25 ms at K=4, B=64, V=32768). `optimization_barrier` is gone before fusion on CPU, and
+  writing q chunk by chunk in a loop (`dynamic_update_slice`) ran 12× slower than the flat
+  fusion (30 vs 2.5 ms: in-place fusions there were neither vectorised nor threaded). A
+  conditional is a boundary that survives if XLA cannot fold its predicate: so it is computed
+  from the data. Both branches are fn, so the result never depends on it; the temporary-bytes
+  test fails if XLA ever learns to see through this.
   """
-  c = 128
-  while c < 32768 and 2 * c * b * k * 4 <= 8 << 20:
-    c *= 2
-  return c
+  data_dependent = operand.reshape(-1)[0] > 0
+  return jax.lax.cond(data_dependent, fn, fn, operand)
 
 
 def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
-  """XLA path: (KL(q ‖ p_S) [B], p_S − q [B, V] in f32, or None)."""
-  b, v = student.shape
+  """XLA path: (KL(q ‖ p_S) [B], residuals for `_xla_p_minus_q` or None).
+
+  Four flat fusions: the row stats (K + 1 exps per element), q (K exps, one [B, V] buffer),
+  the KL reduce (one log), and in the backward T_S·g·(p_S − q) (one exp) straight into the
+  student's cotangent: 2K + 3 transcendentals and one [B, V] temporary. The residuals are q,
+  the student itself and its row stats; nothing of size K·B·V.
+  """
   # Known limitation, bf16 inputs: XLA:CPU's reductions do not fuse a bf16 -> f32 convert, so
-  # XLA made f32 copies of the inputs anyway, twice (for the stats and for the loop; a chunked
+  # XLA made f32 copies of the inputs anyway, twice (for the stats and for q; a chunked
   # online-softmax stats loop did not help: the converts were hoisted out of the loop). One
   # explicit upcast is the cheapest of those: (K + 1)·B·V·4 bytes. The Pallas kernels convert
   # per tile and have no such copy.
-  teachers, student = teachers.astype(jnp.float32), student.astype(jnp.float32)
-  shift, log_se, t, pooled = _xla_stats(teachers, student, params, w, operator, axis_name)
-  stats = (shift, log_se, t)
-  # Geometric: the pooled [B, V] term is materialised once by the stats pass and re-read,
+  teachers32, student32 = teachers.astype(jnp.float32), student.astype(jnp.float32)
+  shift, log_se, t, pooled = _xla_stats(teachers32, student32, params, w, operator, axis_name)
+  # Geometric: the pooled [B, V] term was materialised once by the stats pass and is re-read,
   # so the rest costs what a single-teacher KL costs.
-  terms, is_pooled = (teachers, False) if pooled is None else (pooled[None], True)
-  c = _chunk_size(b, terms.shape[0])
-  if not with_grad or v < 2 * c:
-    kl, d = _xla_chunk(terms, student, w, stats, is_pooled)
-    kl, d = _row_sum(kl), (d if with_grad else None)
-  else:
-    # Loss and gradient both consume q. Written flat, XLA:CPU then materialised the K exp
-    # terms as [B, V] buffers (K·B·V·4 bytes; 21-45 ms at K=4, B=64, V=32768 on 2 cores).
-    # A loop over vocab chunks keeps those temporaries in cache, writes p_S − q once and
-    # took ~9 ms. The ragged tail (V mod C) is one static chunk after the loop. Tried and
-    # dropped: O(B) residuals with a backward that recomputes q from the inputs (3K + 3
-    # instead of 2K + 4 transcendentals, q written differently so CSE cannot merge the two
-    # passes): as fast under load, slower for geometric, and 8 MB more temporaries.
-    n = v // c
-
-    def body(j, carry):
-      acc, d = carry
-      sl = lambda x: jax.lax.dynamic_slice_in_dim(x, j * c, c, axis=x.ndim - 1)
-      kl_c, d_c = _xla_chunk(sl(terms), sl(student), w, stats, is_pooled)
-      acc = acc + jnp.sum(kl_c.reshape(b, c // 128, 128), axis=1)  # lane-wise partial sums
-      return acc, jax.lax.dynamic_update_slice_in_dim(d, d_c, j * c, axis=1)
-
-    # The buffer stays f32: a bf16 one made XLA:CPU copy it on every update (134 vs 6 ms);
-    # the backward's multiply does the cast to the student's dtype.
-    init = (jnp.zeros((b, 128), jnp.float32), jnp.zeros((b, v), jnp.float32))
-    acc, d = jax.lax.fori_loop(0, n, body, init)
-    kl = jnp.sum(acc, axis=-1)
-    if v % c:
-      kl_t, d_t = _xla_chunk(terms[..., n * c :], student[:, n * c :], w, stats, is_pooled)
-      kl = kl + jnp.sum(kl_t, axis=-1)
-      d = jax.lax.dynamic_update_slice_in_dim(d, d_t, n * c, axis=1)
+  terms, is_pooled = (teachers32, False) if pooled is None else (pooled[None], True)
+  q = _materialised(lambda x: _xla_q(x, t, w, shift, log_se, is_pooled), terms)  # [B, V]
+  log_p = _student_log_probs(student32, shift[-1], log_se[-1], t[-1])  # [B, V]
+  kl = _row_sum(jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0))
   if axis_name is not None:
     kl = jax.lax.psum(kl, axis_name)
-  return kl, d
+  # The student in its own dtype: the backward's fusion upcasts it again for free.
+  return kl, ((q, student, shift[-1], log_se[-1], t[-1]) if with_grad else None)
+
+
+def _xla_p_minus_q(q, student, shift, log_se, t):
+  """p_S − q [B, V] from the XLA path's residuals (fuses into the backward's multiply)."""
+  return jnp.exp(_student_log_probs(student, shift, log_se, t)) - q
 
 
 def _xla_mixture(teachers, params, w, *, operator, axis_name):
@@ -256,27 +240,38 @@ class _Config:
 
 
 def _kd(cfg, student, teachers, params, w, with_grad):
-  """(KL(q ‖ p_S) [B] f32, p_S − q [B, V] (f32 or the student's dtype) or None)."""
+  """(KL(q ‖ p_S) [B] f32, gradient residuals or None).
+
+  The residuals give p_S − q [B, V] through `_p_minus_q`: Pallas returns it directly (f32 or
+  the student's dtype), the XLA path returns q and the student's row stats, and recomputes it
+  in the backward's one elementwise fusion.
+  """
+  xla = cfg.implementation == "xla"
   if cfg.mesh is not None:
     # shard_map sits inside the custom_vjp, so it is never differentiated: the backward
-    # is one elementwise multiply on the (sharded) global arrays.
+    # is one elementwise pass on the (sharded) global arrays.
     sv, tv = P(None, cfg.axis_name), P(None, None, cfg.axis_name)
     local = functools.partial(_kd, dataclasses.replace(cfg, mesh=None), with_grad=with_grad)
+    res_specs = (sv, sv, P(), P(), P()) if xla else sv  # row stats are global after psum
     # jax 0.10.2's Pallas interpreter slices varying blocks with invariant grid indices,
     # which the varying-manual-axes check rejects: Pallas runs with check_vma=False.
     return jax.shard_map(
       local,
       mesh=cfg.mesh,
       in_specs=(sv, tv, P(), P()),
-      out_specs=(P(), sv if with_grad else None),
-      check_vma=cfg.implementation == "xla",
+      out_specs=(P(), res_specs if with_grad else None),
+      check_vma=xla,
     )(student, teachers, params, w)
   kw = dict(operator=cfg.operator, axis_name=cfg.axis_name, with_grad=with_grad)
-  if cfg.implementation == "xla":
+  if xla:
     return _xla_kd(student, teachers, params, w, **kw)
   return _pallas_kd.pallas_kd(
     student, teachers, params, w, block_sizes=cfg.block_sizes, interpret=cfg.interpret, **kw
   )
+
+
+def _p_minus_q(cfg, res):
+  return _xla_p_minus_q(*res) if cfg.implementation == "xla" else res
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -285,16 +280,17 @@ def _kd_loss(cfg, student, teachers, params, w):
 
 
 def _kd_loss_fwd(cfg, student, teachers, params, w):
-  kl, d = _kd(cfg, student, teachers, params, w, with_grad=True)
-  # Residuals: p_S − q [B, V] (f32 on XLA, the student's dtype on Pallas), T_S, and an empty
-  # array carrying the student's dtype; nothing of size K·B·V.
-  return kl, (d, params[teachers.shape[0]], jnp.zeros((0,), student.dtype))
+  kl, res = _kd(cfg, student, teachers, params, w, with_grad=True)
+  # Residuals: what gives p_S − q (see `_kd`), T_S, and an empty array carrying the student's
+  # dtype; nothing of size K·B·V.
+  return kl, (res, params[teachers.shape[0]], jnp.zeros((0,), student.dtype))
 
 
 def _kd_loss_bwd(cfg, res, g):
-  d, ts, like = res
+  res, ts, like = res
   # ∂KL/∂z_S = (p_S − q)/T_S. Teachers, temperatures and weights are frozen: None cotangents.
-  student_ct = ((g / ts)[:, None] * d.astype(jnp.float32)).astype(like.dtype)
+  d = _p_minus_q(cfg, res).astype(jnp.float32)
+  student_ct = ((g / ts)[:, None] * d).astype(like.dtype)
   return student_ct, None, None, None
 
 
