@@ -13,9 +13,8 @@ each teacher and of the student, and Σ exp((x − max)/T): 2(K + 1) numbers), t
 from the inputs. XLA: q as one [B, V] buffer, the KL reduce, and in the backward p_S − q fused
 into the student's cotangent. Pallas: a second kernel, or the same one when a row fits one
 block, that writes p_S − q; the backward multiplies it by the row cotangents. The residuals
-are O(B·V). With a
-vocabulary sharded over a mesh axis, the row statistics are combined with one `pmax` and one
-`psum` of a [K + 1, B] array; the [B, V] data never moves.
+are O(B·V). With a vocabulary sharded over a mesh axis, the row statistics are combined with
+one `pmax` and one `psum` of a [K + 1, B] array; the [B, V] data never moves.
 
 XLA:CPU note (see KERNEL_NOTES): a generic `sum(axis=0)` over the teacher axis fused behind a
 softmax made XLA recompute the softmax per output element (3.2 s instead of ~40 ms), so the
