@@ -59,14 +59,14 @@ def _check_inputs(
       "teacher_logits must have shape [K, *student_logits.shape]; got "
       f"{teacher_logits.shape=} and {student_logits.shape=}"
     )
-  if jnp.ndim(temperatures) not in (0, 1) or (
-    jnp.ndim(temperatures) == 1 and jnp.shape(temperatures)[0] != k
-  ):
-    raise ValueError(f"temperatures must be a scalar or [K={k}]; got {jnp.shape(temperatures)=}")
+  # np.shape: arguments may be Python lists (jnp.shape of a list is deprecated in jax 0.10).
+  t_shape = np.shape(temperatures)
+  if len(t_shape) > 1 or (len(t_shape) == 1 and t_shape[0] != k):
+    raise ValueError(f"temperatures must be a scalar or [K={k}]; got temperatures.shape={t_shape}")
   for name, t in (("temperatures", temperatures), ("student_temperature", student_temperature)):
     if not isinstance(t, jax.core.Tracer) and np.any(np.asarray(t) <= 0):
-      raise ValueError(f"{name} must be > 0; got {name}={np.asarray(t)} ({jnp.shape(t)=})")
-  w_shape = tuple(jnp.shape(weights))
+      raise ValueError(f"{name} must be > 0; got {name}={np.asarray(t)} ({np.shape(t)=})")
+  w_shape = np.shape(weights)
   batch = tuple(teacher_logits.shape[1:-1])
   if not w_shape or w_shape[0] != k or w_shape[1:] != batch[: len(w_shape) - 1]:
     raise ValueError(
@@ -200,7 +200,7 @@ def _materialised(fn, operand):
   from the data. Both branches are fn, so the result never depends on it; the temporary-bytes
   test fails if XLA ever learns to see through this.
   """
-  data_dependent = operand.reshape(-1)[0] > 0
+  data_dependent = jnp.sum(operand.reshape(-1)[:1]) > 0  # (False for an empty operand)
   return jax.lax.cond(data_dependent, fn, fn, operand)
 
 
@@ -380,9 +380,9 @@ def fused_kd_loss(
   kl = _kd_loss(cfg, student, stop(teachers), stop(params), stop(w))
   loss = (scale * kl).reshape(student_logits.shape[:-1])
   if where is not None:
-    if jnp.shape(where) != loss.shape:
+    if np.shape(where) != loss.shape:
       raise ValueError(f"where must have shape {loss.shape} (= student_logits.shape[:-1]); "
-                       f"got {jnp.shape(where)=}")  # fmt: skip
+                       f"got {np.shape(where)=}")  # fmt: skip
     loss = jnp.where(where, loss, 0.0)
   return loss
 

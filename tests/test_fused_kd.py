@@ -107,6 +107,13 @@ def test_xla_under_vmap_matches_reference(op):
   _close(g, ref_g, 2e-5)
 
 
+def test_xla_empty_batch():
+  zs, zt = jnp.zeros((0, 10)), jnp.zeros((2, 0, 10))
+  f = lambda s: fused_kd_loss(s, zt, temperatures=[1.0, 2.0], weights=[0.5, 0.5]).sum()
+  loss, g = jax.value_and_grad(f)(zs)
+  assert float(loss) == 0.0 and g.shape == (0, 10)
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_xla_global_weights_k1_and_no_scaling(op):
   zs, zt, temps, w = _inputs(1, 1, (4,), 300, per_row=False)
