@@ -13,14 +13,14 @@ k ∈ {4, 16, 64} under each tail mode (drop / uniform / bucket), plus a hard-la
 Prints held-out bits per byte of every teacher, the average teacher, the teachers' mixture and
 every student, overall and per family; writes `results.json` and `sparse_teachers.png`.
 
-Runtime: 636 s (10.6 min) measured on this 2-core machine while shared with other jobs
-(load average 2-5); `--config.size=small` takes about 25 s (used by the tests). Result of that run
-(held-out bits per byte, all families): each teacher is best on its own family; average teacher
-3.047, teachers' linear mixture 2.916, hard-label student 2.997, dense-teacher student 3.029;
-top-64 students 3.027-3.034 under every tail mode (the dense limit); top-16: bucket 3.069, drop
-3.134, uniform 3.151; top-4: bucket 3.252, uniform 3.654, drop 3.698. Keeping the missing mass
-as one bucket class is the best tail mode at small k; spreading it uniformly over the other
-bytes is no better than dropping it.
+Runtime: 636-816 s (10.6-13.6 min) measured on this 2-core machine (the longer from a fresh clone,
+`make figures`); `--config.size=small` takes about 25 s (used by the tests). Result (both runs gave
+the same numbers; held-out bits per byte, all families): each teacher is best on its own family;
+average teacher 3.047, teachers' linear mixture 2.916, hard-label student 2.997, dense-teacher
+student 3.029; top-64 students 3.027-3.034 under every tail mode (the dense limit); top-16: bucket
+3.069, drop 3.134, uniform 3.151; top-4: bucket 3.252, uniform 3.654, drop 3.698. Keeping the
+missing mass as one bucket class is the best tail mode at small k; spreading it uniformly over the
+other bytes is no better than dropping it.
 """
 
 import ml_collections
