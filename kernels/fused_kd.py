@@ -51,8 +51,8 @@ def _check_inputs(
     raise ValueError(f"operator must be one of {_OPERATORS}; got {operator=}")
   if impl not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}; got {impl=}")
-  if teacher_logits.ndim < 2:
-    raise ValueError(f"teacher_logits must be [K, ..., V]; got {teacher_logits.shape=}")
+  if teacher_logits.ndim < 2 or teacher_logits.shape[-1] == 0:
+    raise ValueError(f"teacher_logits must be [K, ..., V] with V >= 1; got {teacher_logits.shape=}")
   k = teacher_logits.shape[0]
   if student_logits is not None and tuple(teacher_logits.shape[1:]) != student_logits.shape:
     raise ValueError(

@@ -319,6 +319,7 @@ def test_axis_name_inside_user_shard_map():
   [
     (dict(teacher_logits=jnp.ones((2, 4, 9))), r"teacher_logits.*shape"),
     (dict(teacher_logits=jnp.ones((4,))), r"teacher_logits.*shape"),
+    (dict(student_logits=jnp.ones((4, 0)), teacher_logits=jnp.ones((2, 4, 0))), r"V >= 1.*4, 0"),
     (dict(temperatures=jnp.ones((3,))), r"temperatures.*\(3,\)"),
     (dict(weights=jnp.ones((2, 5))), r"weights.*\(2, 5\)"),
     (dict(operator="power"), "operator"),
