@@ -33,13 +33,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mtkd_jax import losses as losses_lib
 from mtkd_jax import models
 from mtkd_jax import operators as operators_lib
 from mtkd_jax import temperature as temperature_lib
 
 # Log-probabilities are floored here before scoring: −CE of a teacher with p_k(y) = 0 is −inf,
-# and an all −inf row would make the softmax over teachers NaN. e^-80 is far below any weight.
-LOG_FLOOR = -80.0
+# and an all −inf row would make the softmax over teachers NaN (so would 0·(−inf) in the domain
+# pooling). −1e30 is a finite stand-in for −inf: far below any real log-probability, so distinct
+# scores such as −100 and −5000 (logits of ±1e4) keep their order. (A floor of −80 made them equal.)
+LOG_FLOOR = -1e30
+_MIN_SCORE = float(np.finfo(np.float32).min)  # score / τ stays finite for any τ > 0
 MEASURES = ("entropy", "max_prob")
 
 
@@ -219,7 +223,7 @@ def label_aware(
     sums = _psum(jnp.einsum("k...,...d->kd", score, one_hot), axis_name)  # [K, D]
     pooled = sums / jnp.maximum(count, 1.0)  # [K, D] mean log p_k(y) per domain
     score = jnp.take(pooled, domains, axis=1)  # [K, ...]
-  return _softmax_over_teachers(score / tau)
+  return _softmax_over_teachers(jnp.maximum(score / tau, _MIN_SCORE))
 
 
 # ---- learned gating ---------------------------------------------------------------------------
@@ -301,7 +305,7 @@ def gate_loss(weights, teacher_log_probs, labels, *, temperatures=1.0, where=Non
   w = _expand_to(w, log_py.ndim)
   log_w = operators_lib.safe_log(w)
   loss = -operators_lib.logsumexp_over_teachers([log_w[k] + log_py[k] for k in range(len(w))])
-  return loss if where is None else jnp.where(where, loss, 0.0)
+  return losses_lib.apply_where(loss, where)
 
 
 # ---- composition and safety -------------------------------------------------------------------

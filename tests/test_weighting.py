@@ -422,3 +422,31 @@ def test_train_step_trains_a_learned_gate_jointly():
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in pairs]
     assert max(moved) > 1e-3, part
   assert 0.0 < float(m["weight_entropy"]) < np.log(3) + 1e-6
+
+
+# ---- review fixes: scores far below e^-80, and the gate loss's mask ----------------------------
+
+
+def test_label_aware_orders_teachers_far_below_the_old_floor():
+  """log p(y) = −100 vs −5000 (logits of ±1e4), and p(y) = 0 vs log p(y) = −90: a floor of −80
+  made both pairs equal (weights [0.5, 0.5])."""
+  y = np.array([1])
+  far = np.array([[[0.0, -100.0, -1e4]], [[0.0, -5000.0, -1e4]]], np.float32)
+  np.testing.assert_allclose(weighting.label_aware(far, y)[:, 0], [1.0, 0.0], atol=1e-6)
+  excluded = np.array([[[0.0, -np.inf, -1.0]], [[0.0, -90.0, -1.0]]], np.float32)
+  np.testing.assert_allclose(weighting.label_aware(excluded, y)[:, 0], [0.0, 1.0], atol=1e-6)
+  # No teacher has the label: uniform (a convention), not NaN, also for a tiny τ.
+  none = np.array([[[0.0, -np.inf]], [[0.0, -np.inf]]], np.float32)
+  np.testing.assert_allclose(weighting.label_aware(none, y, tau=1e-6)[:, 0], [0.5, 0.5])
+
+
+def test_gate_loss_value_gradient_and_mask_shape():
+  y = np.array([1])
+  far = np.array([[[0.0, -100.0, -1e4]], [[0.0, -5000.0, -1e4]]], np.float32)
+  w = jnp.array([0.5, 0.5])
+  np.testing.assert_allclose(weighting.gate_loss(w, far, y), [100.0 + np.log(2.0)], rtol=1e-6)
+  g = jax.grad(lambda w: weighting.gate_loss(w, far, y).sum())(w)
+  np.testing.assert_allclose(g, [-2.0, 0.0], atol=1e-5)
+  z = np.random.default_rng(0).normal(size=(2, 3, 6)).astype(np.float32)
+  with pytest.raises(ValueError, match=r"where.*\(3, 1\)"):
+    weighting.gate_loss(w, z, np.array([0, 1, 2]), where=np.ones((3, 1), bool))
