@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtkd_jax import operators as operators_lib
 from mtkd_jax import temperature as temperature_lib
@@ -30,7 +31,9 @@ __all__ = [
 ]
 
 
-def _mask(values: jax.Array, where, name="where") -> jax.Array:
+def apply_where(values: jax.Array, where, name="where") -> jax.Array:
+  """values where the per-example mask is True, else 0; a mask that would change the shape of
+  `values` (e.g. [B, 1] against [B]) is a ValueError, not a silent broadcast."""
   if where is None:
     return values
   where = jnp.asarray(where)
@@ -95,7 +98,7 @@ def mixture_kd(
   loss = kl_divergence(target_log_q.astype(log_p_s.dtype), log_p_s)
   if temperature_sq_scaling:
     loss = loss * t_s**2
-  return _mask(loss, where)
+  return apply_where(loss, where)
 
 
 def sum_of_kls(
@@ -139,9 +142,10 @@ def sum_of_kls(
   total = 0.0
   for k in range(num_teachers):  # Unrolled over K: each term is a single-teacher KL.
     log_p_s = temperature_lib.scale(student_logits, t_s[k])
-    term = w[k][..., 0] * kl_divergence(log_p[k], log_p_s)
+    # 0·∞ = 0: a teacher with zero weight contributes nothing, even where p_S = 0 < p_k.
+    term = jnp.where(w[k][..., 0] == 0, 0.0, w[k][..., 0] * kl_divergence(log_p[k], log_p_s))
     total = total + (term * t_s[k] ** 2 if temperature_sq_scaling else term)
-  return _mask(jnp.broadcast_to(total, student_logits.shape[:-1]), where)
+  return apply_where(jnp.broadcast_to(total, student_logits.shape[:-1]), where)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, where=None) -> jax.Array:
@@ -152,9 +156,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, where=None) -> jax.Ar
       f"labels must be integers of shape logits.shape[:-1]={logits.shape[:-1]}, "
       f"got labels.shape={labels.shape} ({labels.dtype})"
     )
+  if temperature_lib.is_concrete(labels) and (where is None or temperature_lib.is_concrete(where)):
+    # Out-of-range ids would wrap (−1 -> V − 1) or gather NaN: refuse them where they count.
+    # (Under jit the values are unknown: only shapes are checked there.)
+    counted = np.asarray(labels)[np.broadcast_to(True if where is None else where, labels.shape)]
+    bad = counted[(counted < 0) | (counted >= logits.shape[-1])]
+    if bad.size:
+      raise ValueError(
+        f"labels must be class ids in [0, {logits.shape[-1]}) (logits.shape={logits.shape}), "
+        f"got {bad.size} outside, e.g. {bad[:3].tolist()}"
+      )
   log_p = jax.nn.log_softmax(logits.astype(temperature_lib.compute_dtype(logits.dtype)), axis=-1)
   loss = -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
-  return _mask(loss, where)
+  return apply_where(loss, where)
 
 
 def hard_label_blend(
@@ -169,4 +183,4 @@ def hard_label_blend(
   if not 0.0 <= float(label_weight) <= 1.0:
     raise ValueError(f"label_weight must be in [0, 1], got {label_weight=}")
   ce = cross_entropy(student_logits, labels)
-  return _mask((1.0 - label_weight) * kd_loss + label_weight * ce, where)
+  return apply_where((1.0 - label_weight) * kd_loss + label_weight * ce, where)

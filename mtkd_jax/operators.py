@@ -43,6 +43,9 @@ def check_weights(weights, teacher_shape: tuple[int, ...], *, name="weights") ->
   Returns float32 weights reshaped to broadcast against the teachers: `[K, ..., 1]`.
   """
   w = jnp.asarray(weights)
+  # 16-bit float weights may carry rounding (checked loosely, then renormalised); integer
+  # weights (one-hot, e.g. [1, 0]) are exact.
+  low_precision = jnp.issubdtype(w.dtype, jnp.floating) and jnp.finfo(w.dtype).bits <= 16
   w = w.astype(temperature_lib.compute_dtype(w.dtype))
   batch_shape = teacher_shape[:-1]  # [K, ...]
   if w.ndim < 1 or w.ndim > len(batch_shape) or w.shape[0] != teacher_shape[0]:
@@ -65,7 +68,7 @@ def check_weights(weights, teacher_shape: tuple[int, ...], *, name="weights") ->
         f"and {np.sum(~np.isfinite(values))} non-finite entries"
       )
     # bfloat16 weights cannot represent 1/3 well; allow their rounding, nothing more.
-    atol = 1e-2 if jnp.finfo(jnp.asarray(weights).dtype).bits <= 16 else 1e-4
+    atol = 1e-2 if low_precision else 1e-4
     sums = values.sum(axis=0)
     if np.any(np.abs(sums - 1.0) > atol):
       raise ValueError(
@@ -73,7 +76,7 @@ def check_weights(weights, teacher_shape: tuple[int, ...], *, name="weights") ->
         f"[{sums.min():.6g}, {sums.max():.6g}] for {name}.shape={w.shape}; "
         "normalise them first, e.g. w / w.sum(axis=0)"
       )
-  if jnp.finfo(jnp.asarray(weights).dtype).bits <= 16:
+  if low_precision:
     w = w / jnp.sum(w, axis=0)  # remove the rounding of 16-bit weights, which the check allows
   return w.reshape(w.shape + (1,) * (len(teacher_shape) - w.ndim))  # [K, ..., 1]
 

@@ -572,7 +572,7 @@ def sparse_kd_loss(
   ).reshape(batch_shape)
   if temperature_sq_scaling:
     kl = kl * t_s**2
-  return kl if where is None else jnp.where(jnp.asarray(where), kl, 0.0)
+  return losses_lib.apply_where(kl, where)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,11 @@ def equicorrelated_covariance(sigmas, rho: float) -> jax.Array:
   return corr * s[:, None] * s[None, :]
 
 
+def _weighted_sum(w, terms):
+  """Σ_k w_k x_k with 0·(±∞) = 0: a teacher with zero weight contributes nothing."""
+  return sum(jnp.where(w[k] == 0, 0.0, w[k] * terms[k]) for k in range(len(terms)))
+
+
 def jensen_gap(teacher_log_probs, *, temperatures, weights) -> jax.Array:
   """L_multi − L_mix for the linear operator and λ = w: Σ_k w_k KL(p_{k,T} ‖ q).
 
@@ -73,7 +78,7 @@ def jensen_gap(teacher_log_probs, *, temperatures, weights) -> jax.Array:
   """
   log_p, w = operators_lib.prepare(teacher_log_probs, temperatures, weights)
   log_q = operators_lib.linear(log_p, temperatures=1.0, weights=w[..., 0])
-  return sum(w[k][..., 0] * kl_divergence(log_p[k], log_q) for k in range(log_p.shape[0]))
+  return _weighted_sum(w[..., 0], [kl_divergence(log_p[k], log_q) for k in range(len(log_p))])
 
 
 def log_loss_bound(
@@ -99,7 +104,7 @@ def log_loss_bound(
     raise ValueError(f"labels must have shape {log_p.shape[1:-1]}, got labels.shape={labels.shape}")
   log_q = operator(teacher_log_probs, temperatures=temperatures, weights=weights)
   at_y = lambda lp: jnp.take_along_axis(lp, labels[..., None], axis=-1)[..., 0]
-  rhs = -sum(w[k][..., 0] * at_y(log_p[k]) for k in range(log_p.shape[0]))
+  rhs = -_weighted_sum(w[..., 0], [at_y(log_p[k]) for k in range(len(log_p))])
   return -at_y(log_q), rhs
 
 

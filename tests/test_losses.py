@@ -374,3 +374,25 @@ def test_cross_entropy_and_blend_bad_input():
     losses.cross_entropy(z, np.zeros(2, np.float32))
   with pytest.raises(ValueError, match="label_weight"):
     losses.hard_label_blend(np.zeros(2), z, np.zeros(2, np.int32), label_weight=1.5)
+
+
+def test_sum_of_kls_zero_weight_teacher_outside_the_students_support():
+  """The student masks token 2, which only the zero-weight teacher uses: 0·∞ = 0, not NaN."""
+  zs = np.array([0.0, 0.0, -np.inf])
+  tl = np.full((2, 3), -np.inf)
+  tl[0, :2] = np.log(0.5)
+  tl[1, 2] = 0.0
+  loss, g = jax.value_and_grad(
+    lambda s: losses.sum_of_kls(s, tl, temperatures=1.0, weights=np.array([1.0, 0.0])).sum()
+  )(jnp.asarray(zs))
+  assert float(loss) == 0.0 and np.all(np.isfinite(np.asarray(g)))
+
+
+def test_cross_entropy_refuses_out_of_range_labels_where_they_count():
+  logits = jnp.zeros((2, 5))
+  for bad in (-1, 5):
+    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, 5\)"):
+      losses.cross_entropy(logits, np.array([1, bad]))
+  # A padding id that the mask excludes is fine (and contributes 0).
+  out = losses.cross_entropy(logits, np.array([1, -100]), where=np.array([True, False]))
+  np.testing.assert_allclose(out, [np.log(5.0), 0.0], rtol=1e-6)

@@ -655,3 +655,13 @@ def test_registry_register_and_duplicate(monkeypatch):
     operators.register("my_linear", custom)
   with pytest.raises(ValueError, match=r"'linear'.*already registered"):
     operators.register("linear", custom)
+
+
+@pytest.mark.parametrize("name", ["linear", "geometric"])
+def test_integer_one_hot_weights_equal_float_weights(name):
+  lp = jnp.log(jnp.array([[0.2, 0.8], [0.6, 0.4]]))
+  op = operators.get(name)
+  np.testing.assert_allclose(
+    op(lp, temperatures=1.0, weights=np.array([0, 1])),
+    op(lp, temperatures=1.0, weights=np.array([0.0, 1.0])),
+  )

@@ -337,3 +337,16 @@ def test_from_dense_is_sorted_top_k_and_truncate_is_a_prefix():
   np.testing.assert_array_equal(small.indices, want[..., :2])
   np.testing.assert_allclose(jnp.exp(sparse.missing_log_mass(small.log_probs)),
                              1 - jnp.exp(small.log_probs).sum(-1), atol=1e-6)  # fmt: skip
+
+
+def test_sparse_kd_loss_refuses_a_mask_that_would_change_its_shape():
+  """A [B, 1] mask against the [B] loss broadcast to [B, B] and silently changed the mean."""
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(2, 3, 6)).astype(np.float32)
+  target = sparse.linear(sparse.from_dense(z, 3), temperatures=1.0, weights=np.array([0.5, 0.5]))
+  zs = jnp.asarray(rng.normal(size=(3, 6)), jnp.float32)
+  with pytest.raises(ValueError, match=r"where.*\(3, 1\)"):
+    sparse.sparse_kd_loss(zs, target, where=np.array([[True], [False], [True]]))
+  full = sparse.sparse_kd_loss(zs, target)
+  masked = sparse.sparse_kd_loss(zs, target, where=np.array([True, False, True]))
+  np.testing.assert_allclose(masked, np.where([True, False, True], full, 0.0))

@@ -242,3 +242,13 @@ def test_bad_input():
     theory.ensemble_noise_variance(w, np.eye(2))
   with pytest.raises(ValueError, match="rho"):
     theory.equicorrelated_covariance(np.ones(3), -0.9)
+
+
+def test_zero_weight_teacher_contributes_nothing_not_nan():
+  """0·∞ = 0: teacher 1 has weight 0 and puts all its mass where q = 0 (KL = ∞, log p(y) = −∞)."""
+  with np.errstate(divide="ignore"):
+    lp = np.log(np.array([[0.9, 0.1, 0.0], [0.0, 0.5, 0.5]]))
+  w = np.array([1.0, 0.0])
+  assert float(theory.jensen_gap(lp, temperatures=1.0, weights=w)) == 0.0
+  lhs, rhs = theory.log_loss_bound(lp, np.array(0), temperatures=1.0, weights=w)
+  np.testing.assert_allclose([lhs, rhs], [-np.log(0.9)] * 2, rtol=1e-6)
