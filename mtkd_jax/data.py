@@ -163,7 +163,8 @@ def get_batch(
   """This process's part of the global batch at `step`.
 
   Args:
-    arrays: dict of arrays with a common leading example axis [N, ...].
+    arrays: dict of arrays with a common example axis [N, ...], the second for
+      "teacher_logits" [K, N, ..., V] (`example_axis`).
     batch_size: global batch size B.
     seed: data seed.
     step: training step.
@@ -173,9 +174,16 @@ def get_batch(
   Returns:
     dict of arrays [B_local, ...].
   """
-  n = len(next(iter(arrays.values())))
+  key = next(iter(arrays))
+  n = arrays[key].shape[example_axis(key)]
   idx = batch_indices(n, batch_size, seed=seed, step=step)[rows]
-  return {k: v[idx] for k, v in arrays.items()}
+  return {k: np.take(v, idx, axis=example_axis(k)) for k, v in arrays.items()}
+
+
+def example_axis(key: str) -> int:
+  """The example axis of a data array: 1 for "teacher_logits" [K, N, ..., V] (teachers first,
+  as everywhere in the library), 0 for every other array [N, ...]."""
+  return 1 if key == "teacher_logits" else 0
 
 
 # --------------------------------------------------------------------------------------------

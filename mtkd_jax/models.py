@@ -9,12 +9,15 @@ turns a registry name and its keyword arguments into that pair.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from mtkd_jax import registry
 
 Params = Any  # nested dict of arrays
 
@@ -115,15 +118,6 @@ class ByteTransformerLM(nnx.Module):
     return self.head(self.ln_final(x))
 
 
-# --------------------------------------------------------------------------------------------
-# Registry: configs name a model; the trainer gets (init_params, apply).
-# --------------------------------------------------------------------------------------------
-_MODELS: dict[str, Callable[..., nnx.Module]] = {
-  "mlp": MLPClassifier,
-  "byte_lm": ByteTransformerLM,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class FunctionalModel:
   """A model seen as pure functions of a params dict.
@@ -137,18 +131,13 @@ class FunctionalModel:
   apply: Callable[[Params, jax.Array], jax.Array]
 
 
-def check_name(name: str) -> None:
-  """Raises a one-line ValueError if `name` is not a registered model."""
-  if name not in _MODELS:
-    raise ValueError(f"model: unknown model name {name!r}; valid names: {sorted(_MODELS)}")
-
-
-def build(name: str, **kwargs) -> FunctionalModel:
-  """Returns the pure `(init, apply)` pair of the registered model `name`.
+def build(spec: str, **kwargs) -> FunctionalModel:
+  """Returns the pure `(init, apply)` pair of the registered model `spec` ("mlp", "byte_lm").
 
   Args:
-    name: "mlp" (kwargs: in_features, hidden, num_classes) or "byte_lm" (kwargs: depth,
-      width, num_heads, context[, mlp_ratio]).
+    spec: "mlp" (kwargs: in_features, hidden, num_classes) or "byte_lm" (kwargs: depth,
+      width, num_heads, context[, mlp_ratio]); a spec may carry some of them, e.g.
+      "mlp(hidden=(64,))".
     **kwargs: constructor arguments of the model.
 
   Returns:
@@ -159,8 +148,11 @@ def build(name: str, **kwargs) -> FunctionalModel:
   >>> m.apply(params, jnp.ones((3, 64))).shape
   (3, 10)
   """
-  check_name(name)
-  cls = _MODELS[name]
+  return registry.get("model", spec, **kwargs)
+
+
+def _functional(cls: type[nnx.Module], **kwargs) -> FunctionalModel:
+  """The pure `(init, apply)` pair of the NNX module `cls(**kwargs)`."""
   make = lambda rng: cls(**kwargs, rngs=nnx.Rngs(params=rng))
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))
 
@@ -173,3 +165,10 @@ def build(name: str, **kwargs) -> FunctionalModel:
     return nnx.merge(graphdef, state)(x)
 
   return FunctionalModel(init=init, apply=apply)
+
+
+# Registry: configs name a model; the trainer gets (init, apply).
+registry.register("model", "mlp", factory=True)(functools.partial(_functional, MLPClassifier))
+registry.register("model", "byte_lm", factory=True)(
+  functools.partial(_functional, ByteTransformerLM)
+)

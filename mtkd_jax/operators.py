@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtkd_jax import divergences as divergences_lib
+from mtkd_jax import registry
 from mtkd_jax import temperature as temperature_lib
 
 
@@ -296,45 +297,24 @@ def barycenter(
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry: names for configs. Code passes functions.
+# Registry: names for configs (`mtkd_jax.registry`). Code passes functions.
 # ---------------------------------------------------------------------------------------------
-
-# name -> (builder, takes_kwargs). Plain operators take no hyperparameters.
-_REGISTRY: dict[str, tuple[Callable, bool]] = {}
-
-
-def register(name: str, fn: Callable, *, factory: bool = False) -> None:
-  """Registers an operator (or, with `factory=True`, a factory `f(**kwargs) -> op`) by name."""
-  if name in _REGISTRY:
-    raise ValueError(f"operator name {name!r} is already registered; names: {sorted(_REGISTRY)}")
-  if not callable(fn):
-    raise ValueError(f"fn must be callable, got {fn!r}")
-  _REGISTRY[name] = (fn, factory)
+registry.register("operator", "linear")(linear)
+registry.register("operator", "geometric")(geometric)
+registry.register("operator", "power", factory=True)(power)
+registry.register("operator", "entropic", factory=True)(entropic)
+registry.register("operator", "barycenter", factory=True)(barycenter)
 
 
-def get(name: str, **kwargs) -> Operator:
-  """Returns the operator registered as `name`, built with `kwargs` for parameterised families.
+def get(spec: str, **kwargs) -> Operator:
+  """The operator named by `spec` ("linear", "power(alpha=0.5)"), or `get("power", alpha=0.5)`.
 
   >>> get("power", alpha=0.5).__name__
   'power(0.5)'
   """
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown operator {name!r}; valid names: {sorted(_REGISTRY)}")
-  fn, factory = _REGISTRY[name]
-  if factory:
-    return fn(**kwargs)
-  if kwargs:
-    raise ValueError(f"operator {name!r} takes no hyperparameters, got {sorted(kwargs)}")
-  return fn
+  return registry.get("operator", spec, **kwargs)
 
 
 def names() -> list[str]:
   """The registered operator names."""
-  return sorted(_REGISTRY)
-
-
-register("linear", linear)
-register("geometric", geometric)
-register("power", power, factory=True)
-register("entropic", entropic, factory=True)
-register("barycenter", barycenter, factory=True)
+  return registry.names("operator")

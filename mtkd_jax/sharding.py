@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from mtkd_jax import data as data_lib
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "model")
@@ -125,9 +126,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (example) axis over "data", all other axes replicated."""
-  return NamedSharding(mesh, PartitionSpec("data"))
+def batch_sharding(mesh: Mesh, example_axis: int = 0) -> NamedSharding:
+  """The example axis (leading by default) over "data", all other axes replicated."""
+  return NamedSharding(mesh, PartitionSpec(*[None] * example_axis, "data"))
 
 
 def process_batch_rows(mesh: Mesh, global_batch_size: int) -> slice:
@@ -159,19 +160,19 @@ def put_batch(mesh: Mesh, local_batch, global_batch_size: int):
 
   Args:
     mesh: the mesh.
-    local_batch: pytree of numpy arrays [B_local, ...] (rows `process_batch_rows(...)`).
+    local_batch: dict of numpy arrays [B_local, ...] (rows `process_batch_rows(...)`); the
+      example axis of "teacher_logits" [K, B_local, ..., V] is the second.
     global_batch_size: B.
 
   Returns:
-    Pytree of global `jax.Array`s [B, ...] with `batch_sharding(mesh)`.
+    dict of global `jax.Array`s [B, ...] sharded over "data" along their example axis.
   """
-  sharding = batch_sharding(mesh)
-  return jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(
-      sharding, x, (global_batch_size, *x.shape[1:])
-    ),
-    local_batch,
-  )
+  out = {}
+  for key, x in local_batch.items():
+    axis = data_lib.example_axis(key)
+    shape = (*x.shape[:axis], global_batch_size, *x.shape[axis + 1 :])
+    out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, axis), x, shape)
+  return out
 
 
 def put_replicated(mesh: Mesh, tree):

@@ -9,8 +9,10 @@ through the fused kernel `mtkd_jax.kernels.fused_kd_loss` when the operator is o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,25 +25,10 @@ import orbax.checkpoint as ocp
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import losses, operators, theory
+from mtkd_jax import objectives as objectives_lib
 from mtkd_jax import sharding as sharding_lib
 from mtkd_jax import temperature as temperature_lib
 from mtkd_jax import weighting as weighting_lib
-
-# Objectives by config name. A mixture-type loss has the signature of `losses.mixture_kd`
-# (student_logits, target_log_q, *, student_temperature); `losses.sum_of_kls` takes the teachers.
-LOSSES = {"mixture_kd": losses.mixture_kd, "sum_of_kls": losses.sum_of_kls}
-
-# Operators the fused kernel implements, by function identity (a user's own function that
-# happens to compute the same thing is composed, not fused).
-_FUSED = {operators.linear: "linear", operators.geometric: "geometric"}
-
-
-def get_loss(name: str) -> Callable:
-  """The objective registered as `name`; an unknown name is a one-line ValueError."""
-  if name not in LOSSES:
-    raise ValueError(f"loss: unknown loss {name!r}; valid names: {sorted(LOSSES)}")
-  return LOSSES[name]
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -92,113 +79,89 @@ def distill_metrics(student_logits, teacher_logits, labels, *, operator, tempera
 # --------------------------------------------------------------------------------------------
 # Update steps.
 # --------------------------------------------------------------------------------------------
+def init_params(student_init: Callable, weighting=None) -> Callable[[jax.Array], dict]:
+  """`init(rng) -> {"student": ..., "weighting": ...}`, the params tree of every student.
+
+  "weighting" holds a learned gate's parameters (`weighting.Learned`), and is empty otherwise,
+  so the tree has the same keys whatever the weighting.
+  """
+
+  def init(rng):
+    gate = weighting.init(jax.random.fold_in(rng, 1)) if weighting_lib.is_trainable(weighting) else {}
+    return {"student": student_init(rng), "weighting": gate}
+
+  return init
+
+
 def make_train_step(
   student_apply: Callable,
   optimizer: optax.GradientTransformation,
   *,
-  operator: Callable,
-  loss: Callable,
-  temperatures,
+  objective: objectives_lib.Objective,
   weights,
-  student_temperature: float = 1.0,
   label_weight: float = 0.0,
   teacher_apply: Callable | None = None,
   weighting: Callable | None = None,
-  implementation: str = "auto",
-  metrics_fn: Callable | None = None,
 ):
   """Builds the distillation update `train_step(state, batch, teacher_params=None)`.
 
-  The loss is the batch mean of the per-example objective,
-    mixture:    T_S² KL(G(p_1..p_K; T, w) ‖ p_{S,T_S})     (fused kernel or operator + loss)
-    sum_of_kls: T_S² Σ_k w_k KL(p_{k,T_k} ‖ p_{S,T_S}),
+  The loss is the batch mean of `objective(student_logits, teacher_outputs, w)` (see
+  `mtkd_jax.objectives`: the mixture L_mix, the sum of KLs L_multi, or a sparse mixture),
   optionally blended with hard-label cross-entropy: (1 − a)·KD + a·CE.
 
   Args:
     student_apply: `apply(params, x) -> logits [B, ..., V]`.
     optimizer: an optax transformation.
-    operator: `op(teacher_log_probs, *, temperatures, weights) -> log_q`, e.g.
-      `operators.linear` or `operators.get("power", alpha=0.5)`.
-    loss: `losses.mixture_kd`, `losses.sum_of_kls`, or a function with the signature of
-      `losses.mixture_kd`.
-    temperatures: [K] teacher temperatures T_k > 0.
-    weights: [K] teacher weights summing to one.
-    student_temperature: T_S > 0.
+    objective: an `objectives.Objective`, e.g.
+      `objectives.mixture(operators.linear, temperatures=[1.0, 2.0])`.
+    weights: [K] teacher weights summing to one (used when `weighting` is None).
     label_weight: a ∈ [0, 1] weight of the hard-label cross-entropy.
     teacher_apply: `teacher_apply(teacher_params, batch) -> [K, B, ..., V]` frozen teachers run
-      inside the step; if None, the batch carries precomputed `teacher_logits` [B, ..., K, V].
+      inside the step; if None, the batch carries `teacher_logits` [K, B, ..., V] (K first,
+      as everywhere in the library; logits or log-probabilities).
     weighting: adaptive weighting (`mtkd_jax.weighting`): a hook `weighting(teacher_logits,
-      batch) -> weights [K] or [K, B, ...]` (e.g. `weighting.get("confidence", tau=0.5)`), or a
-      trainable `weighting.Learned` gate: then params are `{"student": ..., "weighting": φ}`,
-      the student trains on the stop-gradient gate weights and the gate on `weighting.loss`
-      (logged as `gate_loss`). None uses the fixed `weights`. The step logs the effective
-      number of teachers and the weight entropy.
-    implementation: `implementation=` of the fused kernel ("auto", "xla", "pallas").
-    metrics_fn: diagnostics with the signature of `distill_metrics` (None: that function);
-      e.g. `sparse.distill_metrics` when `teacher_apply` returns sparse top-k outputs.
+      batch) -> weights [K] or [K, B, ...]`, or a trainable `weighting.Learned` gate whose
+      parameters are `params["weighting"]`: the student trains on the stop-gradient gate
+      weights and the gate on its own loss (logged as `gate_loss`). None uses `weights`.
 
   Returns:
     `train_step(state, batch, teacher_params=None) -> (state, metrics)`, a pure function to
-    jit; `batch` holds "x" [B, ...] and "y" int [B, ...] (and "teacher_logits").
+    jit; `state.params` is `{"student": ..., "weighting": ...}` (`init_params`); `batch` holds
+    "x" [B, ...] and "y" int [B, ...] (and "teacher_logits").
 
-  >>> from mtkd_jax import models
+  >>> from mtkd_jax import models, objectives
   >>> m = models.build("mlp", in_features=4, hidden=(8,), num_classes=3)
-  >>> step = make_train_step(m.apply, optax.adam(1e-3), operator=operators.geometric,
-  ...                        loss=losses.mixture_kd, temperatures=[1.0, 2.0], weights=[0.5, 0.5])
+  >>> obj = objectives.mixture(operators.geometric, temperatures=[1.0, 2.0])
+  >>> step = make_train_step(m.apply, optax.adam(1e-3), objective=obj, weights=[0.5, 0.5])
   """
-  if not callable(operator):
-    raise ValueError(f"operator: must be a function op(teacher_log_probs, *, temperatures, "
-                     f"weights), got {operator!r}")  # fmt: skip
-  if not callable(loss):
-    raise ValueError(f"loss: must be a function, got {loss!r}")
-  temperatures = temperature_lib.check_temperatures(temperatures, name="temperatures")
-  num_teachers = temperatures.shape[0] if temperatures.ndim else None
-  if num_teachers is None:
-    raise ValueError(f"temperatures: need one per teacher [K], got {temperatures.shape=}")
+  if not isinstance(objective, objectives_lib.Objective):
+    raise ValueError(f"objective: must be an objectives.Objective (e.g. objectives.mixture(op, "
+                     f"temperatures=...)), got {objective!r}")  # fmt: skip
+  num_teachers = objective.num_teachers
   weights = operators.check_weights(weights, (num_teachers, 1), name="weights")[:, 0]  # [K]
-  temperature_lib.check_temperatures(student_temperature, name="student_temperature")
   if not 0.0 <= label_weight <= 1.0:
     raise ValueError(f"label_weight: must be in [0, 1], got {label_weight}")
   if weighting is not None and not callable(weighting):
     raise ValueError(f"weighting: must be a function or weighting.Learned, got {weighting!r}")
   trainable = weighting_lib.is_trainable(weighting)
-  fused = _FUSED.get(operator) if loss is losses.mixture_kd else None
-  if fused is not None:
-    try:  # Imported here: the kernel package pulls in Pallas, which the other paths never need.
-      from mtkd_jax.kernels import fused_kd_loss
-    except ImportError:  # a checkout without kernels/: the composed path computes the same loss
-      fused = None
-
-  def per_example_loss(student_logits, teacher_logits, w):
-    if loss is losses.sum_of_kls:
-      return loss(student_logits, teacher_logits, temperatures=temperatures, weights=w,
-                  student_temperature=student_temperature)  # fmt: skip
-    if fused is not None:
-      return fused_kd_loss(student_logits, teacher_logits, temperatures=temperatures, weights=w,
-                           student_temperature=student_temperature, operator=fused,
-                           implementation=implementation)  # fmt: skip
-    log_q = operator(teacher_logits, temperatures=temperatures, weights=w)  # [B, ..., V]
-    return loss(student_logits, jax.lax.stop_gradient(log_q),
-                student_temperature=student_temperature)  # fmt: skip
 
   def train_step(state: TrainState, batch, teacher_params=None):
     # Teachers are frozen: their outputs are data, never differentiated.
     if teacher_apply is None:
-      teacher_logits = jnp.moveaxis(batch["teacher_logits"], -2, 0)  # [K, B, ..., V]
+      teacher_logits = _teacher_logits(batch, num_teachers)  # [K, B, ..., V]
     else:
       teacher_logits = teacher_apply(teacher_params, batch)  # [K, B, ..., V]
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     fixed_w = weights if weighting is None or trainable else weighting(teacher_logits, batch)
 
     def loss_fn(params):
-      student_params = params["student"] if trainable else params
-      student_logits = student_apply(student_params, batch["x"])  # [B, ..., V]
+      student_logits = student_apply(params["student"], batch["x"])  # [B, ..., V]
       w, gate_loss = fixed_w, 0.0  # [K] or [K, B, ...]
       if trainable:  # the gate reads the student; the student sees the gate's weights as data
         w = weighting(params["weighting"], teacher_logits, batch, student_logits)
         gate_loss = weighting.loss(w, teacher_logits, batch).mean()
         w = jax.lax.stop_gradient(w)
-      per_example = per_example_loss(student_logits, teacher_logits, w)  # [B, ...]
+      per_example = objective(student_logits, teacher_logits, w)  # [B, ...]
       if label_weight:
         per_example = losses.hard_label_blend(
           per_example, student_logits, batch["y"], label_weight=label_weight
@@ -209,16 +172,29 @@ def make_train_step(
     (loss_value, (student_logits, w, gate_loss)), grads = grad_fn(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = (distill_metrics if metrics_fn is None else metrics_fn)(
-      jax.lax.stop_gradient(student_logits), teacher_logits, batch["y"], operator=operator,
-      temperatures=temperatures, weights=w, student_temperature=student_temperature,
-    )  # fmt: skip
+    metrics = objective.metrics(
+      jax.lax.stop_gradient(student_logits), teacher_logits, batch["y"], w
+    )
     metrics.update(loss=loss_value, grad_norm=optax.tree.norm(grads))
     if trainable:
       metrics["gate_loss"] = gate_loss
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
+
+
+def _teacher_logits(batch, num_teachers: int) -> jax.Array:
+  """`batch["teacher_logits"]` [K, B, ..., V], checked against K and the batch size."""
+  if "teacher_logits" not in batch:
+    raise ValueError(f"batch: needs 'teacher_logits' [K, B, ..., V] (or pass teacher_apply), "
+                     f"got keys {sorted(batch)}")  # fmt: skip
+  t, y = batch["teacher_logits"], batch["y"]
+  if t.ndim < 3 or t.shape[0] != num_teachers or t.shape[1:-1] != y.shape:
+    raise ValueError(
+      f"batch['teacher_logits']: must be [K, *y.shape, V] = [{num_teachers}, "
+      f"{', '.join(map(str, y.shape))}, V] (teacher axis first), got shape {tuple(t.shape)}"
+    )
+  return t
 
 
 def make_supervised_step(apply: Callable, optimizer: optax.GradientTransformation):
@@ -300,51 +276,85 @@ def _jsonable(x):
 
 
 # --------------------------------------------------------------------------------------------
-# The train loop.
+# The train loops.
 # --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Loop:
+  """How a job's runs are executed and observed, built once per job (`Loop.from_config`).
+
+  Attributes:
+    mesh: ("data", "model") mesh; batches go over "data", parameters follow `partition_rules`.
+    partition_rules: `((regex, spec), ...)`, see `mtkd_jax.sharding`.
+    workdir: checkpoints go to `<workdir>/checkpoints/<run>`, metric rows to
+      `<workdir>/metrics.jsonl`; None: neither (nothing is written).
+    checkpoint_every: save every this many steps (and always at the end).
+    keep_checkpoints: keep the last this many checkpoints per run.
+    log_every: fetch metrics to the host (a device sync) every this many steps.
+    progress: a tqdm progress bar per run on stderr (process 0).
+  """
+
+  mesh: jax.sharding.Mesh
+  partition_rules: tuple = ((r".*", ()),)
+  workdir: str | None = None
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 2
+  log_every: int = 10
+  progress: bool = False
+
+  @classmethod
+  def from_config(cls, config, workdir: str | None) -> Loop:
+    """From a config's `mesh`, `partition_rules`, `checkpoint_every`, `keep_checkpoints`,
+    `log_every` and `progress` fields (defaults where a config has none)."""
+    mesh = config.get("mesh") or {"data": -1, "model": 1}
+    default = cls(mesh=None)
+    return cls(
+      mesh=sharding_lib.make_mesh(mesh["data"], mesh["model"]),
+      partition_rules=tuple(
+        (r, tuple(spec)) for r, spec in config.get("partition_rules", default.partition_rules)
+      ),
+      workdir=workdir,
+      checkpoint_every=config.get("checkpoint_every", default.checkpoint_every),
+      keep_checkpoints=config.get("keep_checkpoints", default.keep_checkpoints),
+      log_every=config.get("log_every", default.log_every),
+      progress=config.get("progress", default.progress),
+    )
+
+
 def train(
-  *,
   name: str,
+  *,
   init_params: Callable[[jax.Array], Any],
   train_step: Callable,
   optimizer: optax.GradientTransformation,
   arrays: Mapping[str, np.ndarray],
-  mesh: jax.sharding.Mesh,
-  partition_rules,
   num_steps: int,
   batch_size: int,
   seed: int,
-  checkpoint_dir: str | None,
-  checkpoint_every: int,
-  keep_checkpoints: int = 2,
-  log_every: int = 10,
+  loop: Loop,
   teacher_params=None,
-  report: Callable[[int, dict], None] | None = None,
+  checkpoint_every: int | None = None,
 ):
-  """Trains one model; resumes from `checkpoint_dir`; returns `(state, last_metrics)`.
+  """Trains one model; resumes from its checkpoints; returns `(state, last_metrics)`.
 
   Args:
-    name: run name (for messages).
+    name: run name (checkpoint directory, metric rows, progress bar). Avoid glob characters
+      ("[", "*") in it: orbax's OCDBT merge would silently skip the checkpoint.
     init_params: `init(rng) -> params`.
     train_step: `step(state, batch, teacher_params) -> (state, metrics)` from
       `make_train_step` or `make_supervised_step`.
     optimizer: the optax transformation the step uses (for the initial state).
-    arrays: training data, dict of host arrays [N, ...] (e.g. "x", "y", "teacher_logits").
-    mesh: ("data", "model") mesh; the batch goes over "data", parameters and optimizer state
-      follow `partition_rules`.
-    partition_rules: `((regex, spec), ...)`, see `mtkd_jax.sharding`.
+    arrays: training data, dict of host arrays with the example axis first ([N, ...]; for
+      "teacher_logits" the teacher axis comes first, [K, N, ..., V]).
     num_steps: total number of steps (also when resuming).
     batch_size: global batch size.
     seed: seed of the initialisation and of the batch order (a batch is a pure function of
       (seed, step), so a resumed run sees the batches of an uninterrupted one).
-    checkpoint_dir: orbax directory of this run (None: no checkpoints). Avoid glob characters
-      ("[", "*") in it: orbax's OCDBT merge would silently skip the checkpoint.
-    checkpoint_every: save every this many steps (and always at the end).
-    keep_checkpoints: keep the last this many checkpoints.
-    log_every: fetch metrics to the host (a device sync) every this many steps.
+    loop: the job's `Loop` (mesh, checkpoints, logging, progress).
     teacher_params: frozen teacher parameters passed to the step (replicated), or None.
-    report: `report(step, metrics)` called on the host every `log_every` steps.
+    checkpoint_every: overrides `loop.checkpoint_every` for this run.
   """
+  mesh = loop.mesh
+  every = loop.checkpoint_every if checkpoint_every is None else checkpoint_every
 
   # ---- Shapes first, then shardings, then the sharded initialisation --------------------
   def init():
@@ -353,21 +363,24 @@ def train(
                       opt_state=optimizer.init(params))  # fmt: skip
 
   abstract_state = jax.eval_shape(init)
-  state_shardings = sharding_lib.tree_shardings(mesh, partition_rules, abstract_state)
+  state_shardings = sharding_lib.tree_shardings(mesh, loop.partition_rules, abstract_state)
   replicated = sharding_lib.replicated(mesh)
-  batch_shardings = {k: sharding_lib.batch_sharding(mesh) for k in arrays}
+  batch_shardings = {
+    k: sharding_lib.batch_sharding(mesh, data_lib.example_axis(k)) for k in arrays
+  }
   teacher_shardings = jax.tree.map(lambda _: replicated, teacher_params)
   rows = sharding_lib.process_batch_rows(mesh, batch_size)
 
   # ---- Resume from the latest checkpoint, or initialise ---------------------------------
   manager = None
-  if checkpoint_dir is not None:
-    if checkpoint_every < 1:
-      raise ValueError(f"checkpoint_every: must be >= 1, got {checkpoint_every}")
+  if loop.workdir is not None:
+    if every < 1:
+      raise ValueError(f"checkpoint_every: must be >= 1, got {every}")
     options = ocp.CheckpointManagerOptions(
-      save_interval_steps=checkpoint_every, max_to_keep=keep_checkpoints, create=True
+      save_interval_steps=every, max_to_keep=loop.keep_checkpoints, create=True
     )
-    manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=options)
+    directory = os.path.abspath(os.path.join(loop.workdir, "checkpoints", name))
+    manager = ocp.CheckpointManager(directory, options=options)
   latest = manager.latest_step() if manager is not None else None
   if latest is not None:
     target = jax.tree.map(
@@ -393,6 +406,7 @@ def train(
     teacher_params = sharding_lib.put_replicated(mesh, teacher_params)
 
   # ---- Loop ------------------------------------------------------------------------------
+  log = _Log(name, loop, start, num_steps)
   metrics = None
   host_metrics: dict = {}
   for step in range(start, num_steps):
@@ -400,12 +414,12 @@ def train(
     batch = sharding_lib.put_batch(mesh, local, batch_size)
     state, metrics = step_fn(state, batch, teacher_params)
     done = step + 1
-    if manager is not None and done % checkpoint_every == 0:
+    if manager is not None and done % every == 0:
       manager.save(done, args=ocp.args.StandardSave(state))
-    if done % log_every == 0 or done == num_steps:
+    if done % loop.log_every == 0 or done == num_steps:
       host_metrics = jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)
-      if report is not None:
-        report(done, host_metrics)
+      log(done, host_metrics)
+  log.close()
 
   # ---- Final checkpoint ------------------------------------------------------------------
   if manager is not None:
@@ -414,6 +428,97 @@ def train(
     manager.wait_until_finished()
     manager.close()
   return state, host_metrics
+
+
+class _Log:
+  """Metric rows to `<workdir>/metrics.jsonl` and a progress bar (process 0 only)."""
+
+  def __init__(self, name: str, loop: Loop, start: int, num_steps: int):
+    main = jax.process_index() == 0
+    self.name = name
+    self.path = os.path.join(loop.workdir, "metrics.jsonl") if loop.workdir and main else None
+    self.bar = None
+    if loop.progress and main and start < num_steps:
+      from tqdm import tqdm
+
+      self.bar = tqdm(total=num_steps, initial=start, desc=name, file=sys.stderr,
+                      dynamic_ncols=True, leave=False)  # fmt: skip
+
+  def __call__(self, step: int, metrics: dict) -> None:
+    if self.bar is not None:
+      self.bar.n = step
+      self.bar.set_postfix_str(f"loss={metrics['loss']:.4f}", refresh=True)
+    if self.path is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"run": self.name, "step": step, **metrics}) + "\n")
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def train_seeds(
+  train_step: Callable,
+  init_params: Callable[[jax.Array], Any],
+  optimizer: optax.GradientTransformation,
+  arrays: Mapping[str, np.ndarray],
+  *,
+  keys: jax.Array,
+  num_steps: int,
+  batch_size: int | None = None,
+  data_seed: int = 0,
+  metrics: tuple[str, ...] | None = None,
+):
+  """Trains one model per key at once: `jax.vmap` over keys of a `lax.scan` over the steps.
+
+  For small models whose seeds fit on one device (no mesh, no checkpoints): the batches are
+  those of `train` with `seed=data_seed`, the same for every key, so only the initialisation
+  differs; `batch_size=None` trains on all of `arrays` at every step.
+
+  Args:
+    train_step: `step(state, batch) -> (state, metrics)`.
+    init_params: `init(rng) -> params`.
+    optimizer: the step's optax transformation.
+    arrays: training data, host arrays with the example axis first ("teacher_logits": second).
+    keys: [S] PRNG keys, one model each.
+    num_steps: update steps.
+    batch_size: rows per step, or None for full batch.
+    data_seed: seed of the batch order.
+    metrics: names of the step's metrics to return (None: all).
+
+  Returns:
+    `(params, metrics)`: params with a leading [S] axis; metrics name -> [S, num_steps].
+  """
+  arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+  num_examples = arrays["y"].shape[0]
+  rows = None
+  if batch_size is not None:
+    rows = jnp.asarray(
+      np.stack(
+        [data_lib.batch_indices(num_examples, batch_size, seed=data_seed, step=s)
+         for s in range(num_steps)]
+      )
+    )  # [T, B]  # fmt: skip
+
+  def one_seed(key, arrays):
+    params = init_params(key)
+    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+    def body(state, idx):
+      batch = arrays if idx is None else _take(arrays, idx)  # [B, ...]
+      state, m = train_step(state, batch)
+      return state, (m if metrics is None else {k: m[k] for k in metrics if k in m})
+
+    state, logged = jax.lax.scan(body, state, rows, length=num_steps)
+    return state.params, logged
+
+  params, logged = jax.jit(jax.vmap(one_seed, in_axes=(0, None)))(keys, arrays)
+  return params, jax.tree.map(np.asarray, logged)
+
+
+def _take(arrays, idx):
+  """Rows `idx` of every array, along its `data.example_axis`."""
+  return {k: jnp.take(v, idx, axis=data_lib.example_axis(k)) for k, v in arrays.items()}
 
 
 def predict(apply: Callable, params, x: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:

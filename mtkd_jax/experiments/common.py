@@ -1,124 +1,64 @@
-"""Shared pieces of the guarantee experiments (paper §IV–V): operator specs, digits teachers, plots.
+"""Shared pieces of the experiments (paper §IV–V): config checks, digits teachers, searches.
 
-- `parse_operator("power(0.5)")` turns a config string into an operator, so configs can list
-  parameterised families; `register_operators(specs)` makes such strings valid registry names for
-  the digits job (`mtkd_jax.main.run`), which looks operators up by name.
-- `train_teachers(config, workdir)` trains (or restores, from the same checkpoint names as the
-  digits job) the K digits teachers of a digits config and returns their logits.
+`train_teachers(config, loop)` trains (or restores from the workdir) the K digits teachers of a
+digits config; every digits-based experiment gets its teachers from it.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from mtkd_jax import data as data_lib
-from mtkd_jax import models, operators, train
+from mtkd_jax import models, registry, train
 from mtkd_jax import sharding as sharding_lib
 
-# The operator families every guarantee experiment sweeps, by spec string.
+# The operator families every guarantee experiment sweeps, by registry spec.
 DEFAULT_OPERATORS = (
   "linear",
   "geometric",
-  "power(0.5)",
-  "power(2)",
-  "entropic(0.5)",
-  "barycenter(hellinger)",
+  "power(alpha=0.5)",
+  "power(alpha=2)",
+  "entropic(beta=0.5)",
+  "barycenter(divergence='hellinger')",
 )
 
-_PARAMETER = {"power": "alpha", "entropic": "beta", "barycenter": "divergence"}
-_SPEC = re.compile(r"^([a-z_]+)(?:\((.*)\))?$")
+
+# --------------------------------------------------------------------------------------------
+# Config checks: one-line errors naming the field.
+# --------------------------------------------------------------------------------------------
+def check_field(field: str, fn: Callable) -> None:
+  """Runs `fn()`; a ValueError or TypeError becomes `ValueError("config.<field>: ...")`."""
+  try:
+    fn()
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"config.{field}: {str(e).splitlines()[0]}") from None
 
 
-def parse_operator(spec: str) -> Callable:
-  """The operator named by `spec`: "linear", "power(0.5)", "entropic(1)", "barycenter(kl)".
-
-  >>> parse_operator("power(2)").__name__
-  'power(2)'
-  """
-  match = _SPEC.match(spec.replace(" ", ""))
-  if match is None:
-    raise ValueError(f"operator spec must look like 'name' or 'name(arg)', got {spec!r}")
-  name, arg = match.groups()
-  if arg is None or arg == "":
-    return operators.get(name)
-  if name not in _PARAMETER:
-    raise ValueError(f"operator {name!r} takes no argument, got {spec!r}")
-  value = arg if name == "barycenter" else float(arg)
-  return operators.get(name, **{_PARAMETER[name]: value})
-
-
-def check_operators(field: str, specs: Sequence[str]) -> None:
+def check_operators(field: str, specs: Sequence[str], *, allow_empty: bool = False) -> None:
   """Raises ValueError("config.<field>: ...") if a spec does not name an operator."""
-  if not specs:
+  if not specs and not allow_empty:
     raise ValueError(f"config.{field}: need at least one operator")
   for spec in specs:
-    try:
-      parse_operator(spec)
-    except ValueError as e:
-      raise ValueError(f"config.{field}: {e}") from None
+    check_field(field, lambda spec=spec: registry.check("operator", spec))
 
 
-def register_operators(specs: Sequence[str]) -> None:
-  """Registers each spec string as an operator name (once), so the digits job can use it."""
-  for spec in specs:
-    if spec not in operators.names():
-      operators.register(spec, parse_operator(spec))
-
-
-def load_sibling_config(config_file: str, name: str):
-  """`get_config()` of experiments/configs/<name>.py, found next to `config_file`.
-
-  Lets an experiment config embed the digits job config (`c.digits = ...`) without copying it.
-  """
-  import importlib.util
-
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_mtkd_config_{name}", path)
-  if spec is None or spec.loader is None:
-    raise ValueError(f"no config file {path!r}")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def digits_job():
-  """The module `mtkd_jax.main` (the digits job), also when it is the running `__main__`.
-
-  Under `python -m mtkd_jax.main` the module runs as `__main__`; importing `mtkd_jax.main` again
-  would execute its absl flag definitions a second time (DuplicateFlagError), so the running
-  module is returned instead.
-  """
-  import importlib
-  import sys
-
-  running = sys.modules.get("__main__")
-  spec = getattr(running, "__spec__", None)
-  if spec is not None and spec.name == "mtkd_jax.main":
-    return running
-  return importlib.import_module("mtkd_jax.main")
-
-
-def validate_digits(digits) -> None:
-  """The digits job's own config checks (`mtkd_jax.main.validate_config`) on `config.digits`.
-
-  Raises ValueError("config.digits.<field>: ...").
-  """
-  import jax
-
-  main_lib = digits_job()
-  register_operators([digits.operator, *digits.compare_operators])
-  try:
-    main_lib.validate_config(digits, jax.device_count())
-  except ValueError as e:
-    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
+def check_mesh(config, num_devices: int) -> None:
+  """`config.mesh` against the devices, and `config.batch_size` against its data axis."""
+  check_field("mesh", lambda: sharding_lib.check_mesh_config(
+    config.mesh.data, config.mesh.model, num_devices))  # fmt: skip
+  data = num_devices // config.mesh.model if config.mesh.data == -1 else config.mesh.data
+  if config.batch_size < 1 or config.batch_size % data:
+    raise ValueError(f"config.batch_size: {config.batch_size} must be a positive multiple of "
+                     f"mesh data={data}")  # fmt: skip
+  for regex, _ in config.get("partition_rules", ()):
+    check_field("partition_rules", lambda regex=regex: re.compile(regex))
 
 
 def read_metrics(path: str) -> dict[str, dict[str, list]]:
-  """metrics.jsonl of the digits job → {run: {field: [values by step]}} (last row per step)."""
+  """A job's metrics.jsonl → {run: {field: [values by step]}} (last row per step)."""
   import json
 
   runs: dict[str, dict[int, dict]] = {}
@@ -135,22 +75,21 @@ def read_metrics(path: str) -> dict[str, dict[str, list]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Digits teachers (the same runs, names and checkpoints as the teachers of `mtkd_jax.main.run`).
+# Digits teachers: the one function every digits experiment trains its teachers with.
 # --------------------------------------------------------------------------------------------
-def train_teachers(config, workdir: str, views: Sequence[data_lib.TeacherView] | None = None):
-  """Trains the digits teachers of `config` (a digits-job config) or restores them from workdir.
+def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherView] | None = None):
+  """Trains the digits teachers of `config` (a digits config) or restores them from the loop's
+  workdir (`checkpoints/teacher_<k>`).
 
   Args:
     config: fields of experiments/configs/digits.py (teacher_*, batch_size, seed, data_seed, ...).
-    workdir: checkpoints go to `<workdir>/checkpoints/teacher_<k>` (a rerun restores them).
+    loop: the job's `train.Loop`.
     views: the teachers' views; default `data.make_teacher_views` from the config. Pass views
       with other `train_rows` to train biased teachers.
 
   Returns:
     `(splits, views, train_logits [K, N_train, V], test_logits [K, N_test, V])`.
   """
-  mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
-  rules = tuple((r, tuple(s)) for r, s in config.partition_rules)
   splits = data_lib.load_digits(seed=config.data_seed)
   train_split, test_split = splits["train"], splits["test"]
   if views is None:
@@ -161,37 +100,32 @@ def train_teachers(config, workdir: str, views: Sequence[data_lib.TeacherView] |
       train_fractions=tuple(config.teacher_train_fractions),
       seed=config.data_seed,
     )
+  optimizer = train.make_optimizer(
+    config.teacher_learning_rate,
+    config.teacher_steps,
+    weight_decay=config.weight_decay,
+    warmup_steps=config.warmup_steps,
+  )
   train_logits, test_logits = [], []
   for k, view in enumerate(views):
-    model = models.build(
-      "mlp",
-      in_features=data_lib.NUM_PIXELS,
-      hidden=tuple(config.teacher_hidden[k]),
-      num_classes=data_lib.NUM_CLASSES,
-    )
-    optimizer = train.make_optimizer(
-      config.teacher_learning_rate,
-      config.teacher_steps,
-      weight_decay=config.weight_decay,
-      warmup_steps=config.warmup_steps,
-    )
+    model = models.build("mlp", in_features=data_lib.NUM_PIXELS,
+                         hidden=tuple(config.teacher_hidden[k]),
+                         num_classes=data_lib.NUM_CLASSES)  # fmt: skip
     x_train = view.apply(train_split)  # [N, 64] the teacher's view of every training image
     state, _ = train.train(
-      name=f"teacher_{k}",
+      f"teacher_{k}",
       init_params=model.init,
       train_step=train.make_supervised_step(model.apply, optimizer),
       optimizer=optimizer,
       arrays={"x": x_train[view.train_rows], "y": train_split.y[view.train_rows]},
-      mesh=mesh,
-      partition_rules=rules,
       num_steps=config.teacher_steps,
       batch_size=config.batch_size,
       seed=config.seed + k,
-      checkpoint_dir=os.path.join(workdir, "checkpoints", f"teacher_{k}"),
-      checkpoint_every=config.teacher_steps,
+      loop=loop,
+      checkpoint_every=config.teacher_steps,  # teachers are cached, not resumed mid-way
     )
-    train_logits.append(train.predict(model.apply, state.params, x_train, mesh))
-    test_logits.append(train.predict(model.apply, state.params, view.apply(test_split), mesh))
+    train_logits.append(train.predict(model.apply, state.params, x_train, loop.mesh))
+    test_logits.append(train.predict(model.apply, state.params, view.apply(test_split), loop.mesh))
   return splits, list(views), np.stack(train_logits), np.stack(test_logits)
 
 
@@ -247,26 +181,3 @@ def worst_case(violation: np.ndarray, tol: float, inputs: Callable[[int], dict])
     "max_violation": float(violation[j]),
     "counterexample": example,
   }
-
-
-# --------------------------------------------------------------------------------------------
-# Plot helpers.
-# --------------------------------------------------------------------------------------------
-def pyplot():
-  """matplotlib.pyplot with the Agg backend (figures are written to files, never shown)."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
-def operator_colors(specs: Sequence[str]) -> dict[str, str]:
-  """A fixed colour per operator spec, the same in every figure (whatever subset it shows)."""
-  palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-  extra = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-  fixed = dict(zip(DEFAULT_OPERATORS, palette, strict=True))
-  others = [s for s in specs if s not in fixed]
-  fixed.update({s: extra[i % len(extra)] for i, s in enumerate(others)})
-  return {s: fixed[s] for s in specs}

@@ -1,0 +1,35 @@
+"""Shared figure style: the Agg backend and one fixed colour per operator in every figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# The operator families the guarantee experiments sweep (mtkd_jax.experiments.common).
+_OPERATORS = (
+  "linear",
+  "geometric",
+  "power(alpha=0.5)",
+  "power(alpha=2)",
+  "entropic(beta=0.5)",
+  "barycenter(divergence='hellinger')",
+)
+
+
+def pyplot():
+  """matplotlib.pyplot with the Agg backend (figures are written to files, never shown)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def operator_colors(specs: Sequence[str]) -> dict[str, str]:
+  """A fixed colour per operator spec, the same in every figure (whatever subset it shows)."""
+  palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+  extra = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+  fixed = dict(zip(_OPERATORS, palette, strict=True))
+  others = [s for s in specs if s not in fixed]
+  fixed.update({s: extra[i % len(extra)] for i, s in enumerate(others)})
+  return {s: fixed[s] for s in specs}

@@ -1,0 +1,154 @@
+"""The distillation objectives of the update step (paper §IV-B), as one polymorphic argument.
+
+An objective bundles everything the step needs to know about the teachers' targets:
+`objective(student_logits, teacher_outputs, weights) -> [B, ...]` per-example losses, and
+`objective.metrics(student_logits, teacher_outputs, labels, weights) -> dict` diagnostics.
+Temperatures, the student temperature and the operator are bound when it is built:
+
+- `mixture(operator, ...)`: L_mix = T_S² KL(G(p_1..p_K; T, w) ‖ p_{S,T_S}). The fused kernel
+  (`mtkd_jax.kernels.fused_kd_loss`) is used for exactly the operators it implements,
+  `operators.linear` and `operators.geometric`; any other function, including a
+  `functools.partial` or a wrapper of those two, is composed as `losses.mixture_kd(op(...))`,
+  which computes the same value more slowly.
+- `sum_of_kls(...)`: L_multi = T_S² Σ_k w_k KL(p_{k,T_k} ‖ p_{S,T_S}).
+- `sparse_mixture(sparse_operator, ...)`: L_mix against a top-k sparse target
+  (`mtkd_jax.sparse`); the teacher outputs are `sparse.SparseTeacherOutputs`.
+
+Configs name the first two as `loss = "mixture_kd"` or `"sum_of_kls"` (`mtkd_jax.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+
+from mtkd_jax import losses, operators, registry
+from mtkd_jax import temperature as temperature_lib
+
+_IMPLEMENTATIONS = ("auto", "composed", "xla", "pallas")
+# Operators the fused kernel implements, by function identity: a user's own function that happens
+# to compute the same thing is composed, never silently replaced.
+_FUSED = {operators.linear: "linear", operators.geometric: "geometric"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A per-example distillation loss with its training diagnostics.
+
+  Attributes:
+    loss: `loss(student_logits [B, ..., V], teacher_outputs, weights [K] or [K, B, ...])
+      -> [B, ...]`; `teacher_outputs` is [K, B, ..., V] (logits or log-probs) or sparse.
+    metrics: `metrics(student_logits, teacher_outputs, labels, weights) -> dict` of batch means.
+    num_teachers: K.
+  """
+
+  loss: Callable
+  metrics: Callable
+  num_teachers: int
+
+  def __call__(self, student_logits, teacher_outputs, weights):
+    return self.loss(student_logits, teacher_outputs, weights)
+
+
+def _check(temperatures, student_temperature):
+  temperatures = temperature_lib.check_temperatures(temperatures, name="temperatures")
+  if temperatures.ndim != 1:
+    raise ValueError(f"temperatures: need one per teacher [K], got {temperatures.shape=}")
+  temperature_lib.check_temperatures(student_temperature, name="student_temperature")
+  return temperatures
+
+
+def _metrics(operator, temperatures, student_temperature, metrics_fn=None):
+  from mtkd_jax import train  # the diagnostics live with the step that logs them
+
+  fn = train.distill_metrics if metrics_fn is None else metrics_fn
+
+  def metrics(student_logits, teacher_outputs, labels, weights):
+    return fn(student_logits, teacher_outputs, labels, operator=operator,
+              temperatures=temperatures, weights=weights, student_temperature=student_temperature)
+
+  return metrics
+
+
+@registry.register("objective", "mixture_kd", factory=True)
+def mixture(operator: Callable, *, temperatures, student_temperature=1.0,
+            implementation: str = "auto") -> Objective:  # fmt: skip
+  """L_mix = T_S² · KL(q ‖ p_{S,T_S}) with q = operator(teachers; T, w), per example.
+
+  Args:
+    operator: `op(teacher_log_probs, *, temperatures, weights) -> log_q` (`mtkd_jax.operators`).
+    temperatures: [K] teacher temperatures T_k > 0.
+    student_temperature: T_S > 0.
+    implementation: "auto" (the fused kernel for `operators.linear`/`operators.geometric`,
+      composed otherwise), "composed", or the kernel's "xla"/"pallas" (fusable operators only).
+
+  >>> obj = mixture(operators.geometric, temperatures=[1.0, 2.0])
+  >>> obj(jnp.zeros((4, 3)), jnp.ones((2, 4, 3)), jnp.array([0.5, 0.5])).shape
+  (4,)
+  """
+  if not callable(operator):
+    raise ValueError(f"operator: must be a function op(teacher_log_probs, *, temperatures, "
+                     f"weights), got {operator!r}")  # fmt: skip
+  if implementation not in _IMPLEMENTATIONS:
+    raise ValueError(f"implementation: must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
+  temperatures = _check(temperatures, student_temperature)
+  fused = _FUSED.get(operator) if implementation != "composed" else None
+  if implementation in ("xla", "pallas") and fused is None:
+    raise ValueError(f"implementation={implementation!r} needs operators.linear or "
+                     f"operators.geometric, got {operator!r}")  # fmt: skip
+  if fused is not None:
+    try:  # Imported here: the kernel package pulls in Pallas, which the other paths never need.
+      from mtkd_jax.kernels import fused_kd_loss
+    except ImportError:  # a checkout without kernels/: the composed path computes the same loss
+      fused = None
+
+  def loss(student_logits, teacher_logits, weights):
+    if fused is not None:
+      return fused_kd_loss(student_logits, teacher_logits, temperatures=temperatures,
+                           weights=weights, student_temperature=student_temperature,
+                           operator=fused, implementation=implementation)  # fmt: skip
+    log_q = operator(teacher_logits, temperatures=temperatures, weights=weights)  # [B, ..., V]
+    return losses.mixture_kd(student_logits, jax.lax.stop_gradient(log_q),
+                             student_temperature=student_temperature)  # fmt: skip
+
+  return Objective(loss, _metrics(operator, temperatures, student_temperature), len(temperatures))
+
+
+@registry.register("objective", "sum_of_kls", factory=True)
+def sum_of_kls(operator: Callable = operators.linear, *, temperatures, student_temperature=1.0,
+               implementation: str = "auto") -> Objective:  # fmt: skip
+  """L_multi = T_S² · Σ_k w_k KL(p_{k,T_k} ‖ p_{S,T_S}), per example (λ = w).
+
+  `operator` only gives the logged target q (`kl_q_student`); `implementation` is accepted for
+  a config's sake and unused (L_multi has no fused kernel).
+  """
+  del implementation
+  temperatures = _check(temperatures, student_temperature)
+
+  def loss(student_logits, teacher_logits, weights):
+    return losses.sum_of_kls(student_logits, teacher_logits, temperatures=temperatures,
+                             weights=weights, student_temperature=student_temperature)  # fmt: skip
+
+  return Objective(loss, _metrics(operator, temperatures, student_temperature), len(temperatures))
+
+
+def sparse_mixture(sparse_operator: Callable, *, temperatures, student_temperature=1.0):
+  """L_mix against the sparse target `sparse_operator(outputs, *, temperatures, weights)`.
+
+  Args:
+    sparse_operator: `sparse.get(name, tail_mode=...)`.
+    temperatures: [K] training temperatures (the stored outputs are re-tempered to them).
+    student_temperature: T_S > 0.
+  """
+  from mtkd_jax import sparse
+
+  temperatures = _check(temperatures, student_temperature)
+
+  def loss(student_logits, outputs, weights):
+    target = sparse_operator(outputs, temperatures=temperatures, weights=weights)
+    return sparse.sparse_kd_loss(student_logits, target, student_temperature=student_temperature)
+
+  metrics = _metrics(sparse_operator, temperatures, student_temperature, sparse.distill_metrics)
+  return Objective(loss, metrics, len(temperatures))
