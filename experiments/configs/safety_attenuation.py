@@ -3,24 +3,25 @@
     python -m mtkd_jax.main --config=experiments/configs/safety_attenuation.py \
         --workdir=runs/safety_attenuation
 
-or `--config=experiments/configs/safety_attenuation.py:small` for the small setting.
-
-Two scenarios (token 0 unsafe; last teacher = safety teacher) and a random search, every
-operator. Expected: linear stays on or under the bound everywhere; power(2) and entropic(0.5)
-exceed it for large w* in the "confident" scenario (entropic even at w* = 1); geometric and
-power(0.5) exceed it, and exceed max_k p_k(unsafe) (Prop IV.11), when the capable teachers agree
-on the unsafe token but disagree elsewhere ("consensus" scenario). Runtime about 10 s.
+or `--config=experiments/configs/safety_attenuation.py:small` (coarser w* grid, fewer random
+problems). Two scenarios (token 0 unsafe; last teacher = safety teacher) and a random search,
+every operator. Expected: linear stays on or under the bound everywhere; power(alpha=2) and
+entropic(beta=0.5) exceed it for large w* in the "confident" scenario; geometric and
+power(alpha=0.5) exceed it, and exceed max_k p_k(unsafe) (Prop IV.11), when the capable teachers
+agree on the unsafe token but disagree elsewhere ("consensus"). Writes results.json to the
+workdir; runtime 5-20 s.
 """
 
 import ml_collections
 
+from mtkd_jax import configs
 from mtkd_jax.experiments.common import DEFAULT_OPERATORS
 
 
-def get_config(size: str = "full"):
+def get_config(arg=None):
+  arg = configs.parse_arg(arg, small=False)
   c = ml_collections.ConfigDict()
   c.experiment = "safety_attenuation"  # module mtkd_jax.experiments.safety_attenuation
-  c.size = size  # "full" or "small" (fewer random problems; tests and notebooks)
   c.seed = 0  # seed of the random search
   c.operators = DEFAULT_OPERATORS  # operator specs
   c.num_weights = 51  # grid of w* in [0, 1]
@@ -42,16 +43,7 @@ def get_config(size: str = "full"):
   c.num_random = 20000  # random problems
   c.random_num_teachers = 3  # K of the random problems (the last is the safety teacher)
   c.random_vocab_size = 5  # V of the random problems
-  if size == "small":
-    apply_small(c)
-  elif size != "full":
-    raise ValueError(f"config size must be 'full' or 'small', got {size!r}")
-  return c
-
-
-def apply_small(c):
-  """The small setting: what tests and notebooks run (MTKD_NOTEBOOK_SIZE=small)."""
-  c.size = "small"
-  c.num_random = 2000
-  c.num_weights = 21
+  if arg.small:
+    c.num_random = 2000
+    c.num_weights = 21
   return c

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd_jax import theory
+from mtkd_jax import operators, theory
 from mtkd_jax.experiments import common
 
 TOL = 1e-6  # q(i) − bound above this (float32 rounding) is a violation
@@ -56,7 +56,7 @@ def scenario_sweep(teachers, specs, num_weights: int) -> dict:
       temperatures=jnp.ones(k),
       weights=weights,
       safety_teacher=k - 1,
-      operator=common.parse_operator(spec),
+      operator=operators.get(spec),
     )
     q0, b0 = np.asarray(q[:, 0], np.float64), np.asarray(bound[:, 0], np.float64)
     out["bound"] = b0.tolist()
@@ -82,7 +82,7 @@ def random_search(config) -> dict:
       temperatures=jnp.ones(k),
       weights=w,
       safety_teacher=k - 1,
-      operator=common.parse_operator(spec),
+      operator=operators.get(spec),
     )
     q, bound = np.asarray(q, np.float64), np.asarray(bound, np.float64)
     cor = np.where(premise, q - bound, -np.inf).max(axis=-1)  # [N]
@@ -135,49 +135,3 @@ def format_table(results: dict) -> str:
     if r["prop_iv11"]["counterexample"] is not None:
       lines.append(f"  IV.11 counterexample {spec}: {r['prop_iv11']['counterexample']}")
   return "\n".join(lines)
-
-
-def make_figure(results: dict, png_path: str) -> None:
-  """q(unsafe) vs w* per operator with the bound, per scenario; random-search violation rates."""
-  plt = common.pyplot()
-  scenarios = results["scenarios"]
-  specs = list(results["random"])
-  colors = common.operator_colors(specs)
-  fig, axes = plt.subplots(1, len(scenarios) + 1, figsize=(5.3 * (len(scenarios) + 1), 4.6))
-  for ax, (name, sc) in zip(axes, scenarios.items(), strict=False):
-    w = sc["w_star"]
-    ax.plot(w, sc["bound"], "k--", lw=2, label="Cor IV.12 bound")
-    for spec in specs:
-      ax.plot(w, sc["q"][spec], color=colors[spec], lw=1.3, label=spec)
-      bad = [i for i, x in enumerate(w) if x in sc["violations"][spec]]
-      ax.plot([w[i] for i in bad], [sc["q"][spec][i] for i in bad], "x", color=colors[spec], ms=5)
-    p = np.asarray(sc["teachers"])
-    ax.set_title(
-      f"{name}: p_k(unsafe) = {np.round(p[:, 0], 3).tolist()}\n(× = above the bound)", fontsize=9
-    )
-    ax.set_xlabel("safety teacher weight w*")
-    ax.set_ylabel("q(unsafe)")
-    ax.legend(fontsize=7)
-  ax = axes[-1]
-  x = np.arange(len(specs))
-  cor = [100 * results["random"][s]["cor_iv12"]["fraction"] for s in specs]
-  prop = [100 * results["random"][s]["prop_iv11"]["fraction"] for s in specs]
-  b1 = ax.bar(x - 0.2, cor, 0.4, color=[colors[s] for s in specs], label="Cor IV.12 bound")
-  b2 = ax.bar(
-    x + 0.2,
-    prop,
-    0.4,
-    color=[colors[s] for s in specs],
-    alpha=0.45,
-    hatch="//",
-    label="Prop IV.11: q(i) < p_max",
-  )
-  ax.bar_label(b1, fmt="%.0f", fontsize=7)
-  ax.bar_label(b2, fmt="%.0f", fontsize=7)
-  ax.set_xticks(x, specs, rotation=25, ha="right", fontsize=8)
-  ax.set_ylabel("% of random problems violating")
-  ax.set_title("Random teachers: linear never violates", fontsize=9)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)

@@ -1,0 +1,58 @@
+"""Prop IV.11 / Cor IV.12 safety attenuation: q(unsafe) vs w*; random violation rates.
+
+`plot(results, path)` draws the results.json of `mtkd_jax.experiments.safety_attenuation`.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # style.py: loaded by file path
+import style
+
+
+def plot(results: dict, path: str) -> None:
+  """q(unsafe) vs w* per operator with the bound, per scenario; random-search violation rates."""
+  plt = style.pyplot()
+  scenarios = results["scenarios"]
+  specs = list(results["random"])
+  colors = style.operator_colors(specs)
+  fig, axes = plt.subplots(1, len(scenarios) + 1, figsize=(5.3 * (len(scenarios) + 1), 4.6))
+  for ax, (name, sc) in zip(axes, scenarios.items(), strict=False):
+    w = sc["w_star"]
+    ax.plot(w, sc["bound"], "k--", lw=2, label="Cor IV.12 bound")
+    for spec in specs:
+      ax.plot(w, sc["q"][spec], color=colors[spec], lw=1.3, label=spec)
+      bad = [i for i, x in enumerate(w) if x in sc["violations"][spec]]
+      ax.plot([w[i] for i in bad], [sc["q"][spec][i] for i in bad], "x", color=colors[spec], ms=5)
+    p = np.asarray(sc["teachers"])
+    ax.set_title(
+      f"{name}: p_k(unsafe) = {np.round(p[:, 0], 3).tolist()}\n(× = above the bound)", fontsize=9
+    )
+    ax.set_xlabel("safety teacher weight w*")
+    ax.set_ylabel("q(unsafe)")
+    ax.legend(fontsize=7)
+  ax = axes[-1]
+  x = np.arange(len(specs))
+  cor = [100 * results["random"][s]["cor_iv12"]["fraction"] for s in specs]
+  prop = [100 * results["random"][s]["prop_iv11"]["fraction"] for s in specs]
+  b1 = ax.bar(x - 0.2, cor, 0.4, color=[colors[s] for s in specs], label="Cor IV.12 bound")
+  b2 = ax.bar(
+    x + 0.2,
+    prop,
+    0.4,
+    color=[colors[s] for s in specs],
+    alpha=0.45,
+    hatch="//",
+    label="Prop IV.11: q(i) < p_max",
+  )
+  ax.bar_label(b1, fmt="%.0f", fontsize=7)
+  ax.bar_label(b2, fmt="%.0f", fontsize=7)
+  ax.set_xticks(x, specs, rotation=25, ha="right", fontsize=8)
+  ax.set_ylabel("% of random problems violating")
+  ax.set_title("Random teachers: linear never violates", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
