@@ -14,10 +14,12 @@ Part 2 (random): random teachers, weights and labels, the same statistics.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from mtkd_jax import temperature, theory
-from mtkd_jax.experiments import common
+from mtkd_jax import operators, temperature, theory, train
+from mtkd_jax.experiments import common, digits
 
 TOL = 1e-5  # −log q(y) − bound above this (float32 rounding) is a violation
 
@@ -27,7 +29,10 @@ def validate_config(config) -> None:
   common.check_operators("operators", config.operators)
   if config.num_random < 1:
     raise ValueError(f"config.num_random: need ≥ 1 random problems, got {config.num_random}")
-  common.validate_digits(config.digits)
+  try:
+    digits.validate_config(config.digits)
+  except ValueError as e:
+    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
 
 
 def check_bound(log_p, labels, weights, temperatures, specs) -> dict:
@@ -51,7 +56,7 @@ def check_bound(log_p, labels, weights, temperatures, specs) -> dict:
       labels,
       temperatures=temperatures,
       weights=weights,
-      operator=common.parse_operator(spec),
+      operator=operators.get(spec),
     )
     lhs, rhs = np.asarray(lhs, np.float64), np.asarray(rhs, np.float64)
     summary = common.worst_case(
@@ -75,12 +80,13 @@ def check_bound(log_p, labels, weights, temperatures, specs) -> dict:
 def run(config, workdir: str) -> dict:
   """Digits teachers (cached in workdir) and random problems; returns per-operator summaries."""
   specs = list(config.operators)
-  digits = config.digits
-  splits, _, train_logits, test_logits = common.train_teachers(digits, workdir)
+  loop = train.Loop.from_config(config.digits, workdir)
+  loop = dataclasses.replace(loop, progress=config.progress)
+  splits, _, train_logits, test_logits = common.train_teachers(config.digits, loop)
   logits = np.concatenate([train_logits, test_logits], axis=1)  # [K, N, V]
   labels = np.concatenate([splits["train"].y, splits["test"].y])  # [N]
-  temperatures = np.asarray(digits.temperatures, np.float32)
-  weights = np.asarray(digits.weights, np.float32)
+  temperatures = np.asarray(config.digits.temperatures, np.float32)
+  weights = np.asarray(config.digits.weights, np.float32)
   real = check_bound(logits, labels, weights, temperatures, specs)
 
   k, v = config.random_num_teachers, config.random_vocab_size
@@ -112,58 +118,3 @@ def format_table(results: dict) -> str:
       if r["counterexample"] is not None:
         lines.append(f"  counterexample {spec} ({part}): {r['counterexample']}")
   return "\n".join(lines)
-
-
-def make_figure(results: dict, png_path: str) -> None:
-  """Per operator, −log q(y) against the bound on digits; violation rates."""
-  plt = common.pyplot()
-  specs = list(results["digits"])
-  colors = common.operator_colors(specs)
-  ncols = (len(specs) + 2) // 2
-  fig, axes = plt.subplots(2, ncols, figsize=(3.6 * ncols, 6.6))
-  axes = axes.ravel()
-  top = max(max(r["rhs"]) for r in results["digits"].values())
-  for ax, spec in zip(axes, specs, strict=False):
-    r = results["digits"][spec]
-    lhs, rhs = np.asarray(r["lhs"]), np.asarray(r["rhs"])
-    bad = lhs > rhs + TOL
-    ax.plot([0, top], [0, top], "k--", lw=1)
-    ax.scatter(rhs, lhs, s=3, color=colors[spec], alpha=0.4)
-    ax.scatter(
-      rhs[bad],
-      lhs[bad],
-      s=4,
-      color="k",
-      marker="x",
-      lw=0.5,
-      alpha=0.5,
-      label=f"above the bound: {bad.mean():.1%}",
-    )
-    ax.set_xscale("symlog", linthresh=1e-2)
-    ax.set_yscale("symlog", linthresh=1e-2)
-    ax.set_title(spec, fontsize=9)
-    ax.set_xlabel("−Σ w_k log p_k(y)", fontsize=8)
-    ax.legend(fontsize=7, loc="upper left")
-  for ax in axes[len(specs) + 1 :]:
-    ax.axis("off")
-  axes[0].set_ylabel("−log q(y)  (digits, per example)")
-  axes[ncols].set_ylabel("−log q(y)  (digits, per example)")
-  ax = axes[len(specs)]
-  x = np.arange(len(specs))
-  real = [100 * results["digits"][s]["fraction"] for s in specs]
-  rnd = [100 * results["random"][s]["fraction"] for s in specs]
-  b1 = ax.bar(x - 0.2, real, 0.4, color=[colors[s] for s in specs], label="digits")
-  b2 = ax.bar(
-    x + 0.2, rnd, 0.4, color=[colors[s] for s in specs], alpha=0.45, hatch="//", label="random"
-  )
-  ax.bar_label(b1, fmt="%.0f", fontsize=7)
-  ax.bar_label(b2, fmt="%.0f", fontsize=7)
-  ax.set_xticks(x, specs, rotation=35, ha="right", fontsize=7)
-  ax.set_ylabel("% examples above the bound", fontsize=8)
-  ax.legend(fontsize=7)
-  fig.suptitle(
-    "Thm IV.9: −log q(y) ≤ −Σ_k w_k log p_k(y) (dashed: equality; × = violation)", fontsize=10
-  )
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)

@@ -1,0 +1,69 @@
+"""Thm IV.9 log-loss bound: −log q(y) against the bound on digits; violation rates.
+
+`plot(results, path)` draws the results.json of `mtkd_jax.experiments.log_loss_bound`.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # style.py: loaded by file path
+import style
+
+TOL = 1e-5  # as mtkd_jax.experiments.log_loss_bound.TOL: an excess above it is a violation
+
+
+def plot(results: dict, path: str) -> None:
+  """Per operator, −log q(y) against the bound on digits; violation rates."""
+  plt = style.pyplot()
+  specs = list(results["digits"])
+  colors = style.operator_colors(specs)
+  ncols = (len(specs) + 2) // 2
+  fig, axes = plt.subplots(2, ncols, figsize=(3.6 * ncols, 6.6))
+  axes = axes.ravel()
+  top = max(max(r["rhs"]) for r in results["digits"].values())
+  for ax, spec in zip(axes, specs, strict=False):
+    r = results["digits"][spec]
+    lhs, rhs = np.asarray(r["lhs"]), np.asarray(r["rhs"])
+    bad = lhs > rhs + TOL
+    ax.plot([0, top], [0, top], "k--", lw=1)
+    ax.scatter(rhs, lhs, s=3, color=colors[spec], alpha=0.4)
+    ax.scatter(
+      rhs[bad],
+      lhs[bad],
+      s=4,
+      color="k",
+      marker="x",
+      lw=0.5,
+      alpha=0.5,
+      label=f"above the bound: {bad.mean():.1%}",
+    )
+    ax.set_xscale("symlog", linthresh=1e-2)
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_title(spec, fontsize=9)
+    ax.set_xlabel("−Σ w_k log p_k(y)", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+  for ax in axes[len(specs) + 1 :]:
+    ax.axis("off")
+  axes[0].set_ylabel("−log q(y)  (digits, per example)")
+  axes[ncols].set_ylabel("−log q(y)  (digits, per example)")
+  ax = axes[len(specs)]
+  x = np.arange(len(specs))
+  real = [100 * results["digits"][s]["fraction"] for s in specs]
+  rnd = [100 * results["random"][s]["fraction"] for s in specs]
+  b1 = ax.bar(x - 0.2, real, 0.4, color=[colors[s] for s in specs], label="digits")
+  b2 = ax.bar(
+    x + 0.2, rnd, 0.4, color=[colors[s] for s in specs], alpha=0.45, hatch="//", label="random"
+  )
+  ax.bar_label(b1, fmt="%.0f", fontsize=7)
+  ax.bar_label(b2, fmt="%.0f", fontsize=7)
+  ax.set_xticks(x, specs, rotation=35, ha="right", fontsize=7)
+  ax.set_ylabel("% examples above the bound", fontsize=8)
+  ax.legend(fontsize=7)
+  fig.suptitle(
+    "Thm IV.9: −log q(y) ≤ −Σ_k w_k log p_k(y) (dashed: equality; × = violation)", fontsize=10
+  )
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
