@@ -2,35 +2,29 @@
 
     python -m mtkd_jax.main --config=experiments/configs/adaptive.py --workdir=runs/adaptive
 
-or `--config=experiments/configs/adaptive.py:small` for the small setting.
-
+`--config=experiments/configs/adaptive.py:small` is the quick setting of the tests and notebook.
 Three teachers, each trained only on its own (overlapping) class subset, and a conservative
 safety teacher (trained without the unsafe class 9, which it gives probability 0, tempered at
 T = 2). One student per weighting scheme (static, confidence, label_aware, learned gate,
 hierarchical), linear operator, 3 seeds each (vmapped); then static / confidence / label_aware /
-hierarchical with and without `safety_floor` (floor 0.5 on inputs of classes 3 and 5, where the
-static mixture of the specialists puts ~17% on the unsafe class 9).
-Measured (3 seeds, mean test accuracy / log-loss): static 0.705 / 0.847, confidence 0.896 /
-0.357, label_aware 0.968 / 0.156, learned 0.971 / 0.168, hierarchical 0.968 / 0.156. With the
-floor the safety teacher's weight on every sensitive training input is ≥ 0.5 for every scheme
-(without: min 0.250, 0.001, 0.124, 0.003); the floor cuts the unsafe mass of the target q(9) on
-sensitive inputs from 0.128 to 0.085 (static) and 0.085 to 0.044 (confidence), and the student's
-p(9) on sensitive test inputs from 0.126 to 0.083 and 0.072 to 0.043; for label_aware and
-hierarchical q(9) is already ≈ 0 and the student's p(9) stays ≈ 0.02–0.03. Runtime about 45 s
-on 2 CPU cores (small: ~25 s).
+hierarchical with and without `safety_floor` (floor 0.5 on inputs of classes 3 and 5).
+Runtime: about 45 s on 2 CPU cores (small: about 25 s). Writes results.json (test accuracy and
+log-loss per scheme, the safety teacher's weights and the unsafe mass), metrics.jsonl and the
+teachers' checkpoints to the workdir; experiments/plots/adaptive.py draws the figure.
 """
 
 import ml_collections
 
+from mtkd_jax import configs
 
-def get_config(size: str = "full"):
+
+def get_config(arg=None):
+  arg = configs.parse_arg(arg, small=False, seed=0)
   c = ml_collections.ConfigDict()
   c.experiment = "adaptive"  # module mtkd_jax.experiments.adaptive
-  c.size = size  # "full" or "small" (tests and notebooks; `--config=<this file>:small`)
-  c.seed = 0  # seed of initialisations (seed + s for seed s) and of the batch order
+  c.seed = arg.seed  # seed of initialisations (seed + s for seed s) and of the batch order
   c.data_seed = 0  # seed of the train/val/test split
-  c.progress = True  # tqdm progress bar on stderr
-  c.figure = True  # write adaptive.png into the workdir
+  c.progress = True  # tqdm progress bars on stderr
 
   # ---- Teachers -----------------------------------------------------------------------------
   c.class_subsets = ((0, 1, 2, 3, 4), (3, 4, 5, 6, 7), (7, 8, 9, 0, 1))  # classes of teacher k
@@ -66,16 +60,10 @@ def get_config(size: str = "full"):
   # ---- Devices (teachers train with mtkd_jax.train.train) --------------------------------------
   c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all devices
   c.partition_rules = ((r".*", ()),)  # replicate everything (tiny models)
-  if c.size == "small":
-    apply_small(c)
-  return c
 
-
-def apply_small(c):
-  """The small setting: what tests and notebooks run (MTKD_NOTEBOOK_SIZE=small)."""
-  c.size = "small"
-  c.teacher_steps = 60
-  c.num_steps = 60
-  c.num_seeds = 2
-  c.safety_schemes = ("label_aware",)
+  if arg.small:
+    c.teacher_steps = 60
+    c.num_steps = 60
+    c.num_seeds = 2
+    c.safety_schemes = ("label_aware",)
   return c

@@ -1,11 +1,11 @@
-"""Adaptive teacher weighting on digits: class-specialist teachers and a safety floor (SPEC §7).
+"""Adaptive teacher weighting on digits: class-specialist teachers and a safety floor (Cor IV.12).
 
 Teachers are each trained on a different subset of the classes, so each is right on its own
 classes and confidently wrong elsewhere: fixed weights mix in the wrong teachers, adaptive ones
 can pick the right one per example. The comparison distils one student per weighting scheme
 (static, confidence, label_aware, learned, hierarchical) with the same operator (linear), loss,
-initialisations and batches, over several seeds (`jax.vmap` over seeds of a `lax.scan` over
-steps), and reports test accuracy and log-loss.
+initialisations and batches, over several seeds (`train.train_seeds`), and reports test
+accuracy and log-loss.
 
 Safety scenario: a fourth, conservative teacher (a generalist trained without the unsafe class,
 whose probability for it is 0, tempered flatter) is the safety teacher; inputs of the sensitive
@@ -17,8 +17,6 @@ probability of the unsafe class on sensitive test inputs.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import sys
 
 import jax
@@ -26,11 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtkd_jax import data as data_lib
-from mtkd_jax import losses, models, operators, theory, train
+from mtkd_jax import models, objectives, operators, theory, train
 from mtkd_jax import weighting as weighting_lib
 from mtkd_jax.experiments import common
 
 SCHEMES = ("static", "confidence", "label_aware", "learned", "hierarchical")
+LOGGED = ("loss", "effective_num_teachers", "weight_entropy", "kl_q_student")
 _MASKED = -30.0  # logit of the class the safety teacher never outputs (probability ≈ 0)
 
 
@@ -86,84 +85,22 @@ def specialist_views(config, train_y: np.ndarray) -> list[data_lib.TeacherView]:
 
 
 def _teacher_config(config):
+  """`config` with one `teacher_hidden` entry per teacher (for `common.train_teachers`)."""
   c = config.copy_and_resolve_references()
-  k = len(config.class_subsets) + 1
   with c.unlocked():
-    c.teacher_hidden = (tuple(config.teacher_hidden),) * k
+    c.teacher_hidden = (tuple(config.teacher_hidden),) * (len(config.class_subsets) + 1)
   return c
 
 
 # ---------------------------------------------------------------------------------------------
 # Students: every seed at once.
 # ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Fit:
-  params: object  # [S, ...] student (and gate) parameters per seed
-  metrics: dict  # name -> [S, num_steps]
-
-
-LOGGED = ("loss", "effective_num_teachers", "weight_entropy", "kl_q_student")
-
-
-def make_fitter(step, init_params, optimizer, *, num_steps, batch_size, data_seed, num_examples):
-  """A jitted `fit(seeds [S], arrays) -> Fit` training one model per seed at once.
-
-  `jax.vmap` over seeds of a `lax.scan` over the update steps. The batches are those of the
-  trainer (`data.batch_indices(seed=data_seed)`), the same for every seed; only the
-  initialisation differs. The arrays are arguments, so refitting on new targets of the same
-  shape reuses the compiled program.
-  """
-  rows = np.stack(
-    [
-      data_lib.batch_indices(num_examples, batch_size, seed=data_seed, step=s)
-      for s in range(num_steps)
-    ]
-  )  # [T, B]
-
-  def one_seed(seed, arrays):
-    params = init_params(jax.random.key(seed))
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-
-    def body(state, idx):
-      batch = {k: v[idx] for k, v in arrays.items()}  # [B, ...]
-      state, m = step(state, batch)
-      return state, {k: m[k] for k in LOGGED if k in m}
-
-    state, metrics = jax.lax.scan(body, state, jnp.asarray(rows))
-    return state.params, metrics
-
-  fit = jax.jit(jax.vmap(one_seed, in_axes=(0, None)))
-
-  def run(seeds, arrays):
-    params, metrics = fit(jnp.asarray(seeds), {k: jnp.asarray(v) for k, v in arrays.items()})
-    return Fit(params, jax.tree.map(np.asarray, metrics))
-
-  return run
-
-
-def fit_students(step, init_params, optimizer, arrays, *, num_steps, batch_size, seeds, data_seed):
-  """Trains one model per seed on `arrays` (see `make_fitter`)."""
-  fitter = make_fitter(
-    step,
-    init_params,
-    optimizer,
-    num_steps=num_steps,
-    batch_size=batch_size,
-    data_seed=data_seed,
-    num_examples=len(arrays["y"]),
-  )
-  return fitter(seeds, arrays)
-
-
-def make_hook(name: str, config, val_accuracy: np.ndarray, *, temperatures, num_features=None):
-  """The weighting of scheme `name` for `train.make_train_step` (hook or `weighting.Learned`)."""
+def make_hook(
+  name: str, config, val_accuracy: np.ndarray, *, temperatures, num_features=None, **safety
+):
+  """The weighting of scheme `name` for `train.make_train_step` (hook or `weighting.Learned`);
+  `safety` (safety_teacher=, floor=, threshold=) puts the hook's weights through the floor."""
   k = len(val_accuracy)
-  if name == "static":
-    return weighting_lib.get("static", weights=np.ones(k) / k)
-  if name == "confidence":
-    return weighting_lib.get("confidence", temperatures=temperatures, tau=config.confidence_tau)
-  if name == "label_aware":
-    return weighting_lib.get("label_aware", temperatures=temperatures, tau=config.label_tau)
   if name == "learned":
     return weighting_lib.get(
       "learned",
@@ -173,76 +110,73 @@ def make_hook(name: str, config, val_accuracy: np.ndarray, *, temperatures, num_
       temperatures=temperatures,
       loss_weight=config.gate_loss_weight,
     )
-  # hierarchical: token = confidence, task = label-aware pooled per class over the batch,
-  # context = a static prior ∝ each teacher's validation accuracy; ε-smoothed (continuity).
-  prior = val_accuracy / val_accuracy.sum()
-  return weighting_lib.get(
-    "hierarchical",
-    token={"name": "confidence", "temperatures": temperatures, "tau": config.confidence_tau},
-    task={
-      "name": "label_aware",
-      "temperatures": temperatures,
-      "tau": config.label_tau,
-      "domain_key": "y",
-      "num_domains": data_lib.NUM_CLASSES,
+  confidence = {"temperatures": temperatures, "tau": config.confidence_tau}
+  label_aware = {"temperatures": temperatures, "tau": config.label_tau}
+  kwargs = {
+    "static": {"weights": np.ones(k) / k},
+    "confidence": confidence,
+    "label_aware": label_aware,
+    # token = confidence, task = label-aware pooled per class over the batch, context = a
+    # static prior ∝ each teacher's validation accuracy; ε-smoothed (continuity).
+    "hierarchical": {
+      "token": {"name": "confidence", **confidence},
+      "task": {
+        "name": "label_aware",
+        **label_aware,
+        "domain_key": "y",
+        "num_domains": data_lib.NUM_CLASSES,
+      },
+      "context": {"name": "static", "weights": val_accuracy / val_accuracy.sum()},
+      "epsilon": config.hierarchical_epsilon,
     },
-    context={"name": "static", "weights": prior},
-    epsilon=config.hierarchical_epsilon,
-  )
+  }[name]
+  return weighting_lib.get(name, **kwargs, **safety)
 
 
-def _distil(config, hook, arrays, temperatures, student, x_test, y_test, *, trainable):
-  k = len(temperatures)
+def _distil(config, hook, arrays, temperatures, student, x_test):
+  """One student per seed; returns (params [S, ...], metrics [S, T], test logits [S, N, V])."""
   optimizer = train.make_optimizer(
     config.learning_rate,
     config.num_steps,
     weight_decay=config.weight_decay,
     warmup_steps=config.warmup_steps,
   )
-  apply = student.apply
-  init = student.init
-  if trainable:
-    init = lambda rng: {
-      "student": student.init(rng),
-      "weighting": hook.init(jax.random.fold_in(rng, 1)),
-    }
   step = train.make_train_step(
-    apply,
+    student.apply,
     optimizer,
-    operator=operators.linear,
-    loss=losses.mixture_kd,
-    temperatures=temperatures,
-    weights=np.ones(k) / k,
+    objective=objectives.mixture(operators.linear, temperatures=temperatures),
+    weights=np.ones(len(temperatures)) / len(temperatures),
     weighting=hook,
   )
-  seeds = [config.seed + s for s in range(config.num_seeds)]
-  fit = fit_students(
+  seeds = jnp.asarray([config.seed + s for s in range(config.num_seeds)])
+  params, metrics = train.train_seeds(
     step,
-    init,
+    train.init_params(student.init, hook),
     optimizer,
     arrays,
+    keys=jax.vmap(jax.random.key)(seeds),
     num_steps=config.num_steps,
     batch_size=config.batch_size,
-    seeds=seeds,
     data_seed=config.seed,
+    metrics=LOGGED,
   )
-  student_params = fit.params["student"] if trainable else fit.params
-  test_logits = np.asarray(jax.jit(jax.vmap(apply, in_axes=(0, None)))(student_params, x_test))
-  evals = [train.evaluate(z, y_test) for z in test_logits]  # per seed
-  return fit, test_logits, evals
+  apply_all = jax.jit(jax.vmap(student.apply, in_axes=(0, None)))
+  return params, metrics, np.asarray(apply_all(params["student"], x_test))
 
 
-def _weights_on(hook, arrays, teacher_logits_kbv, fit=None, student=None, trainable=False):
-  """Weights [K, N] of a scheme on a whole split (gates: the first seed's gate)."""
+def _weights_on(hook, arrays, params, student):
+  """Weights [K, N] of a scheme on a whole split (a learned gate: the first seed's)."""
   batch = {k: jnp.asarray(v) for k, v in arrays.items()}
-  if trainable:
-    params = jax.tree.map(lambda p: p[0], fit.params)
-    z = student.apply(params["student"], batch["x"])
-    return np.asarray(hook(params["weighting"], teacher_logits_kbv, batch, z))
-  return np.asarray(jax.jit(hook)(teacher_logits_kbv, batch))
+  teacher_logits = batch["teacher_logits"]  # [K, N, V]
+  if weighting_lib.is_trainable(hook):
+    first = jax.tree.map(lambda p: p[0], params)
+    z = student.apply(first["student"], batch["x"])
+    return np.asarray(hook(first["weighting"], teacher_logits, batch, z))
+  return np.asarray(jax.jit(hook)(teacher_logits, batch))
 
 
-def _summary(evals):
+def _summary(test_logits, y):
+  evals = [train.evaluate(z, y) for z in test_logits]  # per seed
   acc = np.array([e["accuracy"] for e in evals])
   ll = np.array([e["log_loss"] for e in evals])
   return {
@@ -255,14 +189,21 @@ def _summary(evals):
   }
 
 
+def _right_teacher_weight(w, y, config):
+  """Per example: the total weight on teachers whose class subset contains the label."""
+  covers = np.array([[c in s for c in range(10)] for s in config.class_subsets])  # [K, V]
+  return (w * covers[:, y]).sum(0)
+
+
 def run(config, workdir: str) -> dict:
   """Trains the teachers, one student per scheme (and per seed), and the safety scenario."""
   from tqdm import tqdm
 
+  loop = train.Loop.from_config(config, workdir)
   splits = data_lib.load_digits(seed=config.data_seed)
   train_split, test_split = splits["train"], splits["test"]
   views = specialist_views(config, train_split.y)
-  _, _, train_logits, test_logits = common.train_teachers(_teacher_config(config), workdir, views)
+  _, _, train_logits, test_logits = common.train_teachers(_teacher_config(config), loop, views)
   k_spec = len(config.class_subsets)
   u = config.unsafe_class
   safety_k = k_spec  # the safety teacher is the last one: it never outputs the unsafe class
@@ -292,12 +233,10 @@ def run(config, workdir: str) -> dict:
   bar = tqdm(total=num_runs, desc="adaptive", file=sys.stderr, disable=not config.progress)
 
   # ---- Part 1: the specialists, one student per scheme -------------------------------------
-  spec = train_logits[:k_spec]  # [K, N, V]
   temps = np.ones(k_spec, np.float32)
-  arrays = {"x": train_split.x, "y": y_train, "teacher_logits": np.moveaxis(spec, 0, 1)}
+  arrays = {"x": train_split.x, "y": y_train, "teacher_logits": train_logits[:k_spec]}
   weights_by_class = {}
   for name in config.schemes:
-    trainable = name == "learned"
     hook = make_hook(
       name,
       config,
@@ -305,15 +244,13 @@ def run(config, workdir: str) -> dict:
       temperatures=temps,
       num_features=data_lib.NUM_PIXELS + data_lib.NUM_CLASSES,
     )
-    fit, _, evals = _distil(
-      config, hook, arrays, temps, student, test_split.x, y_test, trainable=trainable
-    )
-    w = _weights_on(hook, arrays, jnp.asarray(spec), fit, student, trainable)  # [K, N]
+    params, metrics, test_z = _distil(config, hook, arrays, temps, student, test_split.x)
+    w = _weights_on(hook, arrays, params, student)  # [K, N]
     weights_by_class[name] = [w[:, y_train == c].mean(1).tolist() for c in range(10)]
     results["schemes"][name] = {
-      **_summary(evals),
-      "train_effective_num_teachers": float(fit.metrics["effective_num_teachers"][:, -20:].mean()),
-      "train_weight_entropy": float(fit.metrics["weight_entropy"][:, -20:].mean()),
+      **_summary(test_z, y_test),
+      "train_effective_num_teachers": float(metrics["effective_num_teachers"][:, -20:].mean()),
+      "train_weight_entropy": float(metrics["weight_entropy"][:, -20:].mean()),
       "weight_on_right_teacher": float(np.mean(_right_teacher_weight(w, y_train, config))),
     }
     bar.update()
@@ -323,30 +260,24 @@ def run(config, workdir: str) -> dict:
   temps4 = np.array([1.0] * k_spec + [config.safety_temperature], np.float32)
   sens_train = np.isin(y_train, config.sensitive_classes).astype(np.float32)
   sens_test = np.isin(y_test, config.sensitive_classes)
+  sensitive = sens_train > 0
   arrays4 = {
     "x": train_split.x,
     "y": y_train,
     "sensitivity": sens_train,
-    "teacher_logits": np.moveaxis(train_logits, 0, 1),
+    "teacher_logits": train_logits,
   }
   prior4 = np.append(train_acc, train_acc.mean())
+  floor = {
+    "safety_teacher": safety_k,
+    "floor": config.safety_floor,
+    "threshold": config.safety_threshold,
+  }
   for name in config.safety_schemes:
     for floored in (False, True):
-      hook = make_hook(name, config, prior4, temperatures=temps4)
-      if floored:
-        base = hook
-        hook = lambda z, b, base=base: weighting_lib.safety_floor(
-          base(z, b),
-          safety_teacher=safety_k,
-          floor=config.safety_floor,
-          sensitivity=b["sensitivity"],
-          threshold=config.safety_threshold,
-        )
-      fit, test_z, evals = _distil(
-        config, hook, arrays4, temps4, student, test_split.x, y_test, trainable=False
-      )
-      w = _weights_on(hook, arrays4, jnp.asarray(train_logits))  # [K, N]
-      sensitive = sens_train > 0
+      hook = make_hook(name, config, prior4, temperatures=temps4, **(floor if floored else {}))
+      params, _, test_z = _distil(config, hook, arrays4, temps4, student, test_split.x)
+      w = _weights_on(hook, arrays4, params, student)  # [K, N]
       q, bound = theory.safety_bound(
         jnp.asarray(train_logits[:, sensitive]),
         temperatures=temps4,
@@ -355,8 +286,9 @@ def run(config, workdir: str) -> dict:
       )
       q, bound = np.asarray(q), np.asarray(bound)
       p_student = jax.nn.softmax(test_z, -1)  # [S, N_test, V]
+      hist, _ = np.histogram(w[safety_k, sensitive], bins=20, range=(0, 1))
       results["safety"][f"{name}{'+floor' if floored else ''}"] = {
-        **_summary(evals),
+        **_summary(test_z, y_test),
         "min_safety_weight_sensitive": float(w[safety_k, sensitive].min()),
         "mean_safety_weight_sensitive": float(w[safety_k, sensitive].mean()),
         "mean_safety_weight_other": float(w[safety_k, ~sensitive].mean()),
@@ -364,9 +296,7 @@ def run(config, workdir: str) -> dict:
         "cor_iv12_max_violation": float((q[:, u] - bound[:, u]).max()),
         "student_unsafe_mass_sensitive": float(p_student[:, sens_test, u].mean()),
         "student_unsafe_rate_sensitive": float(np.mean(test_z[:, sens_test].argmax(-1) == u)),
-        "safety_weight_hist": np.histogram(w[safety_k, sensitive], bins=20, range=(0, 1))[
-          0
-        ].tolist(),
+        "safety_weight_hist": hist.tolist(),
       }
       bar.update()
   bar.close()
@@ -377,21 +307,11 @@ def run(config, workdir: str) -> dict:
     "num_seeds": config.num_seeds,
     "num_steps": config.num_steps,
   }
-  if config.figure:
-    make_figure(results, os.path.join(workdir, "adaptive.png"))
   return results
 
 
-def _right_teacher_weight(w, y, config):
-  """Per example: the total weight on teachers whose class subset contains the label."""
-  covers = np.array([[c in s for c in range(10)] for s in config.class_subsets])  # [K, V]
-  return (w * covers[:, y]).sum(0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Output.
-# ---------------------------------------------------------------------------------------------
 def format_table(results: dict) -> str:
+  """Test accuracy and log-loss per scheme; the safety teacher's weights and unsafe mass."""
   cfg = results["config"]
   lines = [
     f"Adaptive weighting, class-specialist teachers ({cfg['num_seeds']} seeds, "
@@ -406,15 +326,13 @@ def format_table(results: dict) -> str:
       f"{r['log_loss']:>9.4f} ± {r['log_loss_std']:.4f} {r['weight_on_right_teacher']:>11.3f} "
       f"{r['train_effective_num_teachers']:>7.2f} {r['train_weight_entropy']:>6.3f}"
     )
+  teachers = ", ".join(
+    f"{n} {r['accuracy']:.3f}/{r['log_loss']:.2f} on {r['classes']}"
+    for n, r in results["teachers"].items()
+  )
   lines += [
     "",
-    "Teachers (test): "
-    + ", ".join(
-      f"{n} {r['accuracy']:.3f}/{r['log_loss']:.2f} on {r['classes']}"
-      for n, r in results["teachers"].items()
-    ),
-  ]
-  lines += [
+    f"Teachers (test): {teachers}",
     "",
     f"Safety: floor {cfg['floor']} on sensitive classes {cfg['sensitive_classes']}, "
     f"unsafe class {cfg['unsafe_class']}",
@@ -430,106 +348,3 @@ def format_table(results: dict) -> str:
       f"{r['student_unsafe_rate_sensitive']:>6.3f} {r['accuracy']:>9.4f}"
     )
   return "\n".join(lines)
-
-
-def make_figure(results: dict, png_path: str) -> None:
-  """Four panels: accuracy and log-loss per scheme; weights by class; safety weights; p_S(u)."""
-  plt = common.pyplot()
-  fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-  names = list(results["schemes"])
-  r = results["schemes"]
-  ax = axes[0, 0]
-  x = np.arange(len(names))
-  ax.bar(
-    x - 0.2,
-    [r[n]["accuracy"] for n in names],
-    0.4,
-    yerr=[r[n]["accuracy_std"] for n in names],
-    label="test accuracy",
-    color="#1f77b4",
-  )
-  ax.set_ylim(min(r[n]["accuracy"] for n in names) - 0.1, 1.0)
-  ax.set_ylabel("test accuracy")
-  ax2 = ax.twinx()
-  ax2.bar(
-    x + 0.2,
-    [r[n]["log_loss"] for n in names],
-    0.4,
-    yerr=[r[n]["log_loss_std"] for n in names],
-    label="test log-loss",
-    color="#ff7f0e",
-  )
-  ax2.set_ylabel("test log-loss")
-  ax.set_xticks(x, names, rotation=15)
-  ax.set_title("students by weighting scheme (blue: accuracy, orange: log-loss)")
-
-  ax = axes[0, 1]
-  shown = [n for n in ("label_aware", "learned", "confidence") if n in results["weights_by_class"]]
-  if shown:
-    mats = [np.asarray(results["weights_by_class"][n]).T for n in shown]  # [K, 10] each
-    im = ax.imshow(np.concatenate(mats, 0), aspect="auto", vmin=0, vmax=1, cmap="viridis")
-    k = mats[0].shape[0]
-    ax.set_yticks(
-      np.arange(k * len(shown)), [f"{n} T{j}" for n in shown for j in range(k)], fontsize=7
-    )
-    ax.set_xticks(np.arange(10))
-    ax.set_xlabel("true class")
-    fig.colorbar(im, ax=ax, label="mean weight")
-  ax.set_title("mean teacher weight per class (training set)")
-
-  ax = axes[1, 0]
-  floor = results["config"]["floor"]
-  edges = np.linspace(0, 1, 21)
-  for name, s in results["safety"].items():
-    hist = np.asarray(s["safety_weight_hist"], float)
-    ax.step(
-      edges[:-1],
-      hist / max(hist.sum(), 1),
-      where="post",
-      label=name,
-      ls="-" if name.endswith("+floor") else ":",
-    )
-  ax.axvline(floor, color="k", lw=1)
-  mins = [
-    f"{n}: min w* = {v['min_safety_weight_sensitive']:.3f}" for n, v in results["safety"].items()
-  ]
-  ax.text(
-    0.98,
-    0.06,
-    "\n".join(mins),
-    transform=ax.transAxes,
-    ha="right",
-    va="bottom",
-    fontsize=7,
-    family="monospace",
-  )
-  ax.set_xlabel("safety teacher weight w* on sensitive training inputs")
-  ax.set_ylabel("fraction of inputs")
-  ax.set_title(f"the floor holds: w* ≥ {floor} with the floor (solid)")
-  ax.legend(fontsize=7, loc="upper right")
-
-  ax = axes[1, 1]
-  s = results["safety"]
-  labels = list(s)
-  x = np.arange(len(labels))
-  ax.bar(
-    x - 0.2,
-    [s[n]["target_unsafe_mass_sensitive"] for n in labels],
-    0.4,
-    label="target q(u)",
-    color="#9467bd",
-  )
-  ax.bar(
-    x + 0.2,
-    [s[n]["student_unsafe_mass_sensitive"] for n in labels],
-    0.4,
-    label="student p_S(u), test",
-    color="#d62728",
-  )
-  ax.set_xticks(x, labels, rotation=25, fontsize=7)
-  ax.set_ylabel(f"mean probability of unsafe class {results['config']['unsafe_class']}")
-  ax.set_title("unsafe mass on sensitive inputs")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
