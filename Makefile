@@ -15,6 +15,7 @@ $(STAMP): setup.py
 
 run: $(STAMP)
 	$(PY) -m mtkd_jax.main --config=experiments/configs/digits.py --workdir=runs/digits
+	$(PY) experiments/plots/digits.py runs/digits
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -31,7 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/kd_loss.py
 
 figures: $(STAMP)
-	$(PY) -m mtkd_jax.experiments.figures
+	$(PY) experiments/figures.py
 
 axioms: $(STAMP)
 	$(PY) -m mtkd_jax.axioms

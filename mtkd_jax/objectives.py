@@ -66,8 +66,15 @@ def _metrics(operator, temperatures, student_temperature, metrics_fn=None):
   fn = train.distill_metrics if metrics_fn is None else metrics_fn
 
   def metrics(student_logits, teacher_outputs, labels, weights):
-    return fn(student_logits, teacher_outputs, labels, operator=operator,
-              temperatures=temperatures, weights=weights, student_temperature=student_temperature)
+    return fn(
+      student_logits,
+      teacher_outputs,
+      labels,
+      operator=operator,
+      temperatures=temperatures,
+      weights=weights,
+      student_temperature=student_temperature,
+    )
 
   return metrics
 

@@ -30,6 +30,7 @@ from mtkd_jax import sharding as sharding_lib
 from mtkd_jax import temperature as temperature_lib
 from mtkd_jax import weighting as weighting_lib
 
+
 @flax.struct.dataclass
 class TrainState:
   """What is checkpointed: the student only (frozen teachers never are)."""
@@ -87,7 +88,9 @@ def init_params(student_init: Callable, weighting=None) -> Callable[[jax.Array],
   """
 
   def init(rng):
-    gate = weighting.init(jax.random.fold_in(rng, 1)) if weighting_lib.is_trainable(weighting) else {}
+    gate = (
+      weighting.init(jax.random.fold_in(rng, 1)) if weighting_lib.is_trainable(weighting) else {}
+    )
     return {"student": student_init(rng), "weighting": gate}
 
   return init
@@ -291,6 +294,8 @@ class Loop:
     keep_checkpoints: keep the last this many checkpoints per run.
     log_every: fetch metrics to the host (a device sync) every this many steps.
     progress: a tqdm progress bar per run on stderr (process 0).
+    report: optional `report(run_name, step, host_metrics)`, called every `log_every` steps on
+      every process (e.g. to send metrics to an experiment tracker).
   """
 
   mesh: jax.sharding.Mesh
@@ -300,6 +305,7 @@ class Loop:
   keep_checkpoints: int = 2
   log_every: int = 10
   progress: bool = False
+  report: Callable[[str, int, dict], None] | None = None
 
   @classmethod
   def from_config(cls, config, workdir: str | None) -> Loop:
@@ -365,9 +371,7 @@ def train(
   abstract_state = jax.eval_shape(init)
   state_shardings = sharding_lib.tree_shardings(mesh, loop.partition_rules, abstract_state)
   replicated = sharding_lib.replicated(mesh)
-  batch_shardings = {
-    k: sharding_lib.batch_sharding(mesh, data_lib.example_axis(k)) for k in arrays
-  }
+  batch_shardings = {k: sharding_lib.batch_sharding(mesh, data_lib.example_axis(k)) for k in arrays}
   teacher_shardings = jax.tree.map(lambda _: replicated, teacher_params)
   rows = sharding_lib.process_batch_rows(mesh, batch_size)
 
@@ -437,6 +441,7 @@ class _Log:
     main = jax.process_index() == 0
     self.name = name
     self.path = os.path.join(loop.workdir, "metrics.jsonl") if loop.workdir and main else None
+    self.report = loop.report
     self.bar = None
     if loop.progress and main and start < num_steps:
       from tqdm import tqdm
@@ -445,6 +450,8 @@ class _Log:
                       dynamic_ncols=True, leave=False)  # fmt: skip
 
   def __call__(self, step: int, metrics: dict) -> None:
+    if self.report is not None:
+      self.report(self.name, step, metrics)
     if self.bar is not None:
       self.bar.n = step
       self.bar.set_postfix_str(f"loss={metrics['loss']:.4f}", refresh=True)

@@ -18,53 +18,56 @@ BATCH = 32
 
 def tiny_problem():
   """Digits inputs, three fixed random-projection teachers (logits precomputed), an MLP."""
-  from mtkd_jax import data, losses, models, operators, train
+  from mtkd_jax import data, models, objectives, operators, train
 
   split = data.load_digits()["train"]
   rng = np.random.default_rng(0)
   proj = rng.normal(size=(3, 64, 10)).astype(np.float32)  # [K, D, V]
   onehot = np.eye(10, dtype=np.float32)[split.y]
-  teacher_logits = np.einsum("nd,kdv->nkv", split.x, proj) + 4.0 * onehot[:, None]  # [N, K, V]
+  teacher_logits = np.einsum("nd,kdv->knv", split.x, proj) + 4.0 * onehot[None]  # [K, N, V]
   arrays = {"x": split.x, "y": split.y, "teacher_logits": teacher_logits.astype(np.float32)}
   student = models.build("mlp", in_features=64, hidden=(16,), num_classes=10)
   optimizer = train.make_optimizer(1e-2, NUM_STEPS, warmup_steps=2)
   step = train.make_train_step(
     student.apply,
     optimizer,
-    operator=operators.linear,
-    loss=losses.mixture_kd,
-    temperatures=[1.0, 2.0, 1.5],
+    objective=objectives.mixture(
+      operators.linear, temperatures=[1.0, 2.0, 1.5], student_temperature=2.0
+    ),
     weights=[0.5, 0.3, 0.2],
-    student_temperature=2.0,
   )
   return student, optimizer, step, arrays
 
 
-def run_tiny(mesh, checkpoint_dir=None, num_steps=NUM_STEPS):
-  """Runs the tiny problem on `mesh`; returns (per-step metrics list, final params as numpy)."""
+def run_tiny(mesh, workdir=None, num_steps=NUM_STEPS):
+  """Runs the tiny problem on `mesh` (checkpoints in `workdir`/checkpoints/tiny); returns
+  (per-step metrics list, final student params as numpy)."""
   from jax.experimental import multihost_utils
 
   from mtkd_jax import sharding, train
 
   student, optimizer, step, arrays = tiny_problem()
   history = []
+  loop = train.Loop(
+    mesh=mesh,
+    partition_rules=sharding.DEFAULT_RULES,
+    workdir=workdir,
+    checkpoint_every=5,
+    log_every=1,
+    report=lambda name, s, m: history.append({"step": s, **m}),
+  )
   state, _ = train.train(
-    name="tiny",
-    init_params=student.init,
+    "tiny",
+    init_params=train.init_params(student.init),
     train_step=step,
     optimizer=optimizer,
     arrays=arrays,
-    mesh=mesh,
-    partition_rules=sharding.DEFAULT_RULES,
     num_steps=num_steps,
     batch_size=BATCH,
     seed=0,
-    checkpoint_dir=checkpoint_dir,
-    checkpoint_every=5,
-    log_every=1,
-    report=lambda s, m: history.append({"step": s, **m}),
+    loop=loop,
   )
-  params = multihost_utils.process_allgather(state.params, tiled=True)
+  params = multihost_utils.process_allgather(state.params["student"], tiled=True)
   return history, {k: {n: np.asarray(a).tolist() for n, a in v.items()} for k, v in params.items()}
 
 
@@ -78,7 +81,7 @@ if __name__ == "__main__":
 
   mesh = sharding.make_mesh(4, 2)  # 2 processes x 4 local devices
   assert jax.process_count() == int(nproc) and len(jax.local_devices()) == 4
-  history, params = run_tiny(mesh, checkpoint_dir=ckpt)
+  history, params = run_tiny(mesh, workdir=ckpt)
   if jax.process_index() == 0:
     with open(out, "w") as f:
       json.dump({"history": history, "params": params}, f)

@@ -1,5 +1,6 @@
 """Tests for mtkd_jax.train: the update step, metrics, sharding equality, checkpoints, resume."""
 
+import functools
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from mtkd_jax import losses, models, operators, sharding, train
+from mtkd_jax import models, objectives, operators, registry, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -26,21 +27,28 @@ def _random_problem(seed=0, k=3, b=16, v=10, d=12):
   batch = {
     "x": r.normal(size=(b, d)).astype(np.float32),
     "y": r.integers(0, v, b).astype(np.int32),
-    "teacher_logits": (2.0 * r.normal(size=(b, k, v))).astype(np.float32),  # [B, K, V]
+    "teacher_logits": (2.0 * r.normal(size=(k, b, v))).astype(np.float32),  # [K, B, V]
   }
   model = models.build("mlp", in_features=d, hidden=(8,), num_classes=v)
   return model, batch
 
 
 def _state(model, optimizer, seed=0):
-  params = model.init(jax.random.key(seed))
+  params = train.init_params(model.init)(jax.random.key(seed))
   return train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def _step(model, optimizer, *, operator, loss="mixture_kd", temperatures, student_temperature=1.0,
+          implementation="auto", **kw):  # fmt: skip
+  objective = objectives.mixture if loss == "mixture_kd" else objectives.sum_of_kls
+  obj = objective(operator, temperatures=temperatures, student_temperature=student_temperature,
+                  implementation=implementation)  # fmt: skip
+  return train.make_train_step(model.apply, optimizer, objective=obj, **kw)
 
 
 def _one_step(model, batch, **kw):
   optimizer = optax.sgd(0.1)
-  step = train.make_train_step(model.apply, optimizer, **kw)
-  return jax.jit(step)(_state(model, optimizer), batch)
+  return jax.jit(_step(model, optimizer, **kw))(_state(model, optimizer), batch)
 
 
 KW = dict(temperatures=[1.0, 2.0, 0.5], weights=[0.5, 0.3, 0.2], student_temperature=1.5)
@@ -59,25 +67,65 @@ def test_fused_kernel_path_matches_composed_path(op, monkeypatch):
 
   monkeypatch.setattr(kernels, "fused_kd_loss", counting)
   model, batch = _random_problem()
-  fused_state, fused_m = _one_step(model, batch, operator=op, loss=losses.mixture_kd, **KW)
+  fused_state, fused_m = _one_step(model, batch, operator=op, **KW)
   assert calls == [op.__name__]  # the registered operator goes through the kernel
-  composed = lambda t, **kw: op(t, **kw)  # any other function: operator + losses.mixture_kd
-  comp_state, comp_m = _one_step(model, batch, operator=composed, loss=losses.mixture_kd, **KW)
-  assert calls == [op.__name__]
-  np.testing.assert_allclose(fused_m["loss"], comp_m["loss"], rtol=1e-5)
-  for a, b in zip(
-    jax.tree.leaves(fused_state.params), jax.tree.leaves(comp_state.params), strict=True
+  # Any other function is composed (operator + losses.mixture_kd): a wrapper, a partial, or the
+  # registered operator with implementation="composed". Same loss and update, no kernel call.
+  for other, impl in [(lambda t, **kw: op(t, **kw), "auto"), (functools.partial(op), "auto"),
+                      (op, "composed")]:  # fmt: skip
+    comp_state, comp_m = _one_step(model, batch, operator=other, implementation=impl, **KW)
+    assert calls == [op.__name__]
+    np.testing.assert_allclose(fused_m["loss"], comp_m["loss"], rtol=1e-5)
+    _tree_close(fused_state.params, comp_state.params)
+
+
+def test_fused_implementations_need_a_fusable_operator():
+  with pytest.raises(ValueError, match=r"implementation='xla' needs operators\.linear"):
+    objectives.mixture(
+      functools.partial(operators.linear), temperatures=[1.0], implementation="xla"
+    )
+  with pytest.raises(ValueError, match="implementation: must be one of"):
+    objectives.mixture(operators.linear, temperatures=[1.0], implementation="cuda")
+
+
+def test_objectives_by_registry_name():
+  obj = registry.get("objective", "sum_of_kls", operator=operators.linear, temperatures=[1.0, 2.0])
+  assert isinstance(obj, objectives.Objective) and obj.num_teachers == 2
+  with pytest.raises(ValueError, match=r"unknown objective 'l2'; valid names: .*mixture_kd"):
+    registry.get("objective", "l2", operator=operators.linear, temperatures=[1.0])
+
+
+def test_params_tree_is_the_same_with_and_without_a_gate():
+  from mtkd_jax import weighting
+
+  model, _ = _random_problem(seed=5)
+  gate = weighting.get("learned", num_features=12 + 10, num_teachers=3)
+  plain = train.init_params(model.init)(jax.random.key(0))
+  gated = train.init_params(model.init, gate)(jax.random.key(0))
+  assert set(plain) == set(gated) == {"student", "weighting"}
+  assert plain["weighting"] == {} and jax.tree.leaves(gated["weighting"])
+  _tree_close(plain["student"], gated["student"], rtol=0, atol=0)
+
+
+def test_teacher_logits_must_be_teacher_axis_first():
+  """[B, K, V] with B != K is a one-line error showing the user's shape; B = K is caught too."""
+  model, batch = _random_problem(seed=6, k=3, b=16)
+  bad = dict(batch, teacher_logits=np.moveaxis(batch["teacher_logits"], 0, 1))  # [B, K, V]
+  with pytest.raises(
+    ValueError, match=r"must be \[K, \*y.shape, V\] = \[3, 16, V\].*\(16, 3, 10\)"
   ):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _one_step(model, bad, operator=operators.linear, **KW)
+  with pytest.raises(ValueError, match="needs 'teacher_logits'"):
+    _one_step(model, {"x": batch["x"], "y": batch["y"]}, operator=operators.linear, **KW)
 
 
 def test_loss_and_metrics_match_hand_computation():
   model, batch = _random_problem(seed=1)
   op = operators.get("power", alpha=0.5)
-  state, m = _one_step(model, batch, operator=op, loss=losses.mixture_kd, **KW)
+  state, m = _one_step(model, batch, operator=op, **KW)
   params = model.init(jax.random.key(0))
   z_s = np.asarray(model.apply(params, batch["x"]), np.float64)  # [B, V]
-  z_t = np.moveaxis(batch["teacher_logits"], 1, 0)  # [K, B, V]
+  z_t = batch["teacher_logits"]  # [K, B, V]
   t, w, t_s = np.array(KW["temperatures"]), np.array(KW["weights"]), KW["student_temperature"]
 
   def log_softmax(a):
@@ -110,14 +158,14 @@ def test_sum_of_kls_has_the_mixture_gradient_for_linear():
   # so one SGD step moves the parameters identically. (Here T_S = 1 for one student temp.)
   kw = dict(KW, student_temperature=1.0)
   model, batch = _random_problem(seed=2)
-  s_mix, m_mix = _one_step(model, batch, operator=operators.linear, loss=losses.mixture_kd, **kw)
-  s_sum, m_sum = _one_step(model, batch, operator=operators.linear, loss=losses.sum_of_kls, **kw)
+  s_mix, m_mix = _one_step(model, batch, operator=operators.linear, **kw)
+  s_sum, m_sum = _one_step(model, batch, operator=operators.linear, loss="sum_of_kls", **kw)
   np.testing.assert_allclose(m_sum["loss"] - m_mix["loss"], m_mix["jensen_gap"], rtol=1e-4)
   assert m_mix["jensen_gap"] > 1e-3
   for a, b in zip(jax.tree.leaves(s_mix.params), jax.tree.leaves(s_sum.params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   # ... and differ for the geometric operator, whose target is not the linear mixture.
-  s_geo, _ = _one_step(model, batch, operator=operators.geometric, loss=losses.mixture_kd, **kw)
+  s_geo, _ = _one_step(model, batch, operator=operators.geometric, **kw)
   diff = max(
     np.abs(a - b).max()
     for a, b in zip(jax.tree.leaves(s_geo.params), jax.tree.leaves(s_sum.params), strict=True)
@@ -133,16 +181,12 @@ def test_frozen_teachers_in_step_match_precomputed_batch():
   def teacher_apply(params_list, b):
     return jnp.stack([t.apply(p, b["x"]) for t, p in zip(teachers, params_list, strict=True)])
 
-  pre = dict(
-    batch, teacher_logits=np.asarray(jnp.moveaxis(teacher_apply(teacher_params, batch), 0, 1))
-  )
+  pre = dict(batch, teacher_logits=np.asarray(teacher_apply(teacher_params, batch)))
   optimizer = optax.adam(1e-2)
-  kw = dict(operator=operators.geometric, loss=losses.mixture_kd, **KW)
-  in_step = train.make_train_step(model.apply, optimizer, teacher_apply=teacher_apply, **kw)
+  kw = dict(operator=operators.geometric, **KW)
+  in_step = _step(model, optimizer, teacher_apply=teacher_apply, **kw)
   s1, m1 = jax.jit(in_step)(_state(model, optimizer), batch, teacher_params)
-  s2, m2 = jax.jit(train.make_train_step(model.apply, optimizer, **kw))(
-    _state(model, optimizer), pre
-  )
+  s2, m2 = jax.jit(_step(model, optimizer, **kw))(_state(model, optimizer), pre)
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -151,9 +195,7 @@ def test_frozen_teachers_in_step_match_precomputed_batch():
 def test_weighting_hook_receives_teachers_and_sets_weights():
   model, batch = _random_problem(seed=4)
   one_hot = lambda z, b: jnp.array([0.0, 1.0, 0.0])  # all weight on teacher 1
-  _, m = _one_step(
-    model, batch, operator=operators.linear, loss=losses.mixture_kd, weighting=one_hot, **KW
-  )
+  _, m = _one_step(model, batch, operator=operators.linear, weighting=one_hot, **KW)
   np.testing.assert_allclose(m["effective_num_teachers"], 1.0, rtol=1e-6)
   np.testing.assert_allclose(m["kl_q_student"], m["per_teacher_kl"][1], rtol=1e-5)
 
@@ -171,16 +213,35 @@ def test_weighting_hook_receives_teachers_and_sets_weights():
 )
 def test_bad_arguments_fail_before_compilation(kwargs, field):
   model, _ = _random_problem()
-  args = dict(operator=operators.linear, loss=losses.mixture_kd, **KW)
+  args = dict(operator=operators.linear, **KW)
   args.update(kwargs)
   with pytest.raises(ValueError, match=field) as err:
-    train.make_train_step(model.apply, optax.sgd(0.1), **args)
+    _step(model, optax.sgd(0.1), **args)
   assert "\n" not in str(err.value)
+  with pytest.raises(ValueError, match=r"objective: must be an objectives\.Objective"):
+    train.make_train_step(model.apply, optax.sgd(0.1), objective=operators.linear, weights=[1.0])
 
 
-def test_unknown_loss_name():
-  with pytest.raises(ValueError, match=r"loss: unknown loss 'l2'.*mixture_kd"):
-    train.get_loss("l2")
+def test_train_seeds_equals_separate_runs():
+  """The vmapped loop trains each key as a plain scan of the step would (batches by data_seed)."""
+  from mtkd_jax import data
+
+  model, batch = _random_problem(seed=7, b=32)
+  optimizer = optax.adam(1e-2)
+  step = _step(model, optimizer, operator=operators.linear, **KW)
+  keys = jax.vmap(jax.random.key)(jnp.arange(2))
+  params, metrics = train.train_seeds(step, train.init_params(model.init), optimizer, batch,
+                                      keys=keys, num_steps=5, batch_size=8, data_seed=3,
+                                      metrics=("loss",))  # fmt: skip
+  assert metrics["loss"].shape == (2, 5) and set(metrics) == {"loss"}
+  for s in range(2):
+    state = _state(model, optimizer, seed=s)
+    for t in range(5):
+      idx = data.batch_indices(32, 8, seed=3, step=t)
+      b = {k: np.take(v, idx, axis=data.example_axis(k)) for k, v in batch.items()}
+      state, m = jax.jit(step)(state, b)
+      np.testing.assert_allclose(metrics["loss"][s, t], m["loss"], rtol=1e-5)
+    _tree_close(jax.tree.map(lambda p, s=s: p[s], params), state.params)
 
 
 def test_byte_lm_student_trains_with_frozen_lm_teachers():
@@ -196,9 +257,7 @@ def test_byte_lm_student_trains_with_frozen_lm_teachers():
     train.make_train_step(
       student.apply,
       optimizer,
-      operator=operators.get("entropic", beta=0.5),
-      loss=losses.mixture_kd,
-      temperatures=[1.0, 2.0],
+      objective=objectives.mixture(operators.get("entropic(beta=0.5)"), temperatures=[1.0, 2.0]),
       weights=[0.6, 0.4],
       teacher_apply=teacher_apply,
       label_weight=0.5,
@@ -238,7 +297,7 @@ def one_device_run():
 def test_same_metrics_on_1_and_8_devices(one_device_run, tmp_path):
   assert len(jax.devices()) == 8
   mesh = sharding.make_mesh(4, 2)
-  history, params = tiny.run_tiny(mesh, checkpoint_dir=str(tmp_path / "ckpt"))
+  history, params = tiny.run_tiny(mesh, workdir=str(tmp_path / "w"))
   _history_close(history, one_device_run[0])
   _tree_close(params, one_device_run[1])
   assert history[-1]["loss"] < history[0]["loss"]
@@ -268,7 +327,7 @@ def test_same_metrics_in_2_processes(one_device_run, tmp_path):
         str(i),
         "2",
         str(out),
-        str(tmp_path / "ckpt"),
+        str(tmp_path / "w"),
       ],
       env=env,
       cwd=ROOT,
@@ -294,15 +353,15 @@ def test_same_metrics_in_2_processes(one_device_run, tmp_path):
 
 def test_resume_from_checkpoint_equals_uninterrupted(one_device_run, tmp_path):
   mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-  ckpt = str(tmp_path / "ckpt")
-  first, _ = tiny.run_tiny(mesh, checkpoint_dir=ckpt, num_steps=7)  # saves 5 and 7
-  assert ocp.CheckpointManager(ckpt).all_steps() == [5, 7]
-  second, params = tiny.run_tiny(mesh, checkpoint_dir=ckpt)  # resumes at 7
+  workdir = str(tmp_path / "w")
+  first, _ = tiny.run_tiny(mesh, workdir=workdir, num_steps=7)  # saves 5 and 7
+  assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "tiny")).all_steps() == [5, 7]
+  second, params = tiny.run_tiny(mesh, workdir=workdir)  # resumes at 7
   assert [r["step"] for r in second] == list(range(8, tiny.NUM_STEPS + 1))
   _history_close(first + second, one_device_run[0])
   _tree_close(params, one_device_run[1])
   # A finished run is restored, not retrained.
-  third, params3 = tiny.run_tiny(mesh, checkpoint_dir=ckpt)
+  third, params3 = tiny.run_tiny(mesh, workdir=workdir)
   assert third == []
   _tree_close(params3, params, rtol=0, atol=0)
 

@@ -26,8 +26,10 @@ def validate_config(config) -> None:
 
   k = config.num_teachers
   common.check_field("model", lambda: _student(config))
-  common.check_field("loss", lambda: registry.check(
-    "objective", config.loss, operator=operators.linear, temperatures=config.temperatures))  # fmt: skip
+  check_loss = lambda: registry.check(
+    "objective", config.loss, operator=operators.linear, temperatures=config.temperatures
+  )
+  common.check_field("loss", check_loss)
   common.check_operators("operator", [config.operator])
   common.check_operators("compare_operators", config.compare_operators, allow_empty=True)
   common.check_field("temperatures", lambda: temperature_lib.check_temperatures(
@@ -68,8 +70,12 @@ def _weighting(config):
 
 
 def _student(config) -> models.FunctionalModel:
-  return models.build(config.model, in_features=data_lib.NUM_PIXELS,
-                      hidden=tuple(config.student_hidden), num_classes=data_lib.NUM_CLASSES)
+  return models.build(
+    config.model,
+    in_features=data_lib.NUM_PIXELS,
+    hidden=tuple(config.student_hidden),
+    num_classes=data_lib.NUM_CLASSES,
+  )
 
 
 def run(config, workdir: str) -> dict:
@@ -154,4 +160,3 @@ def format_table(results: dict) -> str:
         f"{name} {verdict} the average teacher log-loss: {r['log_loss']:.4f} vs {avg:.4f}"
       )
   return "\n".join(lines)
-
