@@ -90,14 +90,25 @@ def run_config(k, b, v, dtype, budget_s):
   w, ts = jnp.full((k,), 1.0 / k), 2.0
   ours = lambda op: _value_and_grad(
     lambda s, t: fused_kd_loss(
-      s, t, temperatures=temps, weights=w, student_temperature=ts, operator=op,
+      s,
+      t,
+      temperatures=temps,
+      weights=w,
+      student_temperature=ts,
+      operator=op,
       implementation="xla",
     )
-  )  # fmt: skip
+  )
   single = _value_and_grad(
-    lambda s, t: fused_kd_loss(s, t[:1], temperatures=1.0, weights=jnp.ones((1,)),
-                               student_temperature=ts, implementation="xla")
-  )  # fmt: skip
+    lambda s, t: fused_kd_loss(
+      s,
+      t[:1],
+      temperatures=1.0,
+      weights=jnp.ones((1,)),
+      student_temperature=ts,
+      implementation="xla",
+    )
+  )
   fns = {
     "naive-einsum": _value_and_grad(lambda s, t: _naive_einsum(s, t, temps, w, ts)),
     "naive-optax": _value_and_grad(lambda s, t: _naive_optax(s, t, temps, w, ts)),

@@ -191,8 +191,13 @@ def example_axis(key: str) -> int:
 # --------------------------------------------------------------------------------------------
 def byte_corpus() -> np.ndarray:
   """uint8 [N] bytes of the scikit-learn bundled data set descriptions (~25 kB of English)."""
-  loaders = (datasets.load_digits, datasets.load_iris, datasets.load_wine,
-               datasets.load_breast_cancer, datasets.load_diabetes)  # fmt: skip
+  loaders = (
+    datasets.load_digits,
+    datasets.load_iris,
+    datasets.load_wine,
+    datasets.load_breast_cancer,
+    datasets.load_diabetes,
+  )
   text = "\n\n".join(load().DESCR for load in loaders)
   return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 

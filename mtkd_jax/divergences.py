@@ -1,7 +1,7 @@
 """Divergences between distributions given in log space, reducing the vocabulary axis.
 
 Each `divergence(log_a, log_b, axis=-1)` returns one value per row. These are the building blocks
-of the losses (SPEC §4) and of the barycenter operator (SPEC §2), which minimises
+of the losses (paper §IV-B) and of the barycenter operator (paper §III), which minimises
 Σ_k w_k D(q, p_k) for whichever D the user passes.
 """
 

@@ -1,4 +1,4 @@
-"""Distillation objectives (paper §IV-B, SPEC §4): per-example values, never a silent mean.
+"""Distillation objectives (paper §IV-B): per-example values, never a silent mean.
 
 - Mixture objective: L_mix = KL(q ‖ p_{S,T_S}), one aggregated target.
 - Sum-of-KLs objective: L_multi = Σ_k λ_k KL(p_{k,T_k} ‖ p_{S,T_S}).

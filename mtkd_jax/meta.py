@@ -1,4 +1,4 @@
-"""Anchored recursive meta-distillation (SPEC §7): q_t = α q_base + (1 − α) p_{S_{t−1}}.
+"""Anchored recursive meta-distillation: q_t = α q_base + (1 − α) p_{S_{t−1}} (paper §IX follow-on).
 
 Generation t distils a student S_t from the anchored target q_t, a linear mixture of the base
 aggregate q_base (fixed) and the previous student. KL is convex in its first argument, so
@@ -49,8 +49,10 @@ def anchored_target(log_q_base, student_log_probs, alpha: float) -> jax.Array:
   _check_alpha(alpha)
   log_q_base, student_log_probs = jnp.asarray(log_q_base), jnp.asarray(student_log_probs)
   if log_q_base.shape != student_log_probs.shape:
-    raise ValueError(f"log_q_base and student_log_probs must have the same shape [..., V], got "
-                     f"{log_q_base.shape=}, {student_log_probs.shape=}")  # fmt: skip
+    raise ValueError(
+      f"log_q_base and student_log_probs must have the same shape [..., V], got "
+      f"{log_q_base.shape=}, {student_log_probs.shape=}"
+    )
   stacked = jnp.stack([log_q_base, student_log_probs])  # [2, ..., V]
   weights = jnp.array([alpha, 1.0 - alpha], jnp.float32)
   return operators.linear(stacked, temperatures=jnp.ones(2), weights=weights)

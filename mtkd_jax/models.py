@@ -99,8 +99,9 @@ class ByteTransformerLM(nnx.Module):
 
   vocab_size = 256
 
-  def __init__(self, *, depth: int, width: int, num_heads: int, context: int, rngs,
-                 mlp_ratio: int = 4):  # fmt: skip
+  def __init__(
+    self, *, depth: int, width: int, num_heads: int, context: int, rngs, mlp_ratio: int = 4
+  ):
     self.context = context
     self.depth = depth
     self.embed = nnx.Embed(self.vocab_size, width, rngs=rngs)

@@ -80,8 +80,9 @@ def _metrics(operator, temperatures, student_temperature, metrics_fn=None):
 
 
 @registry.register("objective", "mixture_kd", factory=True)
-def mixture(operator: Callable, *, temperatures, student_temperature=1.0,
-            implementation: str = "auto") -> Objective:  # fmt: skip
+def mixture(
+  operator: Callable, *, temperatures, student_temperature=1.0, implementation: str = "auto"
+) -> Objective:
   """L_mix = T_S² · KL(q ‖ p_{S,T_S}) with q = operator(teachers; T, w), per example.
 
   Args:
@@ -96,15 +97,19 @@ def mixture(operator: Callable, *, temperatures, student_temperature=1.0,
   (4,)
   """
   if not callable(operator):
-    raise ValueError(f"operator: must be a function op(teacher_log_probs, *, temperatures, "
-                     f"weights), got {operator!r}")  # fmt: skip
+    raise ValueError(
+      f"operator: must be a function op(teacher_log_probs, *, temperatures, "
+      f"weights), got {operator!r}"
+    )
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation: must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
   temperatures = _check(temperatures, student_temperature)
   fused = _FUSED.get(operator) if implementation != "composed" else None
   if implementation in ("xla", "pallas") and fused is None:
-    raise ValueError(f"implementation={implementation!r} needs operators.linear or "
-                     f"operators.geometric, got {operator!r}")  # fmt: skip
+    raise ValueError(
+      f"implementation={implementation!r} needs operators.linear or "
+      f"operators.geometric, got {operator!r}"
+    )
   if fused is not None:
     try:  # Imported here: the kernel package pulls in Pallas, which the other paths never need.
       from mtkd_jax.kernels import fused_kd_loss
@@ -113,19 +118,31 @@ def mixture(operator: Callable, *, temperatures, student_temperature=1.0,
 
   def loss(student_logits, teacher_logits, weights):
     if fused is not None:
-      return fused_kd_loss(student_logits, teacher_logits, temperatures=temperatures,
-                           weights=weights, student_temperature=student_temperature,
-                           operator=fused, implementation=implementation)  # fmt: skip
+      return fused_kd_loss(
+        student_logits,
+        teacher_logits,
+        temperatures=temperatures,
+        weights=weights,
+        student_temperature=student_temperature,
+        operator=fused,
+        implementation=implementation,
+      )
     log_q = operator(teacher_logits, temperatures=temperatures, weights=weights)  # [B, ..., V]
-    return losses.mixture_kd(student_logits, jax.lax.stop_gradient(log_q),
-                             student_temperature=student_temperature)  # fmt: skip
+    return losses.mixture_kd(
+      student_logits, jax.lax.stop_gradient(log_q), student_temperature=student_temperature
+    )
 
   return Objective(loss, _metrics(operator, temperatures, student_temperature), len(temperatures))
 
 
 @registry.register("objective", "sum_of_kls", factory=True)
-def sum_of_kls(operator: Callable = operators.linear, *, temperatures, student_temperature=1.0,
-               implementation: str = "auto") -> Objective:  # fmt: skip
+def sum_of_kls(
+  operator: Callable = operators.linear,
+  *,
+  temperatures,
+  student_temperature=1.0,
+  implementation: str = "auto",
+) -> Objective:
   """L_multi = T_S² · Σ_k w_k KL(p_{k,T_k} ‖ p_{S,T_S}), per example (λ = w).
 
   `operator` only gives the logged target q (`kl_q_student`); `implementation` is accepted for
@@ -135,8 +152,13 @@ def sum_of_kls(operator: Callable = operators.linear, *, temperatures, student_t
   temperatures = _check(temperatures, student_temperature)
 
   def loss(student_logits, teacher_logits, weights):
-    return losses.sum_of_kls(student_logits, teacher_logits, temperatures=temperatures,
-                             weights=weights, student_temperature=student_temperature)  # fmt: skip
+    return losses.sum_of_kls(
+      student_logits,
+      teacher_logits,
+      temperatures=temperatures,
+      weights=weights,
+      student_temperature=student_temperature,
+    )
 
   return Objective(loss, _metrics(operator, temperatures, student_temperature), len(temperatures))
 

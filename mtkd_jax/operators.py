@@ -1,4 +1,4 @@
-"""Aggregation operators G(p_1..p_K; T, w) → q in log space (paper §II–III, SPEC §2).
+"""Aggregation operators G(p_1..p_K; T, w) → q in log space (paper §II–III).
 
 Every operator has the signature
 
@@ -198,8 +198,9 @@ def power(alpha: float) -> Operator:
     w_hat = w / jnp.sum(w, axis=0)
     g = sum(w_hat[k] * jnp.where(finite[k], log_p[k], 0.0) for k in range(log_p.shape[0]))
     d = [jnp.where(finite[k], log_p[k] - g, jnp.inf) for k in range(log_p.shape[0])]
-    small = jnp.all(jnp.stack([(w[k] == 0) | (jnp.abs(alpha * d[k]) < 1) for k in range(len(d))]),
-                    axis=0)  # fmt: skip
+    small = jnp.all(
+      jnp.stack([(w[k] == 0) | (jnp.abs(alpha * d[k]) < 1) for k in range(len(d))]), axis=0
+    )
     z = sum(
       w_hat[k] * jnp.expm1(alpha * jnp.where(small & (w[k] > 0), d[k], 0.0)) for k in range(len(d))
     )

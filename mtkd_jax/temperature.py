@@ -1,4 +1,4 @@
-"""Temperature scaling in the probability domain (paper §II-A, SPEC §1).
+"""Temperature scaling in the probability domain (paper §II-A).
 
 A teacher seen only through its distribution p is tempered as p_T(i) ∝ p(i)^{1/T}, i.e.
 `log_softmax(log p / T)`. For logits z this equals `log_softmax(z / T)`, because the normaliser

@@ -1,4 +1,4 @@
-"""Diagnostics and closed forms of the paper's guarantees (paper §IV–V, SPEC §5).
+"""Diagnostics and closed forms of the paper's guarantees (paper §IV–V).
 
 Each function computes one quantity of a theorem so that tests, experiments and training logs can
 compare measured numbers with the math:

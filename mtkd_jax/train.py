@@ -1,10 +1,11 @@
-"""Optax distillation update step and train loop: sharded, donated, checkpointed, resumable.
+"""The one update-step factory and the train loops: sharded, donated, checkpointed, resumable.
 
-The step takes the aggregation operator and the loss as function arguments (SPEC §6); only
-configs hold registry names. The mixture objective L_mix = T_S² KL(q ‖ p_S) (paper §IV-B) goes
-through the fused kernel `mtkd_jax.kernels.fused_kd_loss` when the operator is one it fuses
-(`operators.linear`, `operators.geometric`); any other operator function is composed with
-`losses.mixture_kd`. `losses.sum_of_kls` is the alternative, per-teacher objective.
+Read top to bottom: `distill_metrics` (what a step logs), `make_train_step` (the distillation
+update; its one polymorphic argument is the objective, `mtkd_jax.objectives`),
+`make_supervised_step` (teachers), `make_optimizer`, `check_workdir`, `Loop` (how a job's runs
+are executed and observed), `train` (one model on a mesh, with checkpoints) and `train_seeds`
+(several seeds of a small model at once, vmapped). Code passes functions; only configs hold
+registry names (paper §VI's practical design).
 """
 
 from __future__ import annotations
@@ -43,9 +44,17 @@ class TrainState:
 # --------------------------------------------------------------------------------------------
 # Metrics.
 # --------------------------------------------------------------------------------------------
-def distill_metrics(student_logits, teacher_logits, labels, *, operator, temperatures, weights,
-                    student_temperature=1.0) -> dict[str, jax.Array]:  # fmt: skip
-  """Training diagnostics of one batch (SPEC §7), all means over examples.
+def distill_metrics(
+  student_logits,
+  teacher_logits,
+  labels,
+  *,
+  operator,
+  temperatures,
+  weights,
+  student_temperature=1.0,
+) -> dict[str, jax.Array]:
+  """Training diagnostics of one batch, all means over examples.
 
   Args:
     student_logits: [B, ..., V].
@@ -138,8 +147,10 @@ def make_train_step(
   >>> step = make_train_step(m.apply, optax.adam(1e-3), objective=obj, weights=[0.5, 0.5])
   """
   if not isinstance(objective, objectives_lib.Objective):
-    raise ValueError(f"objective: must be an objectives.Objective (e.g. objectives.mixture(op, "
-                     f"temperatures=...)), got {objective!r}")  # fmt: skip
+    raise ValueError(
+      f"objective: must be an objectives.Objective (e.g. objectives.mixture(op, "
+      f"temperatures=...)), got {objective!r}"
+    )
   num_teachers = objective.num_teachers
   weights = operators.check_weights(weights, (num_teachers, 1), name="weights")[:, 0]  # [K]
   if not 0.0 <= label_weight <= 1.0:
@@ -189,8 +200,10 @@ def make_train_step(
 def _teacher_logits(batch, num_teachers: int) -> jax.Array:
   """`batch["teacher_logits"]` [K, B, ..., V], checked against K and the batch size."""
   if "teacher_logits" not in batch:
-    raise ValueError(f"batch: needs 'teacher_logits' [K, B, ..., V] (or pass teacher_apply), "
-                     f"got keys {sorted(batch)}")  # fmt: skip
+    raise ValueError(
+      f"batch: needs 'teacher_logits' [K, B, ..., V] (or pass teacher_apply), "
+      f"got keys {sorted(batch)}"
+    )
   t, y = batch["teacher_logits"], batch["y"]
   if t.ndim < 3 or t.shape[0] != num_teachers or t.shape[1:-1] != y.shape:
     raise ValueError(
@@ -224,8 +237,14 @@ def make_supervised_step(apply: Callable, optimizer: optax.GradientTransformatio
   return train_step
 
 
-def make_optimizer(learning_rate: float, num_steps: int, *, weight_decay: float = 0.0,
-                   warmup_steps: int = 0, clip_norm: float | None = 1.0):  # fmt: skip
+def make_optimizer(
+  learning_rate: float,
+  num_steps: int,
+  *,
+  weight_decay: float = 0.0,
+  warmup_steps: int = 0,
+  clip_norm: float | None = 1.0,
+):
   """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
   schedule = optax.warmup_cosine_decay_schedule(
     0.0, learning_rate, max(warmup_steps, 1), max(num_steps, warmup_steps + 1)
@@ -365,8 +384,9 @@ def train(
   # ---- Shapes first, then shardings, then the sharded initialisation --------------------
   def init():
     params = init_params(jax.random.key(seed))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params))  # fmt: skip
+    return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
+    )
 
   abstract_state = jax.eval_shape(init)
   state_shardings = sharding_lib.tree_shardings(mesh, loop.partition_rules, abstract_state)
@@ -446,8 +466,9 @@ class _Log:
     if loop.progress and main and start < num_steps:
       from tqdm import tqdm
 
-      self.bar = tqdm(total=num_steps, initial=start, desc=name, file=sys.stderr,
-                      dynamic_ncols=True, leave=False)  # fmt: skip
+      self.bar = tqdm(
+        total=num_steps, initial=start, desc=name, file=sys.stderr, dynamic_ncols=True, leave=False
+      )
 
   def __call__(self, step: int, metrics: dict) -> None:
     if self.report is not None:
@@ -502,10 +523,12 @@ def train_seeds(
   if batch_size is not None:
     rows = jnp.asarray(
       np.stack(
-        [data_lib.batch_indices(num_examples, batch_size, seed=data_seed, step=s)
-         for s in range(num_steps)]
+        [
+          data_lib.batch_indices(num_examples, batch_size, seed=data_seed, step=s)
+          for s in range(num_steps)
+        ]
       )
-    )  # [T, B]  # fmt: skip
+    )  # [T, B]
 
   def one_seed(key, arrays):
     params = init_params(key)

@@ -42,8 +42,9 @@ def test_teacher_views_are_heterogeneous_and_deterministic():
   assert np.all(x1[:, ~views[1].pixel_mask] == 0)
   noise = x1[:, views[1].pixel_mask] - splits["test"].x[:, views[1].pixel_mask]
   assert 0.05 < noise.std() < 0.15  # the corruption is there, with the requested size
-  np.testing.assert_array_equal(views[0].apply(splits["val"])[:, views[0].pixel_mask],
-                                splits["val"].x[:, views[0].pixel_mask])  # fmt: skip
+  np.testing.assert_array_equal(
+    views[0].apply(splits["val"])[:, views[0].pixel_mask], splits["val"].x[:, views[0].pixel_mask]
+  )
 
 
 def test_teacher_views_reject_mismatched_lengths():

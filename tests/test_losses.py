@@ -1,4 +1,4 @@
-"""Tests for mtkd_jax.losses: values, gradients, masks, the SPEC §4 identity, bad input."""
+"""Tests for mtkd_jax.losses: values, gradients, masks, the paper's §IV-B identity, bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +131,7 @@ def test_cross_entropy_matches_reference(seed):
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC §4: L_multi − L_mix = Σ_k w_k KL(p_k ‖ q) for linear, and equal gradients.
+# Paper §IV-B: L_multi − L_mix = Σ_k w_k KL(p_k ‖ q) for linear, and equal gradients.
 # ---------------------------------------------------------------------------------------------
 
 

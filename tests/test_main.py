@@ -66,11 +66,16 @@ def test_bad_config_is_a_one_line_error_naming_the_field(overrides, field):
 
 
 def _run_cli(workdir, *flags, timeout=240, config=CONFIG, devices=2):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # fmt: skip
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=ROOT,
+  )
   cmd = [sys.executable, "-m", "mtkd_jax.main", f"--config={config}", f"--workdir={workdir}"]
-  return subprocess.run([*cmd, *flags], env=env, cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout)  # fmt: skip
+  return subprocess.run(
+    [*cmd, *flags], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def test_cli_rejects_unknown_operator_before_compiling(tmp_path):
@@ -81,8 +86,14 @@ def test_cli_rejects_unknown_operator_before_compiling(tmp_path):
   assert not (tmp_path / "w").exists()  # nothing trained or written
 
 
-TINY = ["--config.teacher_steps=20", "--config.num_steps=20", "--config.checkpoint_every=10",
-        "--config.log_every=5", "--config.batch_size=32", "--config.progress=False"]  # fmt: skip
+TINY = [
+  "--config.teacher_steps=20",
+  "--config.num_steps=20",
+  "--config.checkpoint_every=10",
+  "--config.log_every=5",
+  "--config.batch_size=32",
+  "--config.progress=False",
+]
 
 
 @pytest.mark.slow
@@ -90,8 +101,15 @@ def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
   workdir = tmp_path / "run"
   r = _run_cli(workdir, *TINY)
   assert r.returncode == 0, f"rc={r.returncode}\n{r.stderr[-3000:]}"
-  for name in ("teacher_0", "teacher_2", "student_linear", "student_geometric",
-               "student_from_teacher_1", "average teacher", "ensemble_q_linear"):  # fmt: skip
+  for name in (
+    "teacher_0",
+    "teacher_2",
+    "student_linear",
+    "student_geometric",
+    "student_from_teacher_1",
+    "average teacher",
+    "ensemble_q_linear",
+  ):
     assert name in r.stdout, r.stdout
   results = json.loads((workdir / "results.json").read_text())
   assert 0.0 <= results["student_linear"]["accuracy"] <= 1.0
@@ -101,8 +119,16 @@ def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
   assert {row["run"] for row in rows} >= {"teacher_0", "student_linear", "student_geometric"}
   student_rows = [row for row in rows if row["run"] == "student_linear"]
   assert [row["step"] for row in student_rows] == [5, 10, 15, 20]
-  for key in ("loss", "kl_q_student", "jensen_gap", "per_teacher_kl", "accuracy", "log_loss",
-              "effective_num_teachers", "grad_norm"):  # fmt: skip
+  for key in (
+    "loss",
+    "kl_q_student",
+    "jensen_gap",
+    "per_teacher_kl",
+    "accuracy",
+    "log_loss",
+    "effective_num_teachers",
+    "grad_norm",
+  ):
     assert key in student_rows[0]
   assert len(student_rows[0]["per_teacher_kl"]) == 3
   assert abs(student_rows[0]["effective_num_teachers"] - 3.0) < 1e-4

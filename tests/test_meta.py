@@ -53,8 +53,7 @@ def test_exact_students_contract_geometrically(alpha):
   r = np.random.default_rng(1)
   lq = _log_softmax(r.normal(size=(32, 5)) * 2).astype(np.float32)
   lp0 = _log_softmax(r.normal(size=(32, 5)) * 3).astype(np.float32)
-  out = meta.recursive_distillation(lambda t, log_q: log_q, lq, lp0, alpha=alpha,
-                                    num_generations=8)  # fmt: skip
+  out = meta.recursive_distillation(lambda t, log_q: log_q, lq, lp0, alpha=alpha, num_generations=8)
   kl0 = _kl(lp0, lq).mean()
   t = np.arange(1, 9)
   np.testing.assert_allclose(out["geometric_bound"][1:], (1 - alpha) ** t * kl0, rtol=1e-4)

@@ -1,6 +1,6 @@
 """Tests for mtkd_jax.operators against hand-computed values and a float64 NumPy reference.
 
-The NumPy reference below is written from the math of SPEC §2 in the probability domain (not by
+The NumPy reference below is written from the math of the paper's §II–III in the probability domain (not by
 calling mtkd_jax), so agreement is evidence, not tautology.
 """
 
@@ -17,7 +17,7 @@ from jax.test_util import check_grads
 from mtkd_jax import operators
 
 # ---------------------------------------------------------------------------------------------
-# Independent float64 NumPy reference (SPEC §2), probability domain.
+# Independent float64 NumPy reference (paper §II–III), probability domain.
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Tests for mtkd_jax.theory: the paper's quantities (SPEC §5) against float64 NumPy."""
+"""Tests for mtkd_jax.theory: the paper's quantities (paper §IV–V) against float64 NumPy."""
 
 import jax
 import jax.numpy as jnp

@@ -38,11 +38,24 @@ def _state(model, optimizer, seed=0):
   return train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
-def _step(model, optimizer, *, operator, loss="mixture_kd", temperatures, student_temperature=1.0,
-          implementation="auto", **kw):  # fmt: skip
+def _step(
+  model,
+  optimizer,
+  *,
+  operator,
+  loss="mixture_kd",
+  temperatures,
+  student_temperature=1.0,
+  implementation="auto",
+  **kw,
+):
   objective = objectives.mixture if loss == "mixture_kd" else objectives.sum_of_kls
-  obj = objective(operator, temperatures=temperatures, student_temperature=student_temperature,
-                  implementation=implementation)  # fmt: skip
+  obj = objective(
+    operator,
+    temperatures=temperatures,
+    student_temperature=student_temperature,
+    implementation=implementation,
+  )
   return train.make_train_step(model.apply, optimizer, objective=obj, **kw)
 
 
@@ -71,8 +84,11 @@ def test_fused_kernel_path_matches_composed_path(op, monkeypatch):
   assert calls == [op.__name__]  # the registered operator goes through the kernel
   # Any other function is composed (operator + losses.mixture_kd): a wrapper, a partial, or the
   # registered operator with implementation="composed". Same loss and update, no kernel call.
-  for other, impl in [(lambda t, **kw: op(t, **kw), "auto"), (functools.partial(op), "auto"),
-                      (op, "composed")]:  # fmt: skip
+  for other, impl in [
+    (lambda t, **kw: op(t, **kw), "auto"),
+    (functools.partial(op), "auto"),
+    (op, "composed"),
+  ]:
     comp_state, comp_m = _one_step(model, batch, operator=other, implementation=impl, **KW)
     assert calls == [op.__name__]
     np.testing.assert_allclose(fused_m["loss"], comp_m["loss"], rtol=1e-5)
@@ -154,7 +170,7 @@ def test_loss_and_metrics_match_hand_computation():
 
 
 def test_sum_of_kls_has_the_mixture_gradient_for_linear():
-  # SPEC §4: with λ = w and the linear operator, L_multi − L_mix = Jensen gap (student-free),
+  # Paper §IV-B: with λ = w and the linear operator, L_multi − L_mix = Jensen gap (student-free),
   # so one SGD step moves the parameters identically. (Here T_S = 1 for one student temp.)
   kw = dict(KW, student_temperature=1.0)
   model, batch = _random_problem(seed=2)
@@ -230,9 +246,17 @@ def test_train_seeds_equals_separate_runs():
   optimizer = optax.adam(1e-2)
   step = _step(model, optimizer, operator=operators.linear, **KW)
   keys = jax.vmap(jax.random.key)(jnp.arange(2))
-  params, metrics = train.train_seeds(step, train.init_params(model.init), optimizer, batch,
-                                      keys=keys, num_steps=5, batch_size=8, data_seed=3,
-                                      metrics=("loss",))  # fmt: skip
+  params, metrics = train.train_seeds(
+    step,
+    train.init_params(model.init),
+    optimizer,
+    batch,
+    keys=keys,
+    num_steps=5,
+    batch_size=8,
+    data_seed=3,
+    metrics=("loss",),
+  )
   assert metrics["loss"].shape == (2, 5) and set(metrics) == {"loss"}
   for s in range(2):
     state = _state(model, optimizer, seed=s)

@@ -47,12 +47,14 @@ def check_operators(field: str, specs: Sequence[str], *, allow_empty: bool = Fal
 
 def check_mesh(config, num_devices: int) -> None:
   """`config.mesh` against the devices, and `config.batch_size` against its data axis."""
-  check_field("mesh", lambda: sharding_lib.check_mesh_config(
-    config.mesh.data, config.mesh.model, num_devices))  # fmt: skip
+  check_field(
+    "mesh", lambda: sharding_lib.check_mesh_config(config.mesh.data, config.mesh.model, num_devices)
+  )
   data = num_devices // config.mesh.model if config.mesh.data == -1 else config.mesh.data
   if config.batch_size < 1 or config.batch_size % data:
-    raise ValueError(f"config.batch_size: {config.batch_size} must be a positive multiple of "
-                     f"mesh data={data}")  # fmt: skip
+    raise ValueError(
+      f"config.batch_size: {config.batch_size} must be a positive multiple of mesh data={data}"
+    )
   for regex, _ in config.get("partition_rules", ()):
     check_field("partition_rules", lambda regex=regex: re.compile(regex))
 
@@ -108,9 +110,12 @@ def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherVie
   )
   train_logits, test_logits = [], []
   for k, view in enumerate(views):
-    model = models.build("mlp", in_features=data_lib.NUM_PIXELS,
-                         hidden=tuple(config.teacher_hidden[k]),
-                         num_classes=data_lib.NUM_CLASSES)  # fmt: skip
+    model = models.build(
+      "mlp",
+      in_features=data_lib.NUM_PIXELS,
+      hidden=tuple(config.teacher_hidden[k]),
+      num_classes=data_lib.NUM_CLASSES,
+    )
     x_train = view.apply(train_split)  # [N, 64] the teacher's view of every training image
     state, _ = train.train(
       f"teacher_{k}",

@@ -16,8 +16,12 @@ from mtkd_jax import models, operators, registry, train
 from mtkd_jax import temperature as temperature_lib
 from mtkd_jax.experiments import common
 
-_PER_TEACHER = ("teacher_hidden", "teacher_keep_fractions", "teacher_noises",
-                "teacher_train_fractions")  # fmt: skip
+_PER_TEACHER = (
+  "teacher_hidden",
+  "teacher_keep_fractions",
+  "teacher_noises",
+  "teacher_train_fractions",
+)
 
 
 def validate_config(config) -> None:
@@ -32,12 +36,17 @@ def validate_config(config) -> None:
   common.check_field("loss", check_loss)
   common.check_operators("operator", [config.operator])
   common.check_operators("compare_operators", config.compare_operators, allow_empty=True)
-  common.check_field("temperatures", lambda: temperature_lib.check_temperatures(
-    config.temperatures, k))  # fmt: skip
+  common.check_field(
+    "temperatures", lambda: temperature_lib.check_temperatures(config.temperatures, k)
+  )
   if np.ndim(config.temperatures) != 1:
     raise ValueError(f"config.temperatures: need one per teacher (K={k}), got a scalar")
-  common.check_field("student_temperature", lambda: temperature_lib.check_temperatures(
-    config.student_temperature, name="student_temperature"))  # fmt: skip
+  common.check_field(
+    "student_temperature",
+    lambda: temperature_lib.check_temperatures(
+      config.student_temperature, name="student_temperature"
+    ),
+  )
   common.check_field("weights", lambda: operators.check_weights(config.weights, (k, 1)))
   for field in _PER_TEACHER:
     if len(config[field]) != k:
@@ -100,19 +109,32 @@ def run(config, workdir: str) -> dict:
   student = _student(config)
   temperatures = np.asarray(config.temperatures, np.float32)
   weights = np.asarray(config.weights, np.float32)
-  optimizer = train.make_optimizer(config.learning_rate, config.num_steps,
-                                   weight_decay=config.weight_decay,
-                                   warmup_steps=config.warmup_steps)  # fmt: skip
+  optimizer = train.make_optimizer(
+    config.learning_rate,
+    config.num_steps,
+    weight_decay=config.weight_decay,
+    warmup_steps=config.warmup_steps,
+  )
   for name, spec, ks in students:
     operator = operators.get(spec)
     w = weights[ks] / weights[ks].sum()  # a single teacher gets weight 1
     weighting = _weighting(config) if len(ks) == k_teachers else None
-    objective = registry.get("objective", config.loss, operator=operator,
-                             temperatures=temperatures[ks],
-                             student_temperature=config.student_temperature,
-                             implementation=config.implementation)  # fmt: skip
-    step = train.make_train_step(student.apply, optimizer, objective=objective, weights=w,
-                                 label_weight=config.label_weight, weighting=weighting)  # fmt: skip
+    objective = registry.get(
+      "objective",
+      config.loss,
+      operator=operator,
+      temperatures=temperatures[ks],
+      student_temperature=config.student_temperature,
+      implementation=config.implementation,
+    )
+    step = train.make_train_step(
+      student.apply,
+      optimizer,
+      objective=objective,
+      weights=w,
+      label_weight=config.label_weight,
+      weighting=weighting,
+    )
     state, _ = train.train(
       name,
       init_params=train.init_params(student.init, weighting),
