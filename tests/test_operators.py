@@ -1,7 +1,7 @@
 """Tests for mtkd_jax.operators against hand-computed values and a float64 NumPy reference.
 
-The NumPy reference below is written from the math of the paper's §II–III in the probability domain (not by
-calling mtkd_jax), so agreement is evidence, not tautology.
+The NumPy reference below is written from the math of the paper's §II–III in the probability
+domain (not by calling mtkd_jax), so agreement is evidence, not tautology.
 """
 
 import zlib
