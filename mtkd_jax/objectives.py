@@ -23,9 +23,11 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
-from mtkd_jax import losses, operators, registry
+from mtkd_jax import losses, operators, registry, sparse, theory
 from mtkd_jax import temperature as temperature_lib
+from mtkd_jax import weighting as weighting_lib
 
 _IMPLEMENTATIONS = ("auto", "composed", "xla", "pallas")
 # Operators the fused kernel implements, by function identity: a user's own function that happens
@@ -61,9 +63,7 @@ def _check(temperatures, student_temperature):
 
 
 def _metrics(operator, temperatures, student_temperature, metrics_fn=None):
-  from mtkd_jax import train  # the diagnostics live with the step that logs them
-
-  fn = train.distill_metrics if metrics_fn is None else metrics_fn
+  fn = distill_metrics if metrics_fn is None else metrics_fn
 
   def metrics(student_logits, teacher_outputs, labels, weights):
     return fn(
@@ -77,6 +77,51 @@ def _metrics(operator, temperatures, student_temperature, metrics_fn=None):
     )
 
   return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Training diagnostics (logged by the step).
+# --------------------------------------------------------------------------------------------
+def distill_metrics(
+  student_logits,
+  teacher_logits,
+  labels,
+  *,
+  operator,
+  temperatures,
+  weights,
+  student_temperature=1.0,
+) -> dict[str, jax.Array]:
+  """Training diagnostics of one batch, all means over examples.
+
+  Args:
+    student_logits: [B, ..., V].
+    teacher_logits: [K, B, ..., V] logits or log-probs.
+    labels: int [B, ...].
+    operator: the aggregation operator of the run (gives q).
+    temperatures: [K]. weights: [K] or [K, B, ...]. student_temperature: T_S.
+
+  Returns:
+    dict with `kl_q_student` KL(q ‖ p_{S,T_S}), `jensen_gap` Σ_k w_k KL(p_k ‖ q_linear),
+    `per_teacher_kl` [K] KL(p_{k,T_k} ‖ p_{S,T_S}), `accuracy` and `log_loss` of the student
+    (T = 1) against the labels, and `effective_num_teachers` 1/Σ w².
+  """
+  log_q = operator(teacher_logits, temperatures=temperatures, weights=weights)  # [B, ..., V]
+  log_p_s = losses.student_log_probs(student_logits, student_temperature)  # [B, ..., V]
+  log_p = temperature_lib.scale(teacher_logits, temperatures)  # [K, B, ..., V]
+  per_teacher = jnp.stack(
+    [losses.kl_divergence(log_p[k], log_p_s).mean() for k in range(log_p.shape[0])]
+  )  # [K]
+  w = jnp.asarray(weights, jnp.float32)
+  return {
+    "kl_q_student": losses.kl_divergence(log_q, log_p_s).mean(),
+    "jensen_gap": theory.jensen_gap(teacher_logits, temperatures=temperatures, weights=w).mean(),
+    "per_teacher_kl": per_teacher,
+    "accuracy": (student_logits.argmax(-1) == labels).mean(),
+    "log_loss": losses.cross_entropy(student_logits, labels).mean(),
+    "effective_num_teachers": theory.effective_num_teachers(w, axis=0).mean(),
+    "weight_entropy": weighting_lib.entropy(w, axis=0).mean(),
+  }
 
 
 @registry.register("objective", "mixture_kd", factory=True)
@@ -171,8 +216,6 @@ def sparse_mixture(sparse_operator: Callable, *, temperatures, student_temperatu
     temperatures: [K] training temperatures (the stored outputs are re-tempered to them).
     student_temperature: T_S > 0.
   """
-  from mtkd_jax import sparse
-
   temperatures = _check(temperatures, student_temperature)
 
   def loss(student_logits, outputs, weights):

@@ -1,7 +1,7 @@
 """The one update-step factory and the train loops: sharded, donated, checkpointed, resumable.
 
-Read top to bottom: `distill_metrics` (what a step logs), `make_train_step` (the distillation
-update; its one polymorphic argument is the objective, `mtkd_jax.objectives`),
+Read top to bottom: `make_train_step` (the distillation update; its one polymorphic argument is
+the objective, `mtkd_jax.objectives`, which also says what a step logs),
 `make_supervised_step` (teachers), `make_optimizer`, `check_workdir`, `Loop` (how a job's runs
 are executed and observed), `train` (one model on a mesh, with checkpoints) and `train_seeds`
 (several seeds of a small model at once, vmapped). Code passes functions; only configs hold
@@ -25,10 +25,9 @@ import optax
 import orbax.checkpoint as ocp
 
 from mtkd_jax import data as data_lib
-from mtkd_jax import losses, operators, theory
+from mtkd_jax import losses, operators
 from mtkd_jax import objectives as objectives_lib
 from mtkd_jax import sharding as sharding_lib
-from mtkd_jax import temperature as temperature_lib
 from mtkd_jax import weighting as weighting_lib
 
 
@@ -39,51 +38,6 @@ class TrainState:
   step: jax.Array  # [] int32
   params: Any
   opt_state: Any
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics.
-# --------------------------------------------------------------------------------------------
-def distill_metrics(
-  student_logits,
-  teacher_logits,
-  labels,
-  *,
-  operator,
-  temperatures,
-  weights,
-  student_temperature=1.0,
-) -> dict[str, jax.Array]:
-  """Training diagnostics of one batch, all means over examples.
-
-  Args:
-    student_logits: [B, ..., V].
-    teacher_logits: [K, B, ..., V] logits or log-probs.
-    labels: int [B, ...].
-    operator: the aggregation operator of the run (gives q).
-    temperatures: [K]. weights: [K] or [K, B, ...]. student_temperature: T_S.
-
-  Returns:
-    dict with `kl_q_student` KL(q ‖ p_{S,T_S}), `jensen_gap` Σ_k w_k KL(p_k ‖ q_linear),
-    `per_teacher_kl` [K] KL(p_{k,T_k} ‖ p_{S,T_S}), `accuracy` and `log_loss` of the student
-    (T = 1) against the labels, and `effective_num_teachers` 1/Σ w².
-  """
-  log_q = operator(teacher_logits, temperatures=temperatures, weights=weights)  # [B, ..., V]
-  log_p_s = losses.student_log_probs(student_logits, student_temperature)  # [B, ..., V]
-  log_p = temperature_lib.scale(teacher_logits, temperatures)  # [K, B, ..., V]
-  per_teacher = jnp.stack(
-    [losses.kl_divergence(log_p[k], log_p_s).mean() for k in range(log_p.shape[0])]
-  )  # [K]
-  w = jnp.asarray(weights, jnp.float32)
-  return {
-    "kl_q_student": losses.kl_divergence(log_q, log_p_s).mean(),
-    "jensen_gap": theory.jensen_gap(teacher_logits, temperatures=temperatures, weights=w).mean(),
-    "per_teacher_kl": per_teacher,
-    "accuracy": (student_logits.argmax(-1) == labels).mean(),
-    "log_loss": losses.cross_entropy(student_logits, labels).mean(),
-    "effective_num_teachers": theory.effective_num_teachers(w, axis=0).mean(),
-    "weight_entropy": weighting_lib.entropy(w, axis=0).mean(),
-  }
 
 
 # --------------------------------------------------------------------------------------------
