@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mtkd_jax import theory
+from mtkd_jax import operators, theory
 from mtkd_jax.experiments import common
 
 _WEIGHTINGS = ("uniform", "skewed")
@@ -174,7 +174,7 @@ def run(config, workdir: str) -> dict:
   def compiled(op):  # keys are an argument, not a closed-over constant: XLA would fold the noise
     return jax.jit(lambda keys, rho, w, s: aggregate_moments(op, p_bar32, keys, rho, w, s))
 
-  moments = {spec: compiled(common.parse_operator(spec)) for spec in config.operators}
+  moments = {spec: compiled(operators.get(spec)) for spec in config.operators}
 
   rows, min_p = [], 1.0
   progress = tqdm(total=len(config.rhos) * len(config.operators), disable=not config.progress)
@@ -267,105 +267,3 @@ def format_table(results: dict) -> str:
           ratios = " ".join(f"{c[0]['ratio_to_closed_form']:>13.3f}" for c in cells)
           lines.append(f"{rho:>5.2f} {weighting:<8} {k:>3} {ratios}")
   return "\n".join(lines)
-
-
-def make_figure(results: dict, png_path: str) -> None:
-  """Variance vs K and vs ρ (measured points over closed-form curves), and per-operator ratios."""
-  plt = common.pyplot()
-  specs = list(dict.fromkeys(r["operator"] for r in results["rows"]))
-  colors = common.operator_colors(specs)
-  rhos = sorted({r["rho"] for r in results["rows"]})
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-
-  # (a) variance vs K, linear operator, equal σ (the heterogeneous σ_k rows are in the table).
-  ax = axes[0]
-  styles = {"uniform": "-", "skewed": "--"}
-  shown = [r for r in rhos if r in (0.0, 0.5)] or rhos[:2]
-  shades = dict(zip(shown, ["#1f77b4", "#d62728", "#2ca02c"], strict=False))
-  for rho in shown:
-    for weighting, style in styles.items():
-      rows = select(results, operator="linear", rho=rho, weighting=weighting, sigmas="equal")
-      ks = [r["num_teachers"] for r in rows]
-      ax.plot(
-        ks,
-        [r["closed_form"] for r in rows],
-        style,
-        color=shades[rho],
-        lw=1.5,
-        label=f"σ²(Σw² + ρ(1−Σw²)), ρ={rho:g}, {weighting} w",
-      )
-      ax.plot(
-        ks,
-        [r["measured"] for r in rows],
-        "o",
-        color=shades[rho],
-        ms=4,
-        mfc="white" if weighting == "skewed" else shades[rho],
-      )
-  ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² = Σ w_k σ_k² (one teacher)")
-  ax.set_xscale("log", base=2)
-  ax.set_yscale("log")
-  ax.set_xlabel("number of teachers K")
-  ax.set_ylabel("Var[q(i)] (mean over tokens)")
-  ax.set_title("Thm IV.2, linear q: Monte-Carlo (dots)\nover the closed form (lines)")
-  ax.legend(fontsize=7)
-
-  # (b) variance vs ρ at the largest K, equal σ: σ²(Σw² + ρ(1 − Σw²)).
-  ax = axes[1]
-  k_big = max(r["num_teachers"] for r in results["rows"])
-  for weighting, style in styles.items():
-    rows = [
-      select(
-        results, operator="linear", rho=rho, weighting=weighting, sigmas="equal", num_teachers=k_big
-      )[0]
-      for rho in rhos
-    ]
-    grid = np.linspace(0.0, 1.0, 101)
-    s2, sw2 = results["sigma"] ** 2, rows[0]["sum_w2"]
-    ax.plot(
-      grid,
-      s2 * (sw2 + grid * (1 - sw2)),
-      style,
-      color="k",
-      lw=1.2,
-      label=f"σ²(Σw² + ρ(1−Σw²)), {weighting} w, 1/Σw²={1 / sw2:.1f}",
-    )
-    ax.plot(
-      rhos,
-      [r["measured"] for r in rows],
-      "o",
-      color="C0",
-      mfc="white" if weighting == "skewed" else "C0",
-      label=f"measured, {weighting} w",
-    )
-  ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² (one teacher)")
-  ax.set_xlabel("pairwise error correlation ρ")
-  ax.set_ylabel("Var[q(i)]")
-  ax.set_title(f"Correlated errors, K={k_big}:\naveraging stops helping as ρ → 1")
-  ax.legend(fontsize=7)
-
-  # (c) every operator, measured / linear closed form.
-  ax = axes[2]
-  for spec in specs:
-    rows = select(results, operator=spec, rho=min(rhos), weighting="uniform", sigmas="spread")
-    ax.plot(
-      [r["num_teachers"] for r in rows],
-      [r["ratio_to_closed_form"] for r in rows],
-      "o-",
-      color=colors[spec],
-      ms=3,
-      lw=1,
-      label=spec,
-    )
-  tol = results["tolerance"]
-  ax.axhspan(1 - tol, 1 + tol, color="gray", alpha=0.2, label=f"MC tolerance ±{tol:.1%}")
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("number of teachers K")
-  ax.set_ylabel("measured Var[q(i)] / Σ w_k² σ_k²")
-  ax.set_title(
-    f"Every operator, ρ={min(rhos):g}, uniform w, σ_k unequal:\nmeasured / linear closed form"
-  )
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
