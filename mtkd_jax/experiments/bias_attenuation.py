@@ -20,8 +20,8 @@ import dataclasses
 import numpy as np
 
 from mtkd_jax import data as data_lib
-from mtkd_jax import temperature
-from mtkd_jax.experiments import common
+from mtkd_jax import operators, temperature, train
+from mtkd_jax.experiments import common, digits
 
 
 def validate_config(config) -> None:
@@ -33,7 +33,10 @@ def validate_config(config) -> None:
     )
   if not 0.0 <= config.out_fraction <= 1.0:
     raise ValueError(f"config.out_fraction: need a fraction in [0, 1], got {config.out_fraction}")
-  common.validate_digits(config.digits)
+  try:
+    digits.validate_config(config.digits)
+  except ValueError as e:
+    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
 
 
 def class_windows(num_teachers: int, window: int) -> list[list[int]]:
@@ -48,19 +51,19 @@ def class_windows(num_teachers: int, window: int) -> list[list[int]]:
 
 def biased_views(config, train_labels: np.ndarray) -> list[data_lib.TeacherView]:
   """The digits views of `config.digits`, with each teacher's training rows class-shifted."""
-  digits = config.digits
+  d = config.digits
   views = data_lib.make_teacher_views(
     len(train_labels),
-    keep_fractions=tuple(digits.teacher_keep_fractions),
-    noises=tuple(digits.teacher_noises),
-    train_fractions=tuple(digits.teacher_train_fractions),
-    seed=digits.data_seed,
+    keep_fractions=tuple(d.teacher_keep_fractions),
+    noises=tuple(d.teacher_noises),
+    train_fractions=tuple(d.teacher_train_fractions),
+    seed=d.data_seed,
   )
   out = []
   for k, (view, classes) in enumerate(
-    zip(views, class_windows(digits.num_teachers, config.window), strict=True)
+    zip(views, class_windows(d.num_teachers, config.window), strict=True)
   ):
-    rng = np.random.default_rng([digits.data_seed, 100 + k])
+    rng = np.random.default_rng([d.data_seed, 100 + k])
     inside = np.isin(train_labels, classes)
     keep = inside | (rng.random(len(train_labels)) < config.out_fraction)
     out.append(dataclasses.replace(view, train_rows=np.flatnonzero(keep)))
@@ -84,13 +87,14 @@ def bias_stats(log_q: np.ndarray, labels: np.ndarray) -> dict:
 
 def run(config, workdir: str) -> dict:
   """Trains the biased teachers (cached in workdir), then compares their bias with q's."""
-  digits = config.digits
-  splits = data_lib.load_digits(seed=digits.data_seed)
+  splits = data_lib.load_digits(seed=config.digits.data_seed)
   views = biased_views(config, splits["train"].y)
-  _, _, _, test_logits = common.train_teachers(digits, workdir, views=views)  # [K, N, V]
+  loop = train.Loop.from_config(config.digits, workdir)
+  loop = dataclasses.replace(loop, progress=config.progress)
+  _, _, _, test_logits = common.train_teachers(config.digits, loop, views=views)  # [K, N, V]
   labels = splits["test"].y
-  temperatures = np.asarray(digits.temperatures, np.float32)
-  weights = np.asarray(digits.weights, np.float32)
+  temperatures = np.asarray(config.digits.temperatures, np.float32)
+  weights = np.asarray(config.digits.weights, np.float32)
   log_p = np.asarray(temperature.scale(test_logits, temperatures))  # [K, N, V]
   teachers = {f"teacher_{k}": bias_stats(log_p[k], labels) for k in range(len(log_p))}
   for k, name in enumerate(teachers):
@@ -98,7 +102,7 @@ def run(config, workdir: str) -> dict:
     teachers[name]["train_examples"] = len(views[k].train_rows)
   aggregates = {}
   for spec in config.operators:
-    log_q = common.parse_operator(spec)(test_logits, temperatures=temperatures, weights=weights)
+    log_q = operators.get(spec)(test_logits, temperatures=temperatures, weights=weights)
     aggregates[spec] = bias_stats(np.asarray(log_q), labels)
   mean_teacher = float(np.dot(weights, [t["bias_l2"] for t in teachers.values()]))
   linear_combo = np.tensordot(weights, [t["bias"] for t in teachers.values()], axes=1)
@@ -136,64 +140,3 @@ def format_table(results: dict) -> str:
     f"{results['linear_identity_error']:.1e}"
   )
   return "\n".join(lines)
-
-
-def make_figure(results: dict, png_path: str) -> None:
-  """Per-class bias of each teacher (dashed) and of each aggregate; bias size bars."""
-  plt = common.pyplot()
-  specs = list(results["aggregates"])
-  colors = common.operator_colors(specs)
-  fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.4, 1]})
-  ax = axes[0]
-  classes = np.arange(data_lib.NUM_CLASSES)
-  for i, (name, r) in enumerate(results["teachers"].items()):
-    ax.plot(
-      classes,
-      r["bias"],
-      "--",
-      color="gray",
-      alpha=0.5 + 0.5 * i / 3,
-      lw=1.2,
-      marker="s",
-      ms=3,
-      label=f"{name} (classes {r['classes'][0]}..{r['classes'][-1]})",
-    )
-  for spec in specs:
-    ax.plot(
-      classes,
-      results["aggregates"][spec]["bias"],
-      color=colors[spec],
-      lw=1.5,
-      marker="o",
-      ms=3,
-      label=f"q[{spec}]",
-    )
-  ax.axhline(0, color="k", lw=0.8)
-  ax.set_xticks(classes)
-  ax.set_xlabel("class c")
-  ax.set_ylabel("b(c) = E[p(c|x)] − P(y = c)")
-  ax.set_title("Class-shifted teachers over- and under-predict; their biases cancel in q")
-  ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-  ax = axes[1]
-  names = list(results["teachers"]) + [f"q[{s}]" for s in specs]
-  values = [r["bias_l2"] for r in results["teachers"].values()]
-  values += [results["aggregates"][s]["bias_l2"] for s in specs]
-  bars = ax.bar(
-    range(len(names)),
-    values,
-    color=["gray"] * len(results["teachers"]) + [colors[s] for s in specs],
-  )
-  ax.bar_label(bars, fmt="%.3f", fontsize=7)
-  ax.axhline(
-    results["weighted_teacher_bias_l2"],
-    color="k",
-    ls=":",
-    lw=1,
-    label="Σ_k w_k ‖b_k‖ (linear bound)",
-  )
-  ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-  ax.set_ylabel("‖b‖₂ on held-out test data")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
