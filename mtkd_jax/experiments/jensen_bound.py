@@ -1,12 +1,13 @@
 """Thm IV.7, the Jensen bound L_mix ≤ L_multi, along a student's training run and on random inputs.
 
-Part 1 (digits): the digits job (`mtkd_jax.main.run`) trains one student per operator on the
-sum-of-KLs objective L_multi = Σ_k w_k KL(p_k ‖ p_S) (λ = w); every student sees the same
-initialisation and batches, so they follow one trajectory, and each logs KL(G(p) ‖ p_S) for its own
-operator G next to L_multi and the generalised Jensen–Shannon divergence Σ_k w_k KL(p_k ‖ q_lin).
-For the linear operator L_multi − L_mix must equal that JS divergence at every step (to float32
-rounding, checked at 1e-5). A second student is trained on L_mix itself: since the gap does not
-depend on the student, both objectives have the same gradient, and the two L_mix curves coincide.
+Part 1 (digits): the digits job (`mtkd_jax.experiments.digits`) trains one student per operator
+on the sum-of-KLs objective L_multi = Σ_k w_k KL(p_k ‖ p_S) (λ = w); every student sees the same
+initialisation and batches, so they follow one trajectory, and each logs KL(G(p) ‖ p_S) for its
+own operator G next to L_multi and the generalised Jensen–Shannon divergence Σ_k w_k KL(p_k ‖
+q_lin). For the linear operator L_multi − L_mix must equal that JS divergence at every step (to
+float32 rounding, checked at 1e-5). A second student is trained on L_mix itself: since the gap
+does not depend on the student, both objectives have the same gradient, and the two L_mix curves
+coincide.
 
 Part 2 (random search): for every operator, random teachers, weights and students; the fraction
 of problems with KL(G(p) ‖ s) > Σ_k w_k KL(p_k ‖ s) and the worst counterexample. The paper states
@@ -23,8 +24,8 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd_jax import losses, theory
-from mtkd_jax.experiments import common
+from mtkd_jax import losses, operators, theory
+from mtkd_jax.experiments import common, digits
 
 GAP_TOL = 1e-5  # |L_multi − L_mix − JS| for the linear operator (float32 rounding)
 BOUND_TOL = 1e-5  # L_mix − L_multi above this is a violation
@@ -37,18 +38,20 @@ def validate_config(config) -> None:
     raise ValueError(f"config.operators: the first must be 'linear', got {config.operators[0]!r}")
   if config.num_random < 1:
     raise ValueError(f"config.num_random: need ≥ 1 random problems, got {config.num_random}")
-  common.validate_digits(_digits_config(config, "sum_of_kls", list(config.operators)))
+  try:
+    digits.validate_config(_digits_config(config, "sum_of_kls", list(config.operators)))
+  except ValueError as e:
+    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
 
 
 def _digits_config(config, loss: str, specs) -> object:
-  digits = copy.deepcopy(config.digits)
-  digits.loss = loss
-  digits.operator = specs[0]
-  digits.operator_kwargs = {}
-  digits.compare_operators = tuple(specs[1:])
-  digits.single_teacher_students = False
-  digits.progress = config.progress
-  return digits
+  c = copy.deepcopy(config.digits)
+  c.loss = loss
+  c.operator = specs[0]
+  c.compare_operators = tuple(specs[1:])
+  c.single_teacher_students = False
+  c.progress = config.progress
+  return c
 
 
 def _copy_teachers(src_workdir: str, dst_workdir: str, num_teachers: int) -> None:
@@ -65,14 +68,13 @@ def _copy_teachers(src_workdir: str, dst_workdir: str, num_teachers: int) -> Non
 def training_curves(config, workdir: str) -> dict:
   """Part 1: L_mix per operator, L_multi and JS along training; the L_mix-trained twin."""
   specs = list(config.operators)
-  common.register_operators(specs)
   multi_dir, mix_dir = os.path.join(workdir, "sum_of_kls"), os.path.join(workdir, "mixture_kd")
   if config.teachers_from:  # teachers another run of the same digits config already trained
     _copy_teachers(config.teachers_from, multi_dir, config.digits.num_teachers)
-  common.digits_job().run(_digits_config(config, "sum_of_kls", specs), multi_dir)
+  digits.run(_digits_config(config, "sum_of_kls", specs), multi_dir)
   # The twin reuses the trained teachers (the digits job restores a finished checkpoint).
   _copy_teachers(multi_dir, mix_dir, config.digits.num_teachers)
-  common.digits_job().run(_digits_config(config, "mixture_kd", ["linear"]), mix_dir)
+  digits.run(_digits_config(config, "mixture_kd", ["linear"]), mix_dir)
 
   multi = common.read_metrics(os.path.join(multi_dir, "metrics.jsonl"))
   mix = common.read_metrics(os.path.join(mix_dir, "metrics.jsonl"))["student_linear"]
@@ -102,7 +104,7 @@ def random_search(config) -> dict:
   js = np.asarray(theory.jensen_gap(log_p, temperatures=temperatures, weights=w))
   out = {}
   for spec in config.operators:
-    log_q = common.parse_operator(spec)(log_p, temperatures=temperatures, weights=w)  # [N, V]
+    log_q = operators.get(spec)(log_p, temperatures=temperatures, weights=w)  # [N, V]
     l_mix = np.asarray(losses.kl_divergence(log_q, log_s))
     summary = common.worst_case(
       l_mix - l_multi,
@@ -153,52 +155,3 @@ def format_table(results: dict) -> str:
     if r["counterexample"] is not None:
       lines.append(f"  counterexample {spec}: {r['counterexample']}")
   return "\n".join(lines)
-
-
-def make_figure(results: dict, png_path: str) -> None:
-  """(a) L_multi, L_mix, gap and JS along training; (b) L_mix per operator; (c) violation rates."""
-  plt = common.pyplot()
-  tr, rnd = results["training"], results["random"]
-  specs = list(tr["l_mix"])
-  colors = common.operator_colors(specs)
-  steps = np.asarray(tr["steps"])
-  l_multi, l_mix = np.asarray(tr["l_multi"]), np.asarray(tr["l_mix"]["linear"])
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-
-  ax = axes[0]
-  ax.plot(steps, l_multi, color="k", lw=1.5, label="L_multi = Σ w_k KL(p_k ‖ p_S)")
-  ax.plot(steps, l_mix, color=colors["linear"], lw=1.5, label="L_mix = KL(q_lin ‖ p_S)")
-  ax.plot(steps, l_multi - l_mix, color="C1", lw=3, alpha=0.5, label="L_multi − L_mix")
-  ax.plot(steps, tr["js"], "k:", lw=1.2, label="JS = Σ w_k KL(p_k ‖ q_lin)")
-  ax.plot(
-    steps,
-    tr["l_mix_of_mixture_trained"],
-    "--",
-    color="C2",
-    lw=1,
-    label="L_mix of a twin trained on L_mix",
-  )
-  ax.set_yscale("log")
-  ax.set_xlabel("student step (digits, batch values)")
-  ax.set_title(f"Thm IV.7, linear q: gap = JS (max err {tr['max_abs_gap_minus_js']:.1e})")
-  ax.legend(fontsize=7)
-
-  ax = axes[1]
-  for spec in specs:
-    ax.plot(steps, np.asarray(tr["l_mix"][spec]) / l_multi, color=colors[spec], lw=1.2, label=spec)
-  ax.axhline(1.0, color="k", ls=":", lw=1, label="bound: L_mix = L_multi")
-  ax.set_xlabel("student step")
-  ax.set_ylabel("KL(G(p) ‖ p_S) / L_multi")
-  ax.set_title("Same student, each operator's target")
-  ax.legend(fontsize=7)
-
-  ax = axes[2]
-  fractions = [100 * rnd[s]["fraction"] for s in rnd]
-  bars = ax.bar(range(len(rnd)), fractions, color=[colors.get(s, "gray") for s in rnd])
-  ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
-  ax.set_xticks(range(len(rnd)), list(rnd), rotation=25, ha="right", fontsize=8)
-  ax.set_ylabel("% of random problems with L_mix > L_multi")
-  ax.set_title("Random teachers/students: where the bound fails")
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)

@@ -1,0 +1,61 @@
+"""Thm IV.7 Jensen bound: L_mix and L_multi along training; random-problem violation rates.
+
+`plot(results, path)` draws the results.json of `mtkd_jax.experiments.jensen_bound`.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # style.py: loaded by file path
+import style
+
+
+def plot(results: dict, path: str) -> None:
+  """(a) L_multi, L_mix, gap and JS along training; (b) L_mix per operator; (c) violation rates."""
+  plt = style.pyplot()
+  tr, rnd = results["training"], results["random"]
+  specs = list(tr["l_mix"])
+  colors = style.operator_colors(specs)
+  steps = np.asarray(tr["steps"])
+  l_multi, l_mix = np.asarray(tr["l_multi"]), np.asarray(tr["l_mix"]["linear"])
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+
+  ax = axes[0]
+  ax.plot(steps, l_multi, color="k", lw=1.5, label="L_multi = Σ w_k KL(p_k ‖ p_S)")
+  ax.plot(steps, l_mix, color=colors["linear"], lw=1.5, label="L_mix = KL(q_lin ‖ p_S)")
+  ax.plot(steps, l_multi - l_mix, color="C1", lw=3, alpha=0.5, label="L_multi − L_mix")
+  ax.plot(steps, tr["js"], "k:", lw=1.2, label="JS = Σ w_k KL(p_k ‖ q_lin)")
+  ax.plot(
+    steps,
+    tr["l_mix_of_mixture_trained"],
+    "--",
+    color="C2",
+    lw=1,
+    label="L_mix of a twin trained on L_mix",
+  )
+  ax.set_yscale("log")
+  ax.set_xlabel("student step (digits, batch values)")
+  ax.set_title(f"Thm IV.7, linear q: gap = JS (max err {tr['max_abs_gap_minus_js']:.1e})")
+  ax.legend(fontsize=7)
+
+  ax = axes[1]
+  for spec in specs:
+    ax.plot(steps, np.asarray(tr["l_mix"][spec]) / l_multi, color=colors[spec], lw=1.2, label=spec)
+  ax.axhline(1.0, color="k", ls=":", lw=1, label="bound: L_mix = L_multi")
+  ax.set_xlabel("student step")
+  ax.set_ylabel("KL(G(p) ‖ p_S) / L_multi")
+  ax.set_title("Same student, each operator's target")
+  ax.legend(fontsize=7)
+
+  ax = axes[2]
+  fractions = [100 * rnd[s]["fraction"] for s in rnd]
+  bars = ax.bar(range(len(rnd)), fractions, color=[colors.get(s, "gray") for s in rnd])
+  ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
+  ax.set_xticks(range(len(rnd)), list(rnd), rotation=25, ha="right", fontsize=8)
+  ax.set_ylabel("% of random problems with L_mix > L_multi")
+  ax.set_title("Random teachers/students: where the bound fails")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
