@@ -1,11 +1,13 @@
-"""Offline teacher store: top-k outputs per teacher in memory-mapped, checksummed shards (SPEC §7).
+"""Offline teacher store: top-k outputs per teacher in memory-mapped, checksummed shards.
 
-    python -m mtkd_jax.teachers dump --config=experiments/configs/stdlib_lm.py --out=DIR \
-        [--workdir=W] [--config.size=small]
+    python -m mtkd_jax.teachers dump --config=experiments/configs/stdlib_lm.py[:small] \
+        --out=DIR [--workdir=W]
     python -m mtkd_jax.teachers verify --out=DIR
 
 `dump` asks the experiment named by `config.experiment` for its teachers and input windows
-(`teacher_source(config, workdir)`, training or restoring the teachers in `workdir`) and writes
+(`teacher_source(config, workdir)` of `mtkd_jax.experiments.<name>`, training or restoring the
+teachers in `workdir`, by default `DIR/teachers_workdir`) and writes the store of the config's
+`store.*` settings:
 
     DIR/tokens.bin       the input windows [N, L + 1] (x = w[:, :-1], y = w[:, 1:])
     DIR/teacher_<j>.bin  teacher j's shard: int32 indices [N, L, k], then its log-probs
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import sys
@@ -129,10 +130,12 @@ def write_store(
     path = os.path.join(directory, f"teacher_{j}.bin")
     with open(path, "wb") as f:
       f.truncate(idx_bytes + lp_bytes)
-    shards.append((
-      np.memmap(path, np.int32, "r+", offset=0, shape=tuple(shape)),
-      np.memmap(path, DTYPES[dtype], "r+", offset=idx_bytes, shape=tuple(shape)),
-    ))  # fmt: skip
+    shards.append(
+      (
+        np.memmap(path, np.int32, "r+", offset=0, shape=tuple(shape)),
+        np.memmap(path, DTYPES[dtype], "r+", offset=idx_bytes, shape=tuple(shape)),
+      )
+    )
 
   top_k = jax.jit(lambda z: sparse.from_dense(z, k, generation_temperatures=t_g))
   starts = range(0, num_rows, batch_size)
@@ -298,8 +301,11 @@ def open_store(directory: str, *, verify: bool = True) -> TeacherStore:
     shard = os.path.join(directory, t["file"])
     _check_shard(shard, t["bytes"], t["sha256"], verify)
     for spec, out in ((t["indices"], indices), (t["log_probs"], log_probs)):
-      out.append(np.memmap(shard, DTYPES[spec["dtype"]], "r", offset=spec["offset"],
-                           shape=tuple(spec["shape"])))  # fmt: skip
+      out.append(
+        np.memmap(
+          shard, DTYPES[spec["dtype"]], "r", offset=spec["offset"], shape=tuple(spec["shape"])
+        )
+      )
   return TeacherStore(directory, manifest, tokens, tuple(indices), tuple(log_probs))
 
 
@@ -308,19 +314,28 @@ def open_store(directory: str, *, verify: bool = True) -> TeacherStore:
 # ---------------------------------------------------------------------------------------------
 def dump(config, out: str, workdir: str | None = None, *, progress: bool = True) -> dict:
   """Writes the top-k store of `config`'s teachers (`config.store.*`) to `out`."""
-  module = importlib.import_module(f"mtkd_jax.experiments.{config.experiment}")
+  from mtkd_jax import experiments  # the CLI's dependency; the store itself needs none
+
+  if config is None:
+    raise ValueError("dump needs --config=<experiment config file>[:arg]")
+  if not config.get("experiment"):
+    raise ValueError("config.experiment: the config names no experiment module")
+  module = experiments.get(config.experiment)
   if not hasattr(module, "teacher_source"):
     raise ValueError(f"config.experiment: {config.experiment!r} defines no teacher_source")
   workdir = os.path.join(out, "teachers_workdir") if workdir is None else workdir
   source = module.teacher_source(config, workdir)
-  # An experiment with size presets resolves them itself (`sized(config)`).
-  store = (module.sized(config) if hasattr(module, "sized") else config).store
   if jax.process_index() != 0:
     return {}
   return write_store(
-    out, source, k=store.k, generation_temperatures=store.generation_temperature,
-    dtype=store.dtype, batch_size=store.batch_size, progress=progress,
-  )  # fmt: skip
+    out,
+    source,
+    k=config.store.k,
+    dtype=config.store.dtype,
+    generation_temperatures=config.store.generation_temperature,
+    batch_size=config.store.batch_size,
+    progress=progress,
+  )
 
 
 def _main(argv):
@@ -328,8 +343,9 @@ def _main(argv):
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   if len(argv) != 2 or argv[1] not in ("dump", "verify"):
-    print("usage: python -m mtkd_jax.teachers {dump --config=... | verify} --out=DIR",
-          file=sys.stderr)  # fmt: skip
+    print(
+      "usage: python -m mtkd_jax.teachers {dump --config=... | verify} --out=DIR", file=sys.stderr
+    )
     return 2
   out = flags.FLAGS.out
   try:
@@ -341,8 +357,10 @@ def _main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   shards = ", ".join(f"{t['name']} ({t['bytes'] / 2**20:.1f} MiB)" for t in manifest["teachers"])
-  print(f"{out}: {manifest['num_rows']} rows of {manifest['row_shape']}, top-{manifest['k']} "
-        f"of V={manifest['vocab_size']}; shards ok: {shards}")  # fmt: skip
+  print(
+    f"{out}: {manifest['num_rows']} rows of {manifest['row_shape']}, top-{manifest['k']} "
+    f"of V={manifest['vocab_size']}; shards ok: {shards}"
+  )
   return 0
 
 
@@ -350,7 +368,9 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", None, "Experiment config file (for dump).")
+  config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (for dump: file.py[:arg])."
+  )
   flags.DEFINE_string("out", None, "Store directory.")
   flags.DEFINE_string("workdir", None, "Where the teachers are trained/restored (dump).")
   flags.mark_flag_as_required("out")

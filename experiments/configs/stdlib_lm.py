@@ -1,7 +1,8 @@
-"""Sparse / offline teachers on a real byte-level LM task: the Python standard library (SPEC §7).
+"""Sparse / offline teachers on a real byte-level LM task: the Python standard library.
 
     python -m mtkd_jax.main --config=experiments/configs/stdlib_lm.py --workdir=runs/stdlib_lm
 
+`--config=experiments/configs/stdlib_lm.py:small` is the quick setting of the tests and notebook.
 K = 3 byte-level Transformer teachers are each trained on one family of the standard library's
 own `.py` files (the test suite, the GUI/tool packages, the core library), with a deterministic
 file-level held-out split. Their top-64 outputs on the student's training windows are dumped
@@ -10,27 +11,22 @@ once to an offline store (bf16 log-probs + int32 indices, checksummed shards; th
 Students with the teachers' architecture, the same initialisation and the same batches are
 distilled from the dense teachers (run inside the step) and from the stored top-k for
 k ∈ {4, 16, 64} under each tail mode (drop / uniform / bucket), plus a hard-label baseline.
-Prints held-out bits per byte of every teacher, the average teacher, the teachers' mixture and
-every student, overall and per family; writes `results.json` and `sparse_teachers.png`.
-
-Runtime: 636-816 s (10.6-13.6 min) measured on this 2-core machine (the longer from a fresh clone,
-`make figures`); `--config.size=small` takes about 25 s (used by the tests). Result (both runs gave
-the same numbers; held-out bits per byte, all families): each teacher is best on its own family;
-average teacher 3.047, teachers' linear mixture 2.916, hard-label student 2.997, dense-teacher
-student 3.029; top-64 students 3.027-3.034 under every tail mode (the dense limit); top-16: bucket
-3.069, drop 3.134, uniform 3.151; top-4: bucket 3.252, uniform 3.654, drop 3.698. Keeping the
-missing mass as one bucket class is the best tail mode at small k; spreading it uniformly over the
-other bytes is no better than dropping it.
+Runtime: 11-14 min on 2 CPU cores (small: about 25 s). Writes results.json (held-out bits per
+byte of every teacher, the average teacher, the teachers' mixture and every student, overall and
+per family), the store, metrics.jsonl and checkpoints to the workdir;
+experiments/plots/stdlib_lm.py draws the figure (docs/figures/sparse_teachers.png).
 """
 
 import ml_collections
 
+from mtkd_jax import configs
 
-def get_config():
+
+def get_config(arg=None):
+  arg = configs.parse_arg(arg, small=False, seed=0)
   c = ml_collections.ConfigDict()
   c.experiment = "stdlib_lm"  # module mtkd_jax.experiments.stdlib_lm
-  c.size = "full"  # "full" or "small" (a preset from stdlib_lm.SIZES overrides the fields below)
-  c.seed = 0  # seed of initialisations and batch orders
+  c.seed = arg.seed  # seed of initialisations and batch orders
   c.data_seed = 0  # seed of the training windows
 
   # ---- Data: byte-level corpus of the standard library's .py files ---------------------------
@@ -100,9 +96,20 @@ def get_config():
   c.checkpoint_every = 1000  # steps between orbax checkpoints (and always at the end)
   c.keep_checkpoints = 1  # checkpoints kept per run
   c.progress = True  # tqdm progress bar on stderr
+
+  if arg.small:
+    c.seq_len = 32
+    c.eval_windows = 16
+    c.depth = 1
+    c.width = 32
+    c.num_heads = 2
+    c.teacher_steps = 12
+    c.student_steps = 8
+    c.batch_size = 8
+    c.warmup_steps = 2
+    c.log_every = 4
+    c.k_values = (4, 16)
+    c.store.k = 16
+    c.store.windows = 48
+    c.store.batch_size = 48
   return c
-
-
-def apply_small(c):
-  """The small setting (tests, notebooks with MTKD_NOTEBOOK_SIZE=small, `figures --small`)."""
-  c.size = "small"  # stdlib_lm.SIZES["small"] then overrides the sizes at run time
