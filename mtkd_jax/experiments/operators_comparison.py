@@ -1,10 +1,10 @@
 """Operator families on digits: distilled students against each single teacher (Cor IV.10).
 
-Runs the digits job (`mtkd_jax.main.run`) once per seed with every operator family as a
-multi-teacher student (`compare_operators`, parameterised specs such as "power(0.5)" registered as
-operator names) and one student per single teacher. Reports per operator the student's test
-accuracy and log-loss, the aggregate q's own, and whether the student beats the weighted average
-teacher log-loss (Cor IV.10, meta-teacher) and the best single-teacher student.
+Runs the digits job (`mtkd_jax.experiments.digits`) once per seed with every operator family as
+a multi-teacher student (`compare_operators`, specs such as "power(alpha=0.5)") and one student
+per single teacher. Reports per operator the student's test accuracy and log-loss, the aggregate
+q's own, and whether the student beats the weighted average teacher log-loss (Cor IV.10,
+meta-teacher) and the best single-teacher student.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from mtkd_jax.experiments import common
+from mtkd_jax.experiments import common, digits
 
 
 def validate_config(config) -> None:
@@ -22,29 +22,29 @@ def validate_config(config) -> None:
   common.check_operators("operators", config.operators)
   if not config.seeds:
     raise ValueError("config.seeds: need at least one seed")
-  common.validate_digits(digits_config(config, config.seeds[0]))
+  try:
+    digits.validate_config(digits_config(config, config.seeds[0]))
+  except ValueError as e:
+    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
 
 
 def digits_config(config, seed: int):
   """The digits job config of one seed: every operator a student, plus single-teacher students."""
-  digits = copy.deepcopy(config.digits)
-  digits.seed = seed
-  digits.operator = config.operators[0]
-  digits.operator_kwargs = {}
-  digits.compare_operators = tuple(config.operators[1:])
-  digits.single_teacher_students = True
-  digits.progress = config.progress
-  return digits
+  c = copy.deepcopy(config.digits)
+  c.seed = seed
+  c.operator = config.operators[0]
+  c.compare_operators = tuple(config.operators[1:])
+  c.single_teacher_students = True
+  c.progress = config.progress
+  return c
 
 
 def run(config, workdir: str) -> dict:
   """One digits job per seed in `<workdir>/seed_<s>`; returns per-seed results and summaries."""
-  common.register_operators(config.operators)
   per_seed = {}
   for seed in config.seeds:
-    per_seed[str(seed)] = common.digits_job().run(
-      digits_config(config, seed), os.path.join(workdir, f"seed_{seed}")
-    )
+    seed_dir = os.path.join(workdir, f"seed_{seed}")
+    per_seed[str(seed)] = digits.run(digits_config(config, seed), seed_dir)
   k = config.digits.num_teachers
   models = (
     [f"teacher_{i}" for i in range(k)]
@@ -100,48 +100,3 @@ def format_table(results: dict) -> str:
       f"{'yes' if r['beats_best_single_teacher_student'] else 'no'}"
     )
   return "\n".join(lines)
-
-
-def make_figure(results: dict, png_path: str) -> None:
-  """Bars of test accuracy and log-loss: teachers, single-teacher students, operator students."""
-  plt = common.pyplot()
-  s = results["summary"]
-  k = results["num_teachers"]
-  colors = common.operator_colors(results["operators"])
-  groups = [(f"teacher_{i}", f"teacher {i}", "#bbbbbb") for i in range(k)]
-  groups += [(f"student_from_teacher_{i}", f"student ← teacher {i}", "#777777") for i in range(k)]
-  groups += [(f"student_{o}", f"student ← {o}", colors[o]) for o in results["operators"]]
-  fig, axes = plt.subplots(1, 2, figsize=(14, 4.6))
-  for ax, key, label in (
-    (axes[0], "accuracy", "test accuracy"),
-    (axes[1], "log_loss", "test log-loss"),
-  ):
-    values = [s[n][key] for n, _, _ in groups]
-    errors = [s[n][f"{key}_std"] for n, _, _ in groups]
-    bars = ax.bar(
-      range(len(groups)), values, yerr=errors, color=[c for _, _, c in groups], capsize=2
-    )
-    ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=2)
-    ax.set_xticks(
-      range(len(groups)), [g for _, g, _ in groups], rotation=35, ha="right", fontsize=7
-    )
-    ax.set_ylabel(label)
-    if key == "accuracy":
-      ax.set_ylim(min(values) - 0.1, 1.0)
-    else:
-      ax.axhline(
-        s["average teacher"]["log_loss"],
-        color="k",
-        ls=":",
-        lw=1,
-        label="Σ_k w_k teacher log-loss (Cor IV.10)",
-      )
-      ax.legend(fontsize=7)
-  fig.suptitle(
-    f"Digits: students distilled from each operator's q vs from each single teacher "
-    f"({len(results['seeds'])} seed(s))",
-    fontsize=10,
-  )
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
