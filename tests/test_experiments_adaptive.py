@@ -1,28 +1,27 @@
 """Tests for the adaptive-weighting and meta-distillation experiments and notebooks/adaptive.ipynb.
 
-The notebook runs both experiments at the small size (nbclient, temporary directory,
-MTKD_NOTEBOOK_SIZE=small); the test asserts on the figures it wrote and the numbers it printed.
+The notebook runs both experiments at the small size (nbclient, MTKD_NOTEBOOK_SIZE=small, in a
+temporary directory laid out like notebooks/ next to experiments/); the test asserts on the
+figures it wrote, the numbers it printed and the results against tests/data/results_small/.
 """
 
 import ast
-import importlib.util
+import json
 import os
 
 import nbformat
 import pytest
+import results_compare
 from nbclient import NotebookClient
 
+from mtkd_jax import configs
 from mtkd_jax.experiments import adaptive, meta_distillation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(name):
-  path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _config(name, arg=""):
+  return configs.load(os.path.join(ROOT, "experiments", "configs", f"{name}.py{arg}"))
 
 
 @pytest.mark.parametrize(
@@ -37,7 +36,7 @@ def _config(name):
   ],
 )
 def test_adaptive_config_errors_name_the_field(field, value):
-  config = _config("adaptive").get_config()
+  config = _config("adaptive")
   adaptive.validate_config(config)
   config[field] = value
   with pytest.raises(ValueError, match=rf"config\.{field}"):
@@ -45,10 +44,8 @@ def test_adaptive_config_errors_name_the_field(field, value):
 
 
 def test_meta_config_errors_name_the_field():
-  module = _config("meta_distillation")
-  config = module.get_config()
-  meta_distillation.validate_config(config)
-  module.apply_small(config)
+  meta_distillation.validate_config(_config("meta_distillation"))
+  config = _config("meta_distillation", ":small")
   meta_distillation.validate_config(config)
   config.alphas = (0.5, 1.5)
   with pytest.raises(ValueError, match=r"config\.alphas"):
@@ -65,14 +62,24 @@ def _png(path):
 def test_adaptive_notebook_runs_both_experiments(tmp_path, monkeypatch):
   monkeypatch.setenv("MTKD_NOTEBOOK_SIZE", "small")
   monkeypatch.setenv("MTKD_NOTEBOOK_WORKDIR", str(tmp_path / "runs"))
+  monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as the results were made
+  (tmp_path / "experiments").symlink_to(os.path.join(ROOT, "experiments"))  # ../experiments
+  (tmp_path / "nb").mkdir()
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "adaptive.ipynb"), as_version=4)
   assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit w/o outputs"
-  NotebookClient(nb, timeout=900, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
-  text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.outputs if o.get("output_type") == "stream")  # fmt: skip
-  _png(tmp_path / "adaptive.png")
-  _png(tmp_path / "meta_distillation.png")
+  client = NotebookClient(
+    nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "nb")}}
+  )
+  client.execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  text = "\n".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+  _png(tmp_path / "nb" / "adaptive.png")
+  _png(tmp_path / "nb" / "meta_distillation.png")
+  for name in ("adaptive", "meta_distillation"):  # the old code's results, to 1e-6
+    with open(tmp_path / "runs" / name / "results.json") as f:
+      results = json.load(f)
+    with open(os.path.join(ROOT, "tests", "data", "results_small", f"{name}.json")) as f:
+      assert results_compare.differences(json.load(f), results) == [], name
   assert "Adaptive weighting, class-specialist teachers" in text
   summary = ast.literal_eval(text.strip().splitlines()[-1])
   ll = summary["log_loss"]
