@@ -1,7 +1,8 @@
-"""Tests of the guarantee experiments (issue 5): measured numbers against the closed forms.
+"""Tests of the guarantee experiments: measured numbers against the closed forms.
 
 The training-based parts at small size (Jensen gap along a digits run, capacity sweep, operator
-comparison) are exercised with assertions by tests/test_notebooks_guarantees.py.
+comparison) are exercised with assertions by tests/test_notebooks_guarantees.py, which also
+compares every `:small` run with its fixture in tests/data/results_small/.
 
 Monte-Carlo tolerance of Thm IV.2: the unbiased variance of n draws has relative standard
 deviation √(2/(n−1)) for Gaussian data (less for the bounded noise used here); the experiment
@@ -9,6 +10,7 @@ averages V nearly independent tokens, so its estimate has relative std ≈ √(2
 check is a 4-sigma band, `variance_reduction.tolerance(n, V)`.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -19,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import results_compare
 
-from mtkd_jax import operators, theory
+from mtkd_jax import configs, operators, theory
 from mtkd_jax.experiments import (
   bias_attenuation,
   capacity,
   common,
-  figures,
   jensen_bound,
   log_loss_bound,
   safety_attenuation,
@@ -33,6 +35,7 @@ from mtkd_jax.experiments import (
 from mtkd_jax.experiments import variance_reduction as vr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "data", "results_small")
 MY_CONFIGS = {
   "variance_reduction": "variance_reduction",
   "jensen_bound": "jensen_bound",
@@ -44,12 +47,26 @@ MY_CONFIGS = {
 }
 
 
+def load_config(name, small=True):
+  """experiments/configs/<name>.py, `:small` by default."""
+  return configs.load(
+    os.path.join(ROOT, "experiments", "configs", f"{name}.py") + (":small" if small else "")
+  )
+
+
+def assert_matches_fixture(module, results):
+  """`results` (after a JSON round trip) equal tests/data/results_small/<module>.json to 1e-6."""
+  with open(os.path.join(FIXTURES, f"{module}.json")) as f:
+    fixture = json.load(f)
+  assert results_compare.differences(fixture, json.loads(json.dumps(results, default=float))) == []
+
+
 # --------------------------------------------------------------------------------------------
 # Thm IV.2, variance reduction.
 # --------------------------------------------------------------------------------------------
 def _variance_results():
-  config = figures.load_config("variance_reduction", small=True)
-  config.operators = ("linear", "entropic(0.5)")
+  config = load_config("variance_reduction")
+  config.operators = ("linear", "entropic(beta=0.5)")
   config.num_teachers = (2, 4, 8)
   config.rhos = (0.0, 0.5)
   config.seed = 3
@@ -106,7 +123,7 @@ def _check_can_fail(variance_results):
 
 
 def _check_entropic(variance_results):
-  for r in vr.select(variance_results, operator="entropic(0.5)"):
+  for r in vr.select(variance_results, operator="entropic(beta=0.5)"):
     assert 0.4 < r["ratio_to_closed_form"] < 0.7  # flattening shrinks the fluctuations
     assert r["bias"] > 10 * vr.select(variance_results, operator="linear")[0]["bias"]
 
@@ -121,7 +138,7 @@ def test_noise_is_zero_sum_unit_variance_and_correlated():
 
 
 def test_variance_config_refuses_noise_that_leaves_the_simplex():
-  config = figures.load_config("variance_reduction", small=True)
+  config = load_config("variance_reduction")
   config.sigma = 0.02
   with pytest.raises(ValueError, match=r"config\.sigma"):
     vr.validate_config(config)
@@ -131,19 +148,19 @@ def test_variance_config_refuses_noise_that_leaves_the_simplex():
 # Thm IV.7 Jensen bound, Thm IV.9 log-loss bound.
 # --------------------------------------------------------------------------------------------
 def test_jensen_random_search():
-  config = figures.load_config("jensen_bound", small=True)
-  config.operators = ("linear", "geometric", "entropic(0.5)")
+  config = load_config("jensen_bound")
+  config.operators = ("linear", "geometric", "entropic(beta=0.5)")
   config.num_random = 3000
   config.seed = 5
   res = jensen_bound.random_search(config)
   assert res["linear"]["fraction"] == 0.0 and res["linear"]["counterexample"] is None
   assert res["linear"]["max_abs_gap_minus_js"] < 1e-5  # L_multi − L_mix = JS
-  for spec in ("geometric", "entropic(0.5)"):  # the paper's "any operator" claim fails
+  for spec in ("geometric", "entropic(beta=0.5)"):  # the paper's "any operator" claim fails
     assert res[spec]["fraction"] > 0.05
     ex = res[spec]["counterexample"]
     p, w, s = (np.asarray(ex[k], np.float64) for k in ("teachers", "weights", "student"))
     p, s, w = p / p.sum(-1, keepdims=True), s / s.sum(), w / w.sum()
-    log_q = common.parse_operator(spec)(jnp.log(p), temperatures=jnp.ones(3), weights=w)
+    log_q = operators.get(spec)(jnp.log(p), temperatures=jnp.ones(3), weights=w)
     q = np.exp(np.asarray(log_q, np.float64))
     kl = lambda a, b: np.sum(a * (np.log(a) - np.log(b)))
     assert kl(q, s) > sum(w[k] * kl(p[k], s) for k in range(3)) + 0.1  # reproduces
@@ -160,12 +177,12 @@ def test_jensen_identity_on_hand_example():
 def test_log_loss_bound_per_operator():
   log_p, w, rng = common.random_teachers(7, 3000, 3, 6)
   labels = rng.integers(0, 6, 3000)
-  specs = ("linear", "geometric", "power(0.5)", "power(2)", "entropic(0.5)")
+  specs = ("linear", "geometric", "power(alpha=0.5)", "power(alpha=2)", "entropic(beta=0.5)")
   res = log_loss_bound.check_bound(log_p, labels, w, np.ones(3, np.float32), specs)
-  for spec in ("linear", "geometric", "power(0.5)"):  # Jensen, Hölder, power means α ≤ 1
+  for spec in ("linear", "geometric", "power(alpha=0.5)"):  # Jensen, Hölder, power means α ≤ 1
     assert res[spec]["fraction"] == 0.0, spec
     assert res[spec]["max_violation"] <= log_loss_bound.TOL
-  for spec in ("power(2)", "entropic(0.5)"):
+  for spec in ("power(alpha=2)", "entropic(beta=0.5)"):
     assert res[spec]["fraction"] > 0.01, spec
     ex = res[spec]["counterexample"]
     assert ex["neg_log_q_y"] > ex["bound"]
@@ -178,9 +195,9 @@ def test_log_loss_bound_per_operator():
 # Prop IV.11 / Cor IV.12 safety.
 # --------------------------------------------------------------------------------------------
 def test_safety_attenuation():
-  config = figures.load_config("safety_attenuation", small=True)
+  config = load_config("safety_attenuation")
   config.num_random = 3000
-  config.operators = ("linear", "geometric", "power(2)", "entropic(0.5)")
+  config.operators = ("linear", "geometric", "power(alpha=2)", "entropic(beta=0.5)")
   safety_attenuation.validate_config(config)
   res = safety_attenuation.run(config, "unused")
   for sc in res["scenarios"].values():
@@ -192,14 +209,14 @@ def test_safety_attenuation():
   q0 = 0.4 / (0.4 + 2 * math.sqrt(0.01 * 0.59))
   assert consensus["q"]["geometric"][0] == pytest.approx(q0, abs=1e-4)
   assert 0.0 in consensus["violations"]["geometric"]
-  assert res["scenarios"]["confident"]["violations"]["power(2)"]  # breaks at large w*
+  assert res["scenarios"]["confident"]["violations"]["power(alpha=2)"]  # breaks at large w*
   rnd = res["random"]
   assert rnd["linear"]["cor_iv12"]["fraction"] == 0.0
   assert rnd["linear"]["prop_iv11"]["fraction"] == 0.0
-  for spec in ("geometric", "power(2)", "entropic(0.5)"):
+  for spec in ("geometric", "power(alpha=2)", "entropic(beta=0.5)"):
     assert rnd[spec]["cor_iv12"]["fraction"] > 0.01, spec
   assert rnd["geometric"]["prop_iv11"]["fraction"] > 0.01  # q(i) above every teacher's p(i)
-  assert rnd["power(2)"]["prop_iv11"]["fraction"] == 0.0  # Z ≥ 1 for α ≥ 1: below p_max
+  assert rnd["power(alpha=2)"]["prop_iv11"]["fraction"] == 0.0  # Z ≥ 1 for α ≥ 1: below p_max
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,10 +224,11 @@ def test_safety_attenuation():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_bias_attenuation(tmp_path):
-  config = figures.load_config("bias_attenuation", small=True)
-  config.operators = ("linear", "geometric")
-  config.digits.teacher_steps = 60
+  config = load_config("bias_attenuation")
+  config.progress = False
+  bias_attenuation.validate_config(config)
   res = bias_attenuation.run(config, str(tmp_path))
+  assert_matches_fixture("bias_attenuation", res)  # the :small run, unchanged
   assert res["linear_identity_error"] < 1e-6  # b_q = Σ_k w_k b_k
   linear = res["aggregates"]["linear"]["bias_l2"]
   assert linear <= res["weighted_teacher_bias_l2"] + 1e-9  # triangle inequality
@@ -221,28 +239,29 @@ def test_bias_attenuation(tmp_path):
 
 
 def test_capacity_targets_are_linear_mixtures():
-  config = figures.load_config("capacity", small=True)
+  config = load_config("capacity")
   _, teacher_logits, w, log_q = capacity.problem(config)
-  p = jax.nn.softmax(teacher_logits, axis=-1)  # [N, K, V]
-  np.testing.assert_allclose(np.exp(log_q), np.einsum("k,nkv->nv", w, p), atol=1e-6)
+  p = jax.nn.softmax(teacher_logits, axis=-1)  # [K, N, V]
+  np.testing.assert_allclose(np.exp(log_q), np.einsum("k,knv->nv", w, p), atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
-# Configs, CLI, figures command.
+# Configs, CLI, plots.
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("config_name", sorted(MY_CONFIGS))
 def test_configs_load_and_validate(config_name):
   import importlib
 
-  for small in (False, True):
-    config = figures.load_config(config_name, small=small)
+  full, small = load_config(config_name, small=False), load_config(config_name)
+  assert full != small  # the `if arg.small:` block shrinks the run
+  for config in (full, small):
     assert config.experiment == MY_CONFIGS[config_name]
-    assert config.size == ("small" if small else "full")
     module = importlib.import_module(f"mtkd_jax.experiments.{config.experiment}")
     module.validate_config(config)
-    assert hasattr(module, "make_figure") and hasattr(module, "format_table")
+    assert hasattr(module, "run") and hasattr(module, "format_table")
+  assert os.path.exists(os.path.join(ROOT, "experiments", "plots", f"{config_name}.py"))
   if "operators" in config:
-    config.operators = ("linear", "nope(3)")
+    config.operators = ("linear", "nope(alpha=3)")
     with pytest.raises(ValueError, match=r"config\.operators"):
       module.validate_config(config)
   else:  # capacity
@@ -252,47 +271,58 @@ def test_configs_load_and_validate(config_name):
 
 
 def test_digits_fields_are_validated():
-  config = figures.load_config("log_loss_bound", small=True)
+  config = load_config("log_loss_bound")
   config.digits.weights = (0.5, 0.5, 0.5)
   with pytest.raises(ValueError, match=r"config\.digits\.weights"):
     log_loss_bound.validate_config(config)
 
 
-def test_parse_operator():
-  assert common.parse_operator("linear") is operators.linear
+def test_operator_specs():
+  assert operators.get("linear") is operators.linear
   lp = jnp.log(jnp.array([[0.9, 0.1], [0.5, 0.5]]))
-  got = common.parse_operator("power(0.5)")(lp, temperatures=jnp.ones(2), weights=jnp.ones(2) / 2)
+  got = operators.get("power(alpha=0.5)")(lp, temperatures=jnp.ones(2), weights=jnp.ones(2) / 2)
   m = (0.5 * np.sqrt([0.9, 0.1]) + 0.5 * np.sqrt(0.5)) ** 2  # power mean α = 1/2, by hand
   np.testing.assert_allclose(np.exp(got), m / m.sum(), rtol=1e-5)  # [0.7236, 0.2764]
   with pytest.raises(ValueError):
-    common.parse_operator("linear(2)")
+    operators.get("linear(alpha=2)")
 
 
-def test_figures_list_covers_my_experiments():
-  listed = {m for m, _, _ in figures.EXPERIMENTS}
-  assert set(MY_CONFIGS.values()) <= listed
-  for _, config_name, png in figures.EXPERIMENTS:
-    assert os.path.exists(os.path.join(figures.CONFIG_DIR, f"{config_name}.py"))
-    assert png.endswith(".png")
+@pytest.mark.parametrize("config_name", sorted(MY_CONFIGS))
+def test_plot_draws_the_fixture(config_name, tmp_path):
+  """experiments/plots/<name>.py, loaded by path, draws the fixture results to a PNG."""
+  path = os.path.join(ROOT, "experiments", "plots", f"{config_name}.py")
+  spec = importlib.util.spec_from_file_location(f"plot_{config_name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with open(os.path.join(FIXTURES, f"{MY_CONFIGS[config_name]}.json")) as f:
+    results = json.load(f)
+  png = tmp_path / f"{config_name}.png"
+  module.plot(results, str(png))
+  assert png.stat().st_size > 5000
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
-def test_figures_command_and_cli(tmp_path):
-  """`figures --small --only=...` writes a PNG; the CLI writes results.json (one subprocess)."""
-  assert figures.main(["--small", "--only=safety_attenuation", f"--workdir={tmp_path}"]) == 0
-  png = tmp_path / "small" / "safety_attenuation.png"
-  assert png.stat().st_size > 5000
-  with open(tmp_path / "small_safety_attenuation" / "results.json") as f:
-    assert json.load(f)["random"]["linear"]["cor_iv12"]["fraction"] == 0.0
-  # The CLI runs mtkd_jax.main as __main__: the experiment must reuse that module (the digits
-  # job's config checks) instead of importing it twice (absl DuplicateFlagError).
+def test_cli(tmp_path):
+  """`python -m mtkd_jax.main` runs an experiment config and writes results.json."""
   cli = subprocess.run(
-    [sys.executable, "-m", "mtkd_jax.main",
-     "--config=experiments/configs/log_loss_bound.py:small", f"--workdir={tmp_path}/cli",
-     "--config.num_random=200", "--config.digits.teacher_steps=20",
-     "--config.operators=('linear', 'entropic(0.5)')"],
-    cwd=ROOT, capture_output=True, text=True, timeout=300,
-  )  # fmt: skip
+    [
+      sys.executable,
+      "-m",
+      "mtkd_jax.main",
+      "--config=experiments/configs/log_loss_bound.py:small",
+      f"--workdir={tmp_path}/cli",
+      "--config.num_random=200",
+      "--config.digits.teacher_steps=20",
+      "--config.progress=False",
+      "--config.operators=('linear', 'entropic(beta=0.5)')",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert cli.returncode == 0, cli.stderr[-2000:]
   assert "Thm IV.9" in cli.stdout
   with open(tmp_path / "cli" / "results.json") as f:
