@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from mtkd_jax import configs, experiments, train
+from mtkd_jax import checkpoints, configs, experiments
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (config file in experiments/configs, figure file in docs/figures)
@@ -55,8 +55,9 @@ def run(name: str, *, small: bool, workdir: str) -> dict:
   experiment = experiments.get(config.experiment)
   experiment.validate_config(config)
   run_dir = os.path.join(workdir, ("small_" if small else "") + name)
-  train.check_workdir(run_dir, config)
-  results = experiment.run(config, run_dir)
+  checkpoints.check_workdir(run_dir, config)
+  with checkpoints.WorkdirLock(run_dir):
+    results = experiment.run(config, run_dir)
   with open(os.path.join(run_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1, default=float)
   with open(os.path.join(run_dir, "results.json")) as f:  # plots draw exactly what the JSON holds

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtkd_jax import experiments, train
+from mtkd_jax import checkpoints, experiments, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of checkpoints, metrics, results.")
@@ -44,11 +44,18 @@ def main(argv):
       raise ValueError("config.experiment: the config names no experiment module")
     experiment = experiments.get(config.experiment)
     experiment.validate_config(config)
-    train.check_workdir(workdir, config)
+    checkpoints.check_workdir(workdir, config)
+    lock = checkpoints.WorkdirLock(workdir).__enter__()
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  results = experiment.run(config, workdir)
+  try:
+    results = experiment.run(config, workdir)
+  except (checkpoints.CheckpointError, train.NonFiniteError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  finally:
+    lock.__exit__(None, None, None)
   if jax.process_index() == 0:
     path = os.path.join(workdir, "results.json")
     with open(path + ".tmp", "w") as f:

@@ -2,7 +2,7 @@
 
 Read top to bottom: `make_train_step` (the distillation update; its one polymorphic argument is
 the objective, `mtkd_jax.objectives`, which also says what a step logs),
-`make_supervised_step` (teachers), `make_optimizer`, `check_workdir`, `Loop` (how a job's runs
+`make_supervised_step` (teachers), `make_optimizer`, `Loop` (how a job's runs
 are executed and observed), `train` (one model on a mesh, with checkpoints) and `train_seeds`
 (several seeds of a small model at once, vmapped). Code passes functions; only configs hold
 registry names (paper §VI's practical design).
@@ -22,10 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
+from mtkd_jax import checkpoints, losses, operators
 from mtkd_jax import data as data_lib
-from mtkd_jax import losses, operators
 from mtkd_jax import objectives as objectives_lib
 from mtkd_jax import sharding as sharding_lib
 from mtkd_jax import weighting as weighting_lib
@@ -208,50 +207,6 @@ def make_optimizer(
 
 
 # --------------------------------------------------------------------------------------------
-# Workdir compatibility: a checkpoint is only resumed by the config that wrote it.
-# --------------------------------------------------------------------------------------------
-# Fields that change how a run is observed, not what it computes.
-RESUMABLE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "progress", "mesh")
-
-
-def check_workdir(workdir: str, config: Mapping) -> None:
-  """Refuses a workdir whose checkpoints come from an incompatible config; records the config.
-
-  Raises:
-    ValueError naming the first fields that differ, before anything is trained or written.
-  """
-  path = os.path.join(workdir, "config.json")
-  current = json.loads(json.dumps(dict(config), default=_jsonable))
-  current = {k: v for k, v in current.items() if k not in RESUMABLE_FIELDS}
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if diff:
-      shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:3])
-      raise ValueError(
-        f"workdir {workdir!r} holds checkpoints of an incompatible config ({shown}); "
-        "use a fresh --workdir or delete it"
-      )
-    return
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise ValueError(f"workdir {workdir!r} holds checkpoints but no config.json; refusing to mix")
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(current, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
-def _jsonable(x):
-  if hasattr(x, "to_dict"):
-    return x.to_dict()
-  if isinstance(x, np.ndarray | jax.Array):
-    return np.asarray(x).tolist()
-  return repr(x)
-
-
-# --------------------------------------------------------------------------------------------
 # The train loops.
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +224,9 @@ class Loop:
     progress: a tqdm progress bar per run on stderr (process 0).
     report: optional `report(run_name, step, host_metrics)`, called every `log_every` steps on
       every process (e.g. to send metrics to an experiment tracker).
+    stop_on_nonfinite: stop a run with `NonFiniteError` naming the first step whose loss or
+      gradient norm is NaN or infinite (checked at each log and checkpoint step, so the last
+      checkpoint saved before it is intact).
   """
 
   mesh: jax.sharding.Mesh
@@ -279,6 +237,7 @@ class Loop:
   log_every: int = 10
   progress: bool = False
   report: Callable[[str, int, dict], None] | None = None
+  stop_on_nonfinite: bool = True
 
   @classmethod
   def from_config(cls, config, workdir: str | None) -> Loop:
@@ -296,6 +255,7 @@ class Loop:
       keep_checkpoints=config.get("keep_checkpoints", default.keep_checkpoints),
       log_every=config.get("log_every", default.log_every),
       progress=config.get("progress", default.progress),
+      stop_on_nonfinite=config.get("stop_on_nonfinite", default.stop_on_nonfinite),
     )
 
 
@@ -349,25 +309,20 @@ def train(
   teacher_shardings = jax.tree.map(lambda _: replicated, teacher_params)
   rows = sharding_lib.process_batch_rows(mesh, batch_size)
 
-  # ---- Resume from the latest checkpoint, or initialise ---------------------------------
-  manager = None
+  # ---- Resume from the newest intact checkpoint, or initialise ---------------------------
+  checkpointer = None
   if loop.workdir is not None:
-    if every < 1:
-      raise ValueError(f"checkpoint_every: must be >= 1, got {every}")
-    options = ocp.CheckpointManagerOptions(
-      save_interval_steps=every, max_to_keep=loop.keep_checkpoints, create=True
-    )
-    directory = os.path.abspath(os.path.join(loop.workdir, "checkpoints", name))
-    manager = ocp.CheckpointManager(directory, options=options)
-  latest = manager.latest_step() if manager is not None else None
-  if latest is not None:
+    directory = os.path.join(loop.workdir, "checkpoints", name)
+    checkpointer = checkpoints.Checkpointer(directory, every=every, keep=loop.keep_checkpoints)
+  state = None
+  if checkpointer is not None and checkpointer.latest_step() is not None:
     target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state,
       state_shardings,
     )
-    state = manager.restore(latest, args=ocp.args.StandardRestore(target))
-  else:
+    state = checkpointer.restore(target, name)
+  if state is None:
     state = jax.jit(init, out_shardings=state_shardings)()
   start = int(jax.device_get(state.step))
   if start > num_steps:
@@ -385,27 +340,53 @@ def train(
 
   # ---- Loop ------------------------------------------------------------------------------
   log = _Log(name, loop, start, num_steps)
-  metrics = None
+  finite = _Finite(name, loop.stop_on_nonfinite)
   host_metrics: dict = {}
   for step in range(start, num_steps):
     local = data_lib.get_batch(dict(arrays), batch_size, seed=seed, step=step, rows=rows)
     batch = sharding_lib.put_batch(mesh, local, batch_size)
     state, metrics = step_fn(state, batch, teacher_params)
     done = step + 1
-    if manager is not None and done % every == 0:
-      manager.save(done, args=ocp.args.StandardSave(state))
+    finite.update(done, metrics)
+    if checkpointer is not None and done % every == 0:
+      finite.check()  # a non-finite state is never saved: the last good checkpoint stays
+      checkpointer.save(done, state)
     if done % loop.log_every == 0 or done == num_steps:
+      finite.check()
       host_metrics = jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)
       log(done, host_metrics)
   log.close()
 
   # ---- Final checkpoint ------------------------------------------------------------------
-  if manager is not None:
-    if manager.latest_step() != num_steps:
-      manager.save(num_steps, args=ocp.args.StandardSave(state), force=True)
-    manager.wait_until_finished()
-    manager.close()
+  if checkpointer is not None:
+    finite.check()
+    checkpointer.finish(num_steps, state)
   return state, host_metrics
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradient norm of a run became NaN or infinite."""
+
+
+class _Finite:
+  """Watches loss and gradient norm on the device; `check()` raises at the first bad step."""
+
+  def __init__(self, name: str, enabled: bool):
+    self.name, self.enabled = name, enabled
+    self.first_bad = jnp.int32(-1)
+
+  def update(self, step: int, metrics) -> None:
+    if self.enabled:  # two tiny device ops per step; the host looks only in check()
+      ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+      self.first_bad = jnp.where((self.first_bad < 0) & ~ok, step, self.first_bad)
+
+  def check(self) -> None:
+    bad = int(self.first_bad) if self.enabled else -1
+    if bad >= 0:
+      raise NonFiniteError(
+        f"{self.name}: non-finite loss or gradient norm at step {bad}; stopped, the last "
+        "checkpoint before it is kept (a learning rate too high? NaN or inf in the data?)"
+      )
 
 
 class _Log:
@@ -431,8 +412,13 @@ class _Log:
       self.bar.n = step
       self.bar.set_postfix_str(f"loss={metrics['loss']:.4f}", refresh=True)
     if self.path is not None:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"run": self.name, "step": step, **metrics}) + "\n")
+      line = json.dumps({"run": self.name, "step": step, **metrics}) + "\n"
+      with open(self.path, "a+b") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+          f.seek(-1, os.SEEK_END)
+          if f.read(1) != b"\n":  # a row cut off by a full disk or a kill stays on its own line
+            line = "\n" + line
+        f.write(line.encode())
 
   def close(self) -> None:
     if self.bar is not None:

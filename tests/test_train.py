@@ -16,7 +16,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from mtkd_jax import models, objectives, operators, registry, sharding, train
+from mtkd_jax import checkpoints, models, objectives, operators, registry, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -392,10 +392,53 @@ def test_resume_from_checkpoint_equals_uninterrupted(one_device_run, tmp_path):
 
 def test_workdir_with_incompatible_config_is_refused(tmp_path):
   workdir = str(tmp_path)
-  train.check_workdir(workdir, {"operator": "linear", "num_steps": 10, "log_every": 5})
-  train.check_workdir(workdir, {"operator": "linear", "num_steps": 10, "log_every": 7})  # ok
-  with pytest.raises(ValueError, match=r"incompatible config \(operator: 'linear' -> 'geo"):
-    train.check_workdir(workdir, {"operator": "geometric", "num_steps": 10, "log_every": 5})
+  checkpoints.check_workdir(workdir, {"operator": "linear", "num_steps": 10, "log_every": 5})
+  # Nothing trained yet (say a bad-config crash): any config is re-recorded.
+  checkpoints.check_workdir(workdir, {"operator": "geometric", "num_steps": 10, "log_every": 5})
+  os.makedirs(tmp_path / "checkpoints")  # now something was trained
+  checkpoints.check_workdir(workdir, {"operator": "geometric", "num_steps": 10, "log_every": 7})
+  with pytest.raises(ValueError, match=r"incompatible config \(operator: 'geometric' -> 'lin"):
+    checkpoints.check_workdir(workdir, {"operator": "linear", "num_steps": 10, "log_every": 5})
+
+
+@pytest.mark.parametrize("bad", ["with[bracket", "star*", "q?"])
+def test_workdir_with_glob_characters_is_refused_before_writing(tmp_path, bad):
+  with pytest.raises(ValueError, match="are not allowed in the path"):
+    checkpoints.check_workdir(str(tmp_path / bad), {"a": 1})
+  assert not (tmp_path / bad).exists()
+
+
+def test_workdir_that_is_a_file_or_read_only_is_a_one_line_error(tmp_path):
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(ValueError, match="exists and is not a directory"):
+    checkpoints.check_workdir(str(tmp_path / "f"), {"a": 1})
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o500)
+  try:
+    if os.access(ro, os.W_OK):  # root ignores permissions: a file in the way fails the same way
+      (tmp_path / "file").write_text("x")
+      with pytest.raises(ValueError, match="cannot write there"):
+        checkpoints.check_workdir(str(tmp_path / "file" / "w"), {"a": 1})
+    else:
+      with pytest.raises(ValueError, match="cannot write there"):
+        checkpoints.check_workdir(str(ro / "w"), {"a": 1})
+  finally:
+    ro.chmod(0o700)
+
+
+def test_a_second_job_on_a_workdir_is_refused_with_the_holders_pid(tmp_path):
+  with checkpoints.WorkdirLock(str(tmp_path)):
+    code = (
+      "import sys; from mtkd_jax import checkpoints\n"
+      "try:\n  checkpoints.WorkdirLock(sys.argv[1]).__enter__()\n"
+      "except ValueError as e:\n  print(e); sys.exit(3)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    assert f"is in use by pid {os.getpid()}" in r.stdout
+  with checkpoints.WorkdirLock(str(tmp_path)):  # released: usable again
+    pass
 
 
 CLI_TINY = [
