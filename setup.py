@@ -10,7 +10,13 @@ setuptools.setup(
   long_description_content_type="text/markdown",
   python_requires=">=3.11",
   # kernels/ stays a top-level folder in the repo but installs as mtkd_jax.kernels.
-  packages=["mtkd_jax", "mtkd_jax.experiments", "mtkd_jax.kernels"],
+  packages=[
+    "mtkd_jax",
+    "mtkd_jax.experiments",
+    "mtkd_jax.kernels",
+    "mtkd_jax.sparse",
+    "mtkd_jax.weighting",
+  ],
   package_dir={"mtkd_jax": "mtkd_jax", "mtkd_jax.kernels": "kernels"},
   # The Pallas and export APIs move every month: pin jax exactly.
   install_requires=[

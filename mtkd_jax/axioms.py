@@ -1,4 +1,4 @@
-"""The paper's five axioms (§II-B) as executable checks with counterexamples (SPEC §3).
+"""The paper's five axioms (§II-B) as executable checks with counterexamples.
 
 `check(op)` tests any operator `op(teacher_log_probs, *, temperatures, weights) -> log_q`
 numerically, on random and adversarial inputs (near-ties, weights near 0, peaked and flat
@@ -19,22 +19,23 @@ A checker only finds what it samples: "passed" means no violation was found, not
 paper asserts that geometric and entropic pools satisfy all five; this checker finds weight
 monotonicity counterexamples for them (the normaliser can lower q(i)), and reports them.
 
-`python -m mtkd_jax.axioms` prints the operator × axiom table, then the weighting-scheme ×
-property table of `mtkd_jax.weighting_checks`.
+The samplers, the continuity search, the report and the table are `mtkd_jax.checks`'s, shared
+with `mtkd_jax.weighting_checks`. `python -m mtkd_jax.axioms` prints the operator × axiom table,
+then the weighting-scheme × property table.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtkd_jax import checks
 from mtkd_jax import operators as operators_lib
+from mtkd_jax.checks import Counterexample, log_softmax
 
 AXIOMS = {
   1: "convexity",
@@ -46,46 +47,13 @@ AXIOMS = {
 _KINDS = ("random", "peaked", "flat", "near_tie", "small_weight", "extreme_temperature")
 
 
-@dataclasses.dataclass(frozen=True)
-class Counterexample:
-  """Inputs on which an axiom failed, and the violated quantity."""
-
-  axiom: int
-  description: str  # what was compared, in words
-  quantity: str  # name of the violated quantity
-  value: float  # its value (the size of the violation)
-  inputs: dict[str, np.ndarray]  # teacher_log_probs [K, V], temperatures [K], weights [K], ...
-
-  def __str__(self) -> str:
-    show = lambda v: np.array2string(np.asarray(v), precision=4, separator=", ").replace("\n", "")
-    arrays = ", ".join(f"{k}={show(v)}" for k, v in self.inputs.items())
-    return f"{self.description}; {self.quantity} = {self.value:.4g}; inputs: {arrays}"
-
-
-@dataclasses.dataclass(frozen=True)
-class AxiomReport:
-  """Result of a check: per numbered property (axioms 1–5 here; the weighting properties 1–4 in
-  `weighting_checks`), whether it held and a counterexample."""
-
-  name: str
-  passed: dict[int, bool]
-  counterexamples: dict[int, Counterexample | None]
-
-  @property
-  def all_passed(self) -> bool:
-    return all(self.passed.values())
+# Same report as the weighting checks: per axiom number, passed and a counterexample.
+AxiomReport = checks.Report
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: random and adversarial teachers, temperatures and weights (NumPy, float64).
 # ---------------------------------------------------------------------------------------------
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-  """Float64 NumPy log-softmax over the last axis; -inf entries stay -inf."""
-  m = np.max(np.where(np.isfinite(x), x, -np.inf), axis=-1, keepdims=True)
-  x = x - m
-  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def _sample(rng: np.random.Generator, k: int, v: int, kind: str):
@@ -108,20 +76,6 @@ def _sample(rng: np.random.Generator, k: int, v: int, kind: str):
   return log_softmax(logits), temperatures, weights
 
 
-def _sizes(num_teachers: int, vocab_size: int) -> list[tuple[int, int]]:
-  """(K, V) from the smallest up, so the first violation found is a small one."""
-  return sorted(
-    {(k, v) for k in range(2, num_teachers + 1) for v in range(2, vocab_size + 1)},
-    key=lambda s: (s[0] * s[1], s),
-  )
-
-
-def _trials(rng, k, v, n) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """n trials at size (K, V), cycling through the input kinds: [n, K, V], [n, K], [n, K]."""
-  samples = [_sample(rng, k, v, _KINDS[j % len(_KINDS)]) for j in range(n)]
-  return tuple(np.stack(x) for x in zip(*samples, strict=True))
-
-
 class _Evaluator:
   """`op` jitted and vmapped over trials; returns q as float64 NumPy, [N, V]."""
 
@@ -129,8 +83,9 @@ class _Evaluator:
     self._fn = jax.jit(jax.vmap(lambda lp, t, w: op(lp, temperatures=t, weights=w)))
 
   def log_q(self, lp, t, w) -> np.ndarray:
-    out = self._fn(jnp.asarray(lp, jnp.float32), jnp.asarray(t, jnp.float32),
-                   jnp.asarray(w, jnp.float32))  # fmt: skip
+    out = self._fn(
+      jnp.asarray(lp, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(w, jnp.float32)
+    )
     return np.asarray(out, np.float64)
 
   def q(self, lp, t, w) -> np.ndarray:
@@ -139,11 +94,6 @@ class _Evaluator:
 
 def _tempered(lp, t):  # p_{k,T} in float64, [N, K, V]
   return np.exp(log_softmax(lp / t[..., None]))
-
-
-def _interpolate(s, x, y):  # (1 − s) x + s y with s [N] broadcast over x [N, ...]
-  s = s.reshape((-1,) + (1,) * (x.ndim - 1))
-  return (1 - s) * x + s * y
 
 
 def _inputs(lp, t, w, **extra) -> dict[str, np.ndarray]:
@@ -163,8 +113,12 @@ def _convexity(ev, lp, t, w, tol):
   if err[j] <= tol:
     return None
   return err[j], Counterexample(
-    1, "q must be a distribution (q ≥ 0, Σ q = 1, no NaN)", "|Σ_i q(i) − 1|", float(err[j]),
-    _inputs(lp[j], t[j], w[j], q=q[j]))  # fmt: skip
+    1,
+    "q must be a distribution (q ≥ 0, Σ q = 1, no NaN)",
+    "|Σ_i q(i) − 1|",
+    float(err[j]),
+    _inputs(lp[j], t[j], w[j], q=q[j]),
+  )
 
 
 def _positivity(ev, lp, t, w, tol):
@@ -178,8 +132,12 @@ def _positivity(ev, lp, t, w, tol):
     return None
   j = int(np.argmax(bad))
   return 1.0, Counterexample(
-    2, "all p_k > 0 but some q(i) = 0 (or NaN)", "min_i q(i)", float(np.nanmin(np.exp(log_q[j]))),
-    _inputs(lp[j], t[j], w[j], log_q=log_q[j]))  # fmt: skip
+    2,
+    "all p_k > 0 but some q(i) = 0 (or NaN)",
+    "min_i q(i)",
+    float(np.nanmin(np.exp(log_q[j]))),
+    _inputs(lp[j], t[j], w[j], log_q=log_q[j]),
+  )
 
 
 def _monotonicity(ev, lp, t, w, tol, delta=0.05):
@@ -209,12 +167,16 @@ def _monotonicity(ev, lp, t, w, tol, delta=0.05):
       for size in (drop, np.where(stuck, linear_change, 0.0)):
         j, i = np.unravel_index(np.argmax(size), size.shape)
         if size[j, i] > tol and (worst is None or size[j, i] > worst[0]):
-          what = (f"moving δ={d[j]:.3g} of weight from teacher {b} to teacher {a}, which puts "
-                  f"more mass on token {i} ({p[j, a, i]:.4f} > {p[j, b, i]:.4f}), "
-                  + ("lowered q(i)" if change[j, i] < -tol else "did not raise q(i)"))  # fmt: skip
+          what = (
+            f"moving δ={d[j]:.3g} of weight from teacher {b} to teacher {a}, which puts "
+            f"more mass on token {i} ({p[j, a, i]:.4f} > {p[j, b, i]:.4f}), "
+            + ("lowered q(i)" if change[j, i] < -tol else "did not raise q(i)")
+          )
           inputs = _inputs(lp[j], t[j], w[j], moved_weights=w2[j], q_before=q[j], q_after=q2[j])
-          worst = (size[j, i], Counterexample(
-            3, what, "q(i) before − after", float(q[j, i] - q2[j, i]), inputs))  # fmt: skip
+          worst = (
+            size[j, i],
+            Counterexample(3, what, "q(i) before − after", float(q[j, i] - q2[j, i]), inputs),
+          )
   return worst
 
 
@@ -236,35 +198,30 @@ def _continuity(ev, lp, t, w, tol, grid=65, refinements=14, jump=1e-2):
   }
   worst = None
   for name, (start, end) in paths.items():
-    at = lambda s, rows, start=start, end=end: tuple(
-      _interpolate(s, x[rows], y[rows]) for x, y in zip(start, end, strict=True)
-    )
-    q_at = lambda s, at=at: (lambda x: ev.q(x[0], np.exp(x[1]), x[2]))(at(s, np.arange(n)))
-    # Coarse walk: the largest step per trial.
-    steps = [q_at(np.full(n, s)) for s in np.linspace(0, 1, grid)]
-    incr = np.stack([np.abs(b - a).max(-1) for a, b in itertools.pairwise(steps)])
-    j = incr.argmax(0)
-    lo, hi = j / (grid - 1), (j + 1) / (grid - 1)
-    q_lo, q_hi = q_at(lo), q_at(hi)
-    for _ in range(refinements):  # keep the half with the larger step
-      mid = (lo + hi) / 2
-      q_mid = q_at(mid)
-      left = np.abs(q_mid - q_lo).max(-1) >= np.abs(q_hi - q_mid).max(-1)
-      lo, hi = np.where(left, lo, mid), np.where(left, mid, hi)
-      q_lo = np.where(left[:, None], q_lo, q_mid)
-      q_hi = np.where(left[:, None], q_mid, q_hi)
-    step = np.abs(q_hi - q_lo).max(-1)
-    step = np.where(np.isfinite(step), step, np.inf)
+
+    def q_at(s, start=start, end=end):
+      lp_s, log_t_s, w_s = checks.path_point(start, end, s, np.arange(n))
+      return ev.q(lp_s, np.exp(log_t_s), w_s)
+
+    lo, hi, q_lo, q_hi, step = checks.walk_and_bisect(q_at, n, grid=grid, refinements=refinements)
     r = int(np.argmax(step))
     if step[r] > jump and (worst is None or step[r] > worst[0]):
-      (lp_lo, log_t_lo, w_lo), (lp_hi, log_t_hi, w_hi) = at(lo[[r]], [r]), at(hi[[r]], [r])
+      lp_lo, log_t_lo, w_lo = checks.path_point(start, end, lo[[r]], [r])
+      lp_hi, log_t_hi, w_hi = checks.path_point(start, end, hi[[r]], [r])
       inputs = {
-        "teacher_log_probs": lp_lo[0], "temperatures": np.exp(log_t_lo[0]), "weights": w_lo[0],
-        "q": q_lo[r], "other_teacher_log_probs": lp_hi[0],
-        "other_temperatures": np.exp(log_t_hi[0]), "other_weights": w_hi[0], "other_q": q_hi[r],
-      }  # fmt: skip
-      what = (f"q jumps along a path in {name}: a step of {hi[r] - lo[r]:.2g} of the path "
-              f"moves q by {step[r]:.3g}")  # fmt: skip
+        "teacher_log_probs": lp_lo[0],
+        "temperatures": np.exp(log_t_lo[0]),
+        "weights": w_lo[0],
+        "q": q_lo[r],
+        "other_teacher_log_probs": lp_hi[0],
+        "other_temperatures": np.exp(log_t_hi[0]),
+        "other_weights": w_hi[0],
+        "other_q": q_hi[r],
+      }
+      what = (
+        f"q jumps along a path in {name}: a step of {hi[r] - lo[r]:.2g} of the path "
+        f"moves q by {step[r]:.3g}"
+      )
       worst = (step[r], Counterexample(4, what, "max_i |Δq(i)|", float(step[r]), inputs))
   return worst
 
@@ -297,8 +254,16 @@ def _coherence(ev, lp, t, w, tol, limit_tol=1e-3):
   # T = 1 leaves a lone teacher as is.
   one = np.ones((n, 1))
   lone = "K = 1, T = 1: a lone untempered teacher must come out unchanged"
-  compare(lone, ev.q(lp[:, :1], one, one), np.exp(lp[:, 0]), np.ones(n, bool),
-          lp[:, :1], one, one, 10 * tol)  # fmt: skip
+  compare(
+    lone,
+    ev.q(lp[:, :1], one, one),
+    np.exp(lp[:, 0]),
+    np.ones(n, bool),
+    lp[:, :1],
+    one,
+    one,
+    10 * tol,
+  )
   # T_0 → ∞ acts as a uniform teacher 0; T_0 → 0+ as a one-hot teacher 0 (ties share).
   ones = np.ones_like(t)
   uniform = lp.copy()
@@ -306,8 +271,10 @@ def _coherence(ev, lp, t, w, tol, limit_tol=1e-3):
   hot = np.isclose(lp[:, 0], lp[:, 0].max(-1, keepdims=True), rtol=0, atol=0)
   one_hot = lp.copy()
   one_hot[:, 0] = np.where(hot, -np.log(hot.sum(-1, keepdims=True)), -np.inf)
-  limits = ((1e5, uniform, "T_0 → ∞ must act as a uniform teacher 0"),
-            (1e-4, one_hot, "T_0 → 0+ must act as a one-hot teacher 0"))  # fmt: skip
+  limits = (
+    (1e5, uniform, "T_0 → ∞ must act as a uniform teacher 0"),
+    (1e-4, one_hot, "T_0 → 0+ must act as a one-hot teacher 0"),
+  )
   for t0, reference, name in limits:
     hot_t = ones.copy()
     hot_t[:, 0] = t0
@@ -323,8 +290,16 @@ def _coherence(ev, lp, t, w, tol, limit_tol=1e-3):
   shared[np.arange(n), 0, top] = shared[np.arange(n), 0, second] = np.log(0.5)
   tiny = ones.copy()
   tiny[:, 0] = 1e-4
-  compare("T_0 → 0+ with a tie at the argmax must share the mass", ev.q(tied, tiny, w),
-          ev.q(shared, ones, w), clear, tied, tiny, w, limit_tol)  # fmt: skip
+  compare(
+    "T_0 → 0+ with a tie at the argmax must share the mass",
+    ev.q(tied, tiny, w),
+    ev.q(shared, ones, w),
+    clear,
+    tied,
+    tiny,
+    w,
+    limit_tol,
+  )
   return worst
 
 
@@ -362,21 +337,19 @@ def check(
   >>> check(operators.linear).all_passed
   True
   """
-  if num_teachers < 2 or vocab_size < 2 or trials < 1:
-    raise ValueError(f"need num_teachers ≥ 2, vocab_size ≥ 2, trials ≥ 1, got "
-                     f"{num_teachers=}, {vocab_size=}, {trials=}")  # fmt: skip
+  checks.check_arguments(num_teachers, vocab_size, trials)
   ev = _Evaluator(op)
-  counterexamples: dict[int, Counterexample | None] = {}
-  for number, axiom in _CHECKS.items():
-    rng = np.random.default_rng([seed, number])
-    found = None
-    for k, v in _sizes(num_teachers, vocab_size):
-      found = axiom(ev, *_trials(rng, k, v, trials), tol)
-      if found is not None:
-        break
-    counterexamples[number] = None if found is None else found[1]
-  passed = {n: c is None for n, c in counterexamples.items()}
-  return AxiomReport(name or getattr(op, "__name__", repr(op)), passed, counterexamples)
+
+  def find(axiom):
+    return lambda rng, k, v: axiom(ev, *checks.trials(_sample, rng, k, v, trials, _KINDS), tol)
+
+  return checks.search(
+    {number: find(axiom) for number, axiom in _CHECKS.items()},
+    name=name or getattr(op, "__name__", repr(op)),
+    num_teachers=num_teachers,
+    vocab_size=vocab_size,
+    seed=seed,
+  )
 
 
 def builtin_operators() -> dict[str, Callable]:
@@ -394,47 +367,26 @@ def builtin_operators() -> dict[str, Callable]:
   }
 
 
-def format_table(
-  reports: list[AxiomReport],
-  *,
-  counterexamples: bool = True,
-  properties: dict[int, str] = AXIOMS,
-  subject: str = "operator",
-  kind: str = "axiom",
-) -> str:
-  """Subject × property table (✓ held on every input tried, ✗ counterexample found).
-
-  `properties` and `subject` default to the operator axioms; the weighting checks pass theirs.
-  """
-  header = [subject] + [f"{n}. {a}" for n, a in properties.items()]
-  rows = [[r.name] + ["✓" if r.passed[n] else "✗" for n in properties] for r in reports]
-  widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
-  line = lambda cells: "| " + " | ".join(map(str.ljust, cells, widths)) + " |"
-  out = [line(header), "|" + "|".join("-" * (wd + 2) for wd in widths) + "|"]
-  out += [line(r) for r in rows]
-  if counterexamples:
-    out.append("")
-    for r in reports:
-      for n, c in r.counterexamples.items():
-        if c is not None:
-          out.append(f"- {r.name}, {kind} {n} ({properties[n]}): {c}")
-  return "\n".join(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-  del argv
+def check_builtin(**kwargs) -> list[AxiomReport]:
+  """Reports of every operator of `builtin_operators` (kwargs go to `check`)."""
   reports = []
   for name, op in builtin_operators().items():
     print(f"checking {name} ...", file=sys.stderr, flush=True)
-    reports.append(check(op, name=name))
-  print(format_table(reports))
-  # Weighting schemes (SPEC §7): imported here, weighting_checks imports this module.
-  from mtkd_jax import weighting_checks
+    reports.append(check(op, name=name, **kwargs))
+  return reports
 
-  print()
-  print(weighting_checks.format_table(weighting_checks.check_builtin()))
-  return 0
+
+def format_table(reports: list[AxiomReport], *, counterexamples: bool = True) -> str:
+  """Operator × axiom table (✓ held on every input tried, ✗ counterexample found)."""
+  return checks.format_table(
+    reports, properties=AXIOMS, subject="operator", kind="axiom", counterexamples=counterexamples
+  )
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Prints the operator × axiom table, then the weighting-scheme × property table."""
+  return checks.main(argv)
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  sys.exit(main())

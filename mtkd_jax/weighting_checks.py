@@ -1,4 +1,4 @@
-"""Executable checks for weighting schemes, as `mtkd_jax.axioms` does for operators (SPEC §7).
+"""Executable checks for adaptive weighting schemes (paper §VI, §IX), as `axioms` for operators.
 
 `check(scheme)` tests a weighting scheme numerically on random and adversarial inputs and
 reports, per property, whether it held and the smallest counterexample found:
@@ -22,14 +22,15 @@ A scheme under test is a function of one batch of B positions,
 no violation was found on the inputs tried, not a proof. Plain schemes ignore the sensitivity,
 so they fail property 4 by having no floor: that is the reason for `weighting.safety_floor`.
 
-`python -m mtkd_jax.weighting_checks` prints the scheme × property table (also printed by
-`python -m mtkd_jax.axioms`).
+The samplers, the continuity search, the report and the table are `mtkd_jax.checks`'s, shared
+with `mtkd_jax.axioms`. `python -m mtkd_jax.weighting_checks` prints the scheme × property table
+(also printed by `python -m mtkd_jax.axioms`).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
-import itertools
 import sys
 from collections.abc import Callable
 
@@ -37,19 +38,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd_jax import axioms, weighting
-from mtkd_jax.axioms import AxiomReport, Counterexample, log_softmax
+from mtkd_jax import checks, weighting
+from mtkd_jax.checks import Counterexample, log_softmax
 
 PROPERTIES = {1: "normalisation", 2: "boundedness", 3: "continuity", 4: "safety monotonicity"}
 _KINDS = ("random", "peaked", "flat", "near_tie", "label_excluded", "sparse_prior")
-_EXTREME_KINDS = ("huge_logits", "all_exclude_label", "huge_features", "sensitivity_out_of_range",
-                  "zero_prior")  # fmt: skip
+_EXTREME_KINDS = (
+  "huge_logits",
+  "all_exclude_label",
+  "huge_features",
+  "sensitivity_out_of_range",
+  "zero_prior",
+)
 NUM_FEATURES = 6  # D of the features the checker feeds (and of the built-in learned gate)
 BATCH = 4  # B positions per trial (batch statistics couple them)
 
 
-# Same shape as the operator report: per property number, passed and a counterexample.
-WeightingReport = AxiomReport
+# Same report as the operator axioms: per property number, passed and a counterexample.
+WeightingReport = checks.Report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,16 +97,6 @@ def _sample(rng: np.random.Generator, k: int, v: int, kind: str):
   return log_softmax(logits), labels, features, sensitivity, prior
 
 
-def _trials(rng, k, v, n, kinds):
-  samples = [_sample(rng, k, v, kinds[j % len(kinds)]) for j in range(n)]
-  return tuple(np.stack(x) for x in zip(*samples, strict=True))
-
-
-def _sizes(num_teachers: int, vocab_size: int) -> list[tuple[int, int]]:
-  return sorted({(k, v) for k in range(2, num_teachers + 1) for v in range(2, vocab_size + 1)},
-                key=lambda s: (s[0] * s[1], s))  # fmt: skip
-
-
 class _Evaluator:
   """The scheme, jitted and vmapped over trials; returns float64 weights [N, K, B]."""
 
@@ -114,8 +110,14 @@ class _Evaluator:
 
 
 def _inputs(j, lp, y, f, s, prior, **extra) -> dict[str, np.ndarray]:
-  return {"teacher_log_probs": lp[j], "labels": y[j], "features": f[j], "sensitivity": s[j],
-          "prior": prior[j], **extra}  # fmt: skip
+  return {
+    "teacher_log_probs": lp[j],
+    "labels": y[j],
+    "features": f[j],
+    "sensitivity": s[j],
+    "prior": prior[j],
+    **extra,
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,8 +135,13 @@ def _normalisation(ev, args, tol, number=1, what="w must be ≥ 0 and sum to 1 o
   j = int(np.argmax(err))
   if err[j] <= tol:
     return None
-  return err[j], Counterexample(number, what, "max(|Σ_k w_k − 1|, −min w, max w − 1)",
-                                float(err[j]), _inputs(j, *args, weights=w[j]))  # fmt: skip
+  return err[j], Counterexample(
+    number,
+    what,
+    "max(|Σ_k w_k − 1|, −min w, max w − 1)",
+    float(err[j]),
+    _inputs(j, *args, weights=w[j]),
+  )
 
 
 def _boundedness(ev, args, tol):
@@ -164,42 +171,30 @@ def _continuity(ev, args, tol, grid=65, refinements=14, jump=1e-2):
   worst = None
   for name, (start, end) in paths.items():
 
-    def at(t, rows, start=start, end=end):
-      out = []
-      for a, b in zip(start, end, strict=True):
-        tt = t.reshape((-1,) + (1,) * (a.ndim - 1))
-        out.append((1 - tt) * a[rows] + tt * b[rows])
-      return out
-
-    def w_at(t, at=at):
-      x_lp, x_f, x_s, x_p = at(t, np.arange(n))
+    def w_at(t, start=start, end=end):
+      x_lp, x_f, x_s, x_p = checks.path_point(start, end, t, np.arange(n))
       return ev(log_softmax(x_lp), y, x_f, x_s, x_p).reshape(n, -1)
 
-    steps = [w_at(np.full(n, t)) for t in np.linspace(0, 1, grid)]
-    incr = np.stack([np.abs(b - a).max(-1) for a, b in itertools.pairwise(steps)])
-    j = np.nan_to_num(incr, nan=np.inf).argmax(0)
-    lo, hi = j / (grid - 1), (j + 1) / (grid - 1)
-    w_lo, w_hi = w_at(lo), w_at(hi)
-    for _ in range(refinements):
-      mid = (lo + hi) / 2
-      w_mid = w_at(mid)
-      left = np.abs(w_mid - w_lo).max(-1) >= np.abs(w_hi - w_mid).max(-1)
-      lo, hi = np.where(left, lo, mid), np.where(left, mid, hi)
-      w_lo = np.where(left[:, None], w_lo, w_mid)
-      w_hi = np.where(left[:, None], w_mid, w_hi)
-    step = np.abs(w_hi - w_lo).max(-1)
-    step = np.where(np.isfinite(step), step, np.inf)
+    lo, hi, w_lo, w_hi, step = checks.walk_and_bisect(w_at, n, grid=grid, refinements=refinements)
     r = int(np.argmax(step))
     if step[r] > jump and (worst is None or step[r] > worst[0]):
-      x_lo, x_hi = at(lo[[r]], [r]), at(hi[[r]], [r])
+      x_lo = checks.path_point(start, end, lo[[r]], [r])
+      x_hi = checks.path_point(start, end, hi[[r]], [r])
       inputs = {
-        "teacher_log_probs": log_softmax(x_lo[0][0]), "labels": y[r], "features": x_lo[1][0],
-        "sensitivity": x_lo[2][0], "prior": x_lo[3][0], "weights": w_lo[r].reshape(k, -1),
-        "other_prior": x_hi[3][0], "other_sensitivity": x_hi[2][0],
+        "teacher_log_probs": log_softmax(x_lo[0][0]),
+        "labels": y[r],
+        "features": x_lo[1][0],
+        "sensitivity": x_lo[2][0],
+        "prior": x_lo[3][0],
+        "weights": w_lo[r].reshape(k, -1),
+        "other_prior": x_hi[3][0],
+        "other_sensitivity": x_hi[2][0],
         "other_weights": w_hi[r].reshape(k, -1),
-      }  # fmt: skip
-      what = (f"w jumps along a path in {name}: a step of {hi[r] - lo[r]:.2g} of the path moves "
-              f"w by {step[r]:.3g}")  # fmt: skip
+      }
+      what = (
+        f"w jumps along a path in {name}: a step of {hi[r] - lo[r]:.2g} of the path moves "
+        f"w by {step[r]:.3g}"
+      )
       worst = (step[r], Counterexample(3, what, "max |Δw|", float(step[r]), inputs))
   return worst
 
@@ -208,8 +203,9 @@ def _safety(ev, args, tol, *, safety_teacher, floor, threshold, grid=21):
   lp, y, f, _, prior = args
   n = lp.shape[0]
   levels = np.linspace(0.0, 1.0, grid)
-  w_star = np.stack([ev(lp, y, f, np.full((n, BATCH), s), prior)[:, safety_teacher]
-                     for s in levels])  # [S, N, B]  # fmt: skip
+  w_star = np.stack(
+    [ev(lp, y, f, np.full((n, BATCH), s), prior)[:, safety_teacher] for s in levels]
+  )  # [S, N, B]
   drop = np.nan_to_num(w_star[:-1] - w_star[1:], nan=np.inf)  # [S-1, N, B]
   deficit = np.where(levels[:, None, None] >= threshold, floor - w_star, -np.inf)
   deficit = np.nan_to_num(deficit, nan=np.inf)
@@ -218,16 +214,21 @@ def _safety(ev, args, tol, *, safety_teacher, floor, threshold, grid=21):
     a, j, b = np.unravel_index(np.argmax(size), size.shape)
     if size[a, j, b] > tol and (worst is None or size[a, j, b] > worst[0]):
       if kind == "drop":
-        what = (f"raising the sensitivity from {levels[a]:.2f} to {levels[a + 1]:.2f} lowered the "
-                f"safety teacher's weight from {w_star[a, j, b]:.4f} to {w_star[a + 1, j, b]:.4f} "
-                f"(position {b})")  # fmt: skip
+        what = (
+          f"raising the sensitivity from {levels[a]:.2f} to {levels[a + 1]:.2f} lowered the "
+          f"safety teacher's weight from {w_star[a, j, b]:.4f} to {w_star[a + 1, j, b]:.4f} "
+          f"(position {b})"
+        )
         quantity = "w*(s) − w*(s')"
       else:
-        what = (f"sensitivity {levels[a]:.2f} ≥ threshold {threshold} but the safety teacher's "
-                f"weight is {w_star[a, j, b]:.4f} < floor {floor} (position {b})")  # fmt: skip
+        what = (
+          f"sensitivity {levels[a]:.2f} ≥ threshold {threshold} but the safety teacher's "
+          f"weight is {w_star[a, j, b]:.4f} < floor {floor} (position {b})"
+        )
         quantity = "floor − w*"
-      inputs = _inputs(j, *args, sensitivity_level=np.float64(levels[a]),
-                       safety_weights=w_star[:, j, b])  # fmt: skip
+      inputs = _inputs(
+        j, *args, sensitivity_level=np.float64(levels[a]), safety_weights=w_star[:, j, b]
+      )
       worst = (size[a, j, b], Counterexample(4, what, quantity, float(size[a, j, b]), inputs))
   return worst
 
@@ -265,30 +266,28 @@ def check(
   Returns:
     A `WeightingReport`.
   """
-  if num_teachers < 2 or vocab_size < 2 or trials < 1:
-    raise ValueError(f"need num_teachers ≥ 2, vocab_size ≥ 2, trials ≥ 1, got "
-                     f"{num_teachers=}, {vocab_size=}, {trials=}")  # fmt: skip
+  checks.check_arguments(num_teachers, vocab_size, trials)
   ev = _Evaluator(scheme)
-  safety = functools.partial(_safety, safety_teacher=safety_teacher, floor=floor,
-                             threshold=threshold)  # fmt: skip
-  checks = {
+  safety = functools.partial(
+    _safety, safety_teacher=safety_teacher, floor=floor, threshold=threshold
+  )
+  properties = {
     1: (_normalisation, _KINDS),
     2: (_boundedness, _EXTREME_KINDS),
     3: (_continuity, _KINDS),
     4: (safety, _KINDS),
   }
-  counterexamples: dict[int, Counterexample | None] = {}
-  for number, (fn, kinds) in checks.items():
-    rng = np.random.default_rng([seed, number])
-    found = None
-    for k, v in _sizes(num_teachers, vocab_size):
-      found = fn(ev, _trials(rng, k, v, trials, kinds), tol)
-      if found is not None:
-        break
-    counterexamples[number] = None if found is None else found[1]
-  passed = {n: c is None for n, c in counterexamples.items()}
-  return WeightingReport(name or getattr(scheme, "__name__", repr(scheme)), passed,
-                         counterexamples)  # fmt: skip
+
+  def find(fn, kinds):
+    return lambda rng, k, v: fn(ev, checks.trials(_sample, rng, k, v, trials, kinds), tol)
+
+  return checks.search(
+    {number: find(fn, kinds) for number, (fn, kinds) in properties.items()},
+    name=name or getattr(scheme, "__name__", repr(scheme)),
+    num_teachers=num_teachers,
+    vocab_size=vocab_size,
+    seed=seed,
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,8 +303,9 @@ def _confidence(lp, y, f, s, prior):
 
 def _hierarchical(epsilon):
   def scheme(lp, y, f, s, prior):
-    return weighting.hierarchical(token=weighting.confidence(lp, tau=0.5), task=prior[0],
-                                  context=prior[1], epsilon=epsilon)  # fmt: skip
+    return weighting.hierarchical(
+      token=weighting.confidence(lp, tau=0.5), task=prior[0], context=prior[1], epsilon=epsilon
+    )
 
   return scheme
 
@@ -323,8 +323,13 @@ def _learned():
 
 def _floored(base, floor, threshold, safety_teacher=0):
   def scheme(lp, y, f, s, prior):
-    return weighting.safety_floor(base(lp, y, f, s, prior), safety_teacher=safety_teacher,
-                                  floor=floor, sensitivity=s, threshold=threshold)  # fmt: skip
+    return weighting.safety_floor(
+      base(lp, y, f, s, prior),
+      safety_teacher=safety_teacher,
+      floor=floor,
+      sensitivity=s,
+      threshold=threshold,
+    )
 
   return scheme
 
@@ -346,9 +351,13 @@ def _naive_switch_floor(floor, threshold):
   """The floor switched on at s ≥ threshold: a jump in the sensitivity."""
 
   def scheme(lp, y, f, s, prior):
-    return weighting.safety_floor(weighting.label_aware(lp, y), safety_teacher=0, floor=floor,
-                                  sensitivity=jnp.where(s >= threshold, 1.0, 0.0),
-                                  threshold=threshold)  # fmt: skip
+    return weighting.safety_floor(
+      weighting.label_aware(lp, y),
+      safety_teacher=0,
+      floor=floor,
+      sensitivity=jnp.where(s >= threshold, 1.0, 0.0),
+      threshold=threshold,
+    )
 
   return scheme
 
@@ -357,8 +366,13 @@ def _naive_floor_inside(floor, threshold):
   """The floor applied to one scale, then multiplied with another: the product breaks it."""
 
   def scheme(lp, y, f, s, prior):
-    token = weighting.safety_floor(weighting.confidence(lp, tau=0.5), safety_teacher=0,
-                                   floor=floor, sensitivity=s, threshold=threshold)  # fmt: skip
+    token = weighting.safety_floor(
+      weighting.confidence(lp, tau=0.5),
+      safety_teacher=0,
+      floor=floor,
+      sensitivity=s,
+      threshold=threshold,
+    )
     return weighting.hierarchical(token=token, task=weighting.label_aware(lp, y))
 
   return scheme
@@ -371,8 +385,9 @@ def _naive_sharpened(floor, threshold):
     c = weighting.confidence(lp, tau=1.0)  # [K, B]
     tau = 1.0 - 0.9 * jnp.clip(s, 0.0, 1.0)  # [B]
     w = jax.nn.softmax(jnp.log(jnp.maximum(c, 1e-30)) / tau[None], axis=0)
-    return weighting.safety_floor(w, safety_teacher=0, floor=floor, sensitivity=s,
-                                  threshold=threshold)  # fmt: skip
+    return weighting.safety_floor(
+      w, safety_teacher=0, floor=floor, sensitivity=s, threshold=threshold
+    )
 
   return scheme
 
@@ -406,12 +421,12 @@ def builtin_schemes(*, floor: float = 0.3, threshold: float = 0.5) -> dict[str, 
 
 def format_table(reports: list[WeightingReport], *, counterexamples: bool = True) -> str:
   """Scheme × property table (✓ held on every input tried, ✗ counterexample found)."""
-  return axioms.format_table(
+  return checks.format_table(
     reports,
-    counterexamples=counterexamples,
     properties=PROPERTIES,
     subject="weighting scheme",
     kind="property",
+    counterexamples=counterexamples,
   )
 
 
@@ -425,10 +440,16 @@ def check_builtin(**kwargs) -> list[WeightingReport]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  del argv
+  """Prints the weighting-scheme × property table."""
+  parser = argparse.ArgumentParser(
+    prog="python -m mtkd_jax.weighting_checks",
+    description="Checks the built-in weighting schemes against four properties and prints the "
+    "table with the smallest counterexample found.",
+  )
+  parser.parse_args(argv)
   print(format_table(check_builtin()))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  sys.exit(main())

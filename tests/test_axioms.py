@@ -13,8 +13,10 @@ FAST = dict(num_teachers=3, vocab_size=4, trials=24)
 def not_normalised(teacher_log_probs, *, temperatures, weights):
   """Linear mixture with extra mass on token 0 and no renormalisation."""
   log_q = operators.linear(teacher_log_probs, temperatures=temperatures, weights=weights)
-  return jnp.logaddexp(log_q, jnp.log(0.1) * (jnp.arange(log_q.shape[-1]) == 0) - 1e9 * (
-    jnp.arange(log_q.shape[-1]) != 0))  # fmt: skip
+  return jnp.logaddexp(
+    log_q,
+    jnp.log(0.1) * (jnp.arange(log_q.shape[-1]) == 0) - 1e9 * (jnp.arange(log_q.shape[-1]) != 0),
+  )
 
 
 def jump_in_weights(teacher_log_probs, *, temperatures, weights):
@@ -119,3 +121,10 @@ def test_builtin_operator_list_covers_the_required_families():
 def test_bad_arguments():
   with pytest.raises(ValueError, match="num_teachers"):
     axioms.check(operators.linear, num_teachers=1)
+
+
+def test_help_prints_usage_and_checks_nothing(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    axioms.main(["--help"])
+  assert exit_.value.code == 0
+  assert capsys.readouterr().out.startswith("usage: python -m mtkd_jax.axioms")

@@ -117,9 +117,15 @@ ALL = [(op, mode) for op in ("linear", "geometric") for mode in MODES]
 # ---------------------------------------------------------------------------------------------
 # Sparse == dense reference, every tail mode, forward and gradient.
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("seed,k_teachers,batch,v,k", [
-  (0, 3, (4,), 23, 5), (1, 1, (3,), 11, 4), (2, 2, (2, 3), 40, 1), (3, 3, (5,), 12, 8),
-])  # fmt: skip
+@pytest.mark.parametrize(
+  "seed,k_teachers,batch,v,k",
+  [
+    (0, 3, (4,), 23, 5),
+    (1, 1, (3,), 11, 4),
+    (2, 2, (2, 3), 40, 1),
+    (3, 3, (5,), 12, 8),
+  ],
+)
 def test_sparse_loss_matches_dense_reference(seed, k_teachers, batch, v, k):
   out, temps, w, student, t_s = _problem(seed, k_teachers=k_teachers, batch=batch, v=v, k=k)
   for (op, mode), ((loss, grad), (ref_loss, ref_grad)) in _both(
@@ -153,8 +159,9 @@ def test_target_is_the_dense_pool():
       target = jax.jit(sparse.get(op, tail_mode=mode))(out, temperatures=temps, weights=w)
       dense = jnp.asarray(_dense_completion(out, "uniform" if op == "geometric" else mode))
       want = _dense_target(out, temps, w, mode, op, dense, listed, in_u)
-      np.testing.assert_allclose(jnp.exp(sparse.to_dense(target)), jnp.exp(want),
-                                 rtol=1e-5, atol=1e-7)  # fmt: skip
+      np.testing.assert_allclose(
+        jnp.exp(sparse.to_dense(target)), jnp.exp(want), rtol=1e-5, atol=1e-7
+      )
       total = jnp.exp(target.log_probs).sum(-1) + jnp.exp(target.tail_log_mass)
       np.testing.assert_allclose(total, 1.0, rtol=1e-5)
 
@@ -164,8 +171,9 @@ def test_uniform_and_bucket_share_q_and_differ_in_loss():
 
   @jax.jit
   def both(out, student):
-    targets = [sparse.linear(out, temperatures=temps, weights=w, tail_mode=m)
-               for m in ("uniform", "bucket")]  # fmt: skip
+    targets = [
+      sparse.linear(out, temperatures=temps, weights=w, tail_mode=m) for m in ("uniform", "bucket")
+    ]
     return targets, [sparse.sparse_kd_loss(student, t, student_temperature=t_s) for t in targets]
 
   (tu, tb), (lu, lb) = both(out, student)
@@ -247,8 +255,13 @@ def test_bfloat16_inputs():
   for key, ((loss, grad), (ref_loss, ref_grad)) in _both(out, temps, w, student, t_s, ALL).items():
     assert loss.dtype == jnp.float32 and grad.dtype == jnp.bfloat16, key
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-4, atol=1e-5, err_msg=str(key))
-    np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(ref_grad, np.float32),
-                               rtol=2e-2, atol=2e-3, err_msg=str(key))  # fmt: skip
+    np.testing.assert_allclose(
+      np.asarray(grad, np.float32),
+      np.asarray(ref_grad, np.float32),
+      rtol=2e-2,
+      atol=2e-3,
+      err_msg=str(key),
+    )
 
 
 def test_jit_vmap_and_where_mask():
@@ -263,8 +276,9 @@ def test_jit_vmap_and_where_mask():
   one_row = lambda s, i, lp: loss(s[None], out.replace(indices=i[:, None], log_probs=lp[:, None]))
   vm = jax.jit(jax.vmap(lambda *a: one_row(*a)[0], in_axes=(0, 1, 1)))
   np.testing.assert_allclose(vm(student, out.indices, out.log_probs), batched, rtol=1e-5)
-  np.testing.assert_allclose(one_row(student[2], out.indices[:, 2], out.log_probs[:, 2]),
-                             batched[2:3], rtol=1e-5)  # fmt: skip
+  np.testing.assert_allclose(
+    one_row(student[2], out.indices[:, 2], out.log_probs[:, 2]), batched[2:3], rtol=1e-5
+  )
   mask = jnp.array([True, False, True, True, False, True])
 
   def masked(s):
@@ -285,16 +299,23 @@ def test_sparse_kd_loss_runs_in_the_train_step():
   model = models.build("mlp", in_features=6, hidden=(8,), num_classes=12)
   z = 2 * r.standard_normal((3, 16, 12)).astype(np.float32)  # [K, B, V]
   out = sparse.from_dense(jnp.asarray(z), 4)
-  batch = {"x": r.standard_normal((16, 6)).astype(np.float32),
-           "y": r.integers(0, 12, 16).astype(np.int32),
-           "idx": np.asarray(out.indices), "lp": np.asarray(out.log_probs)}  # fmt: skip
+  batch = {
+    "x": r.standard_normal((16, 6)).astype(np.float32),
+    "y": r.integers(0, 12, 16).astype(np.int32),
+    "idx": np.asarray(out.indices),
+    "lp": np.asarray(out.log_probs),
+  }
   teacher_apply = lambda _, b: sparse.sparse_outputs(b["idx"], b["lp"], vocab_size=12)
   kw = dict(temperatures=[1.0, 1.0, 1.0], weights=[0.2, 0.3, 0.5])
   step = train.make_train_step(
-    model.apply, optax.sgd(0.1), operator=sparse.get("linear", tail_mode="uniform"),
-    loss=sparse.sparse_kd_loss, teacher_apply=teacher_apply, metrics_fn=sparse.distill_metrics,
+    model.apply,
+    optax.sgd(0.1),
+    operator=sparse.get("linear", tail_mode="uniform"),
+    loss=sparse.sparse_kd_loss,
+    teacher_apply=teacher_apply,
+    metrics_fn=sparse.distill_metrics,
     **kw,
-  )  # fmt: skip
+  )
   params = model.init(jax.random.key(0))
   optimizer = optax.sgd(0.1)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
@@ -335,8 +356,11 @@ def test_from_dense_is_sorted_top_k_and_truncate_is_a_prefix():
   assert np.all(np.diff(np.asarray(out.log_probs), axis=-1) <= 0)
   small = out.truncate(2)
   np.testing.assert_array_equal(small.indices, want[..., :2])
-  np.testing.assert_allclose(jnp.exp(sparse.missing_log_mass(small.log_probs)),
-                             1 - jnp.exp(small.log_probs).sum(-1), atol=1e-6)  # fmt: skip
+  np.testing.assert_allclose(
+    jnp.exp(sparse.missing_log_mass(small.log_probs)),
+    1 - jnp.exp(small.log_probs).sum(-1),
+    atol=1e-6,
+  )
 
 
 def test_sparse_kd_loss_refuses_a_mask_that_would_change_its_shape():

@@ -36,16 +36,18 @@ def test_confidence_matches_hand_computation():
   np.testing.assert_allclose(got, want, rtol=1e-5)
   m = p.max(-1)
   want_max = np.exp(m / 0.3) / np.exp(m / 0.3).sum()
-  np.testing.assert_allclose(weighting.confidence(jnp.log(p), tau=0.3, measure="max_prob"),
-                             want_max, rtol=1e-5)  # fmt: skip
+  np.testing.assert_allclose(
+    weighting.confidence(jnp.log(p), tau=0.3, measure="max_prob"), want_max, rtol=1e-5
+  )
 
 
 def test_confidence_applies_teacher_temperatures():
   lp, _, _ = _problem(0)
   t = np.array([0.5, 1.0, 3.0], np.float32)
   tempered = _log_softmax(lp / t[:, None, None])
-  np.testing.assert_allclose(weighting.confidence(lp, temperatures=t),
-                             weighting.confidence(tempered), rtol=1e-5, atol=1e-7)  # fmt: skip
+  np.testing.assert_allclose(
+    weighting.confidence(lp, temperatures=t), weighting.confidence(tempered), rtol=1e-5, atol=1e-7
+  )
 
 
 def test_label_aware_is_softmax_of_negative_cross_entropy():
@@ -63,8 +65,9 @@ def test_label_aware_pools_per_domain():
   for dom in range(3):
     mean = ly[:, d == dom].mean(1)
     want = np.exp(mean) / np.exp(mean).sum()
-    np.testing.assert_allclose(got[:, d == dom], np.repeat(want[:, None], (d == dom).sum(), 1),
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+      got[:, d == dom], np.repeat(want[:, None], (d == dom).sum(), 1), rtol=1e-5
+    )
 
 
 def test_label_aware_with_an_excluding_teacher_is_finite():
@@ -138,8 +141,9 @@ def _all_schemes(lp, y, s, tau):
     "pooled": weighting.label_aware(lp, y, tau=tau, domains=y % 2, num_domains=2),
   }
   outs["hierarchical"] = weighting.hierarchical(token=outs["confidence"], task=outs["pooled"])
-  outs["floored"] = weighting.safety_floor(outs["hierarchical"], safety_teacher=k - 1,
-                                           floor=0.4, sensitivity=s)  # fmt: skip
+  outs["floored"] = weighting.safety_floor(
+    outs["hierarchical"], safety_teacher=k - 1, floor=0.4, sensitivity=s
+  )
   return outs
 
 
@@ -168,11 +172,16 @@ def test_safety_floor_is_monotone_in_sensitivity_and_holds_the_floor(k, floor, t
   r = np.random.default_rng(seed)
   w = r.dirichlet(np.ones(k) * r.choice([0.1, 1.0]), size=9).T.astype(np.float32)  # [K, 9]
   s = np.sort(r.uniform(-0.2, 1.2, size=7)).astype(np.float32)
-  star = np.stack([
-    np.asarray(weighting.safety_floor(w, safety_teacher=1, floor=floor, sensitivity=np.full(9, x),
-                                      threshold=threshold))[1]
-    for x in s
-  ])  # [7, 9]  # fmt: skip
+  star = np.stack(
+    [
+      np.asarray(
+        weighting.safety_floor(
+          w, safety_teacher=1, floor=floor, sensitivity=np.full(9, x), threshold=threshold
+        )
+      )[1]
+      for x in s
+    ]
+  )  # [7, 9]
   assert np.all(np.diff(star, axis=0) >= -1e-6)
   sensitive = s >= threshold
   assert np.all(star[sensitive] >= floor - 1e-6)
@@ -212,14 +221,24 @@ def test_batch_statistics_on_8_devices_equal_1_device():
   one = jax.jit(_batch_stat_schemes(None))(on_one(lp), on_one(y), on_one(d))
   mesh = Mesh(np.array(jax.devices()), ("data",))
   spec_kbv, spec_b = PartitionSpec(None, "data"), PartitionSpec("data")
-  sharded = jax.jit(jax.shard_map(
-    _batch_stat_schemes("data"), mesh=mesh, in_specs=(spec_kbv, spec_b, spec_b),
-    out_specs={"standardized": spec_kbv, "pooled": spec_kbv}))  # fmt: skip
+  sharded = jax.jit(
+    jax.shard_map(
+      _batch_stat_schemes("data"),
+      mesh=mesh,
+      in_specs=(spec_kbv, spec_b, spec_b),
+      out_specs={"standardized": spec_kbv, "pooled": spec_kbv},
+    )
+  )
   eight = sharded(lp, y, d)
   # Without the psum each device would use its own 4 examples: the test can tell.
-  local = jax.jit(jax.shard_map(
-    _batch_stat_schemes(None), mesh=mesh, in_specs=(spec_kbv, spec_b, spec_b),
-    out_specs={"standardized": spec_kbv, "pooled": spec_kbv}))(lp, y, d)  # fmt: skip
+  local = jax.jit(
+    jax.shard_map(
+      _batch_stat_schemes(None),
+      mesh=mesh,
+      in_specs=(spec_kbv, spec_b, spec_b),
+      out_specs={"standardized": spec_kbv, "pooled": spec_kbv},
+    )
+  )(lp, y, d)
   # And jit over globally sharded arrays (the trainer's way) needs no axis name.
   put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
   global_jit = jax.jit(_batch_stat_schemes(None))(put(lp, spec_kbv), put(y, spec_b), put(d, spec_b))
@@ -311,8 +330,13 @@ def test_hooks_by_name_match_the_functions():
     sensitivity=s,
   )
   np.testing.assert_allclose(hook(lp, batch), want, rtol=1e-5)
-  assert set(weighting.names()) == {"static", "confidence", "label_aware", "hierarchical",
-                                    "learned"}  # fmt: skip
+  assert set(weighting.names()) == {
+    "static",
+    "confidence",
+    "label_aware",
+    "hierarchical",
+    "learned",
+  }
   summary = weighting.summary(np.array([[1.0, 0.5], [0.0, 0.5]]))
   np.testing.assert_allclose(summary["effective_num_teachers"], 1.5)
   np.testing.assert_allclose(summary["weight_entropy"], np.log(2) / 2, rtol=1e-6)
@@ -382,16 +406,18 @@ def test_train_step_uses_hook_weights_and_logs_them():
   params = model.init(jax.random.key(0))
   state = train.TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
   hook = weighting.get("label_aware", tau=0.5, safety_teacher=2, floor=0.4)
-  kw = dict(operator=operators.linear, loss=losses.mixture_kd, temperatures=[1.0] * 3,
-            weights=[1 / 3] * 3)  # fmt: skip
+  kw = dict(
+    operator=operators.linear, loss=losses.mixture_kd, temperatures=[1.0] * 3, weights=[1 / 3] * 3
+  )
   _, m = jax.jit(train.make_train_step(model.apply, opt, weighting=hook, **kw))(state, batch)
   w = hook(jnp.moveaxis(batch["teacher_logits"], 1, 0), batch)  # [K, B]
   np.testing.assert_allclose(m["weight_entropy"], weighting.entropy(w).mean(), rtol=1e-5)
   np.testing.assert_allclose(m["effective_num_teachers"], (1 / (w**2).sum(0)).mean(), rtol=1e-5)
   # The loss is the mixture KD with these per-example weights.
   z = model.apply(params, batch["x"])
-  log_q = operators.linear(jnp.moveaxis(batch["teacher_logits"], 1, 0), temperatures=jnp.ones(3),
-                           weights=w)  # fmt: skip
+  log_q = operators.linear(
+    jnp.moveaxis(batch["teacher_logits"], 1, 0), temperatures=jnp.ones(3), weights=w
+  )
   np.testing.assert_allclose(m["loss"], losses.mixture_kd(z, log_q).mean(), rtol=1e-5)
   sensitive = batch["sensitivity"] > 0
   assert np.all(np.asarray(w)[2, sensitive] >= 0.4 - 1e-6)
@@ -405,9 +431,17 @@ def test_train_step_trains_a_learned_gate_jointly():
   opt = optax.adam(1e-2)
   params = {"student": model.init(jax.random.key(0)), "weighting": gate.init(jax.random.key(1))}
   state = train.TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
-  step = jax.jit(train.make_train_step(
-    model.apply, opt, operator=operators.linear, loss=losses.mixture_kd,
-    temperatures=[1.0] * 3, weights=[1 / 3] * 3, weighting=gate))  # fmt: skip
+  step = jax.jit(
+    train.make_train_step(
+      model.apply,
+      opt,
+      operator=operators.linear,
+      loss=losses.mixture_kd,
+      temperatures=[1.0] * 3,
+      weights=[1 / 3] * 3,
+      weighting=gate,
+    )
+  )
   first = None
   for _ in range(30):
     state, m = step(state, batch)

@@ -1,7 +1,9 @@
-"""Adaptive teacher weights at token, task and context scales, with a safety floor (SPEC §7).
+"""Adaptive teacher weights at token, task and context scales, with a safety floor (paper §VI).
 
-Every scheme is a pure function of explicit inputs (teacher log-probs, labels, features, a
-sensitivity score) returning weights `[K, ...]` with w ≥ 0 and Σ_k w_k = 1, ready for the
+The paper treats the weights w_k as given and names capability-based and safety-priority
+weighting as design principles (§VI) and data-driven weights as future work (§IX); these are such
+schemes. Every scheme is a pure function of explicit inputs (teacher log-probs, labels, features,
+a sensitivity score) returning weights `[K, ...]` with w ≥ 0 and Σ_k w_k = 1, ready for the
 `weights=` argument of the operators (per-position weights are a leading prefix of the teachers'
 batch shape). No scheme reads hidden state.
 
@@ -20,12 +22,11 @@ Schemes that use batch statistics take `axis_name`: inside `shard_map`/`pmap` ov
 their sums are `psum`med over it, so 8 devices give the weights of 1. Under `jit` with sharded
 global arrays no axis name is needed: the reduction is global already.
 
-`get(name, **kwargs)` turns a config name into a trainer hook `hook(teacher_logits, batch)`.
+The trainer's hooks that call these schemes by name are in `mtkd_jax.weighting.hooks`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 
 import jax
@@ -181,8 +182,8 @@ def label_aware(
 
   Per example (and per position), or, with `domains`, per domain (task): the cross-entropy of
   teacher k is averaged over the examples of each domain in the global batch (`psum` over
-  `axis_name`) and every example gets its domain's weights. log p_k(y) is floored at −80 so a
-  teacher that excludes y gets weight ≈ 0, not NaN.
+  `axis_name`) and every example gets its domain's weights. log p_k(y) is floored at
+  `LOG_FLOOR` so a teacher that excludes y gets weight ≈ 0, not NaN.
 
   Args:
     teacher_log_probs: `[K, ..., V]`.
@@ -253,8 +254,9 @@ def make_gate(num_features: int, num_teachers: int, *, hidden: int = 32) -> mode
   >>> gate.apply(gate.init(jax.random.key(0)), jnp.ones((2, 5))).shape
   (2, 3)
   """
-  make = lambda rng: GatingNetwork(num_features, num_teachers, hidden=hidden,
-                                   rngs=nnx.Rngs(params=rng))  # fmt: skip
+  make = lambda rng: GatingNetwork(
+    num_features, num_teachers, hidden=hidden, rngs=nnx.Rngs(params=rng)
+  )
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))
 
   def init(rng):
@@ -375,18 +377,24 @@ def safety_floor(
   """
   w = jnp.asarray(weights, jnp.float32)
   if w.ndim < 1 or not 0 <= safety_teacher < w.shape[0]:
-    raise ValueError(f"safety_teacher must be in [0, {w.shape[0] if w.ndim else 0}) for "
-                     f"weights.shape={w.shape}, got {safety_teacher=}")  # fmt: skip
+    raise ValueError(
+      f"safety_teacher must be in [0, {w.shape[0] if w.ndim else 0}) for "
+      f"weights.shape={w.shape}, got {safety_teacher=}"
+    )
   concrete = temperature_lib.is_concrete(floor) and temperature_lib.is_concrete(threshold)
   if concrete and not 0.0 <= floor <= 1.0:
     raise ValueError(f"floor must be in [0, 1], got {floor=}")
   if concrete and not 0.0 < threshold <= 1.0:
     raise ValueError(f"threshold must be in (0, 1], got {threshold=}")
   s = jnp.asarray(sensitivity, jnp.float32)
-  if s.ndim > w.ndim - 1 or jnp.broadcast_shapes(_expand_to(s, w.ndim - 1).shape,
-                                                    w.shape[1:]) != w.shape[1:]:  # fmt: skip
-    raise ValueError(f"sensitivity must be a leading prefix of weights.shape[1:]={w.shape[1:]}, "
-                     f"got sensitivity.shape={s.shape}")  # fmt: skip
+  if (
+    s.ndim > w.ndim - 1
+    or jnp.broadcast_shapes(_expand_to(s, w.ndim - 1).shape, w.shape[1:]) != w.shape[1:]
+  ):
+    raise ValueError(
+      f"sensitivity must be a leading prefix of weights.shape[1:]={w.shape[1:]}, "
+      f"got sensitivity.shape={s.shape}"
+    )
   g = floor * jnp.clip(_expand_to(s, w.ndim - 1) / threshold, 0.0, 1.0)  # [...]
   w_star = w[safety_teacher]
   new_star = jnp.maximum(w_star, g)
@@ -394,146 +402,6 @@ def safety_floor(
   scale = jnp.where(rest > 0, (1.0 - new_star) / jnp.where(rest > 0, rest, 1.0), 0.0)
   out = w * scale[None]
   return out.at[safety_teacher].set(jnp.broadcast_to(new_star, w.shape[1:]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Trainer hooks by name: hook(teacher_logits [K, B, ..., V], batch) -> weights [K, B, ...].
-# ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Learned:
-  """A trainable weighting for the trainer: gate parameters live next to the student's.
-
-  The step (see `train.make_train_step`) holds params `{"student": ..., "weighting": φ}`,
-  computes `weights = self(φ, teacher_logits, batch, student_logits)` inside the loss, trains
-  the student on the (stop-gradient) weights and adds `loss_weight · gate_loss` for φ.
-
-  Attributes:
-    gate: the gating network `(init, apply)` (`make_gate`).
-    features: `features(batch, student_logits) -> [B, ..., D]`; default: the student's input
-      concatenated with its probabilities (stop-gradient).
-    temperatures: teacher temperatures `[K]` or scalar used by the gate loss.
-    tau: gate softmax temperature.
-    loss_weight: weight of the gate loss in the total loss.
-  """
-
-  gate: models.FunctionalModel
-  features: Callable | None = None
-  temperatures: object = 1.0
-  tau: float = 1.0
-  loss_weight: float = 1.0
-
-  def init(self, rng):
-    return self.gate.init(rng)
-
-  def student_features(self, batch, student_logits):
-    if self.features is not None:
-      return self.features(batch, student_logits)
-    probs = jax.nn.softmax(jax.lax.stop_gradient(student_logits).astype(jnp.float32), axis=-1)
-    x = jnp.asarray(batch["x"], jnp.float32).reshape(*probs.shape[:-1], -1)
-    return jnp.concatenate([x, probs], axis=-1)
-
-  def __call__(self, gate_params, teacher_logits, batch, student_logits):
-    return learned(self.gate.apply, gate_params,
-                   self.student_features(batch, student_logits), tau=self.tau)  # fmt: skip
-
-  def loss(self, weights, teacher_logits, batch):
-    return self.loss_weight * gate_loss(weights, teacher_logits, batch["y"],
-                                        temperatures=self.temperatures)  # fmt: skip
-
-
-def _hook_static(*, weights):
-  w = np.asarray(weights, np.float32)
-  return lambda teacher_logits, batch: static(w, teacher_logits.shape[1:-1])
-
-
-def _hook_confidence(*, temperatures=1.0, tau=1.0, measure="entropy", standardize=False,
-                     axis_name=None):  # fmt: skip
-  _check_tau(tau)
-  return lambda teacher_logits, batch: confidence(
-    teacher_logits, temperatures=temperatures, tau=tau, measure=measure,
-    standardize=standardize, axis_name=axis_name)  # fmt: skip
-
-
-def _hook_label_aware(*, temperatures=1.0, tau=1.0, domain_key=None, num_domains=None,
-                      axis_name=None):  # fmt: skip
-  _check_tau(tau)
-  return lambda teacher_logits, batch: label_aware(
-    teacher_logits, batch["y"], temperatures=temperatures, tau=tau,
-    domains=None if domain_key is None else batch[domain_key], num_domains=num_domains,
-    axis_name=axis_name)  # fmt: skip
-
-
-def _hook_hierarchical(*, token=None, task=None, context=None, epsilon=0.0):
-  parts = {n: None if s is None else get(**dict(s)) for n, s in
-           (("token", token), ("task", task), ("context", context))}  # fmt: skip
-
-  def hook(teacher_logits, batch):
-    return hierarchical(epsilon=epsilon, **{n: None if h is None else h(teacher_logits, batch)
-                                            for n, h in parts.items()})  # fmt: skip
-
-  return hook
-
-
-def _hook_learned(*, num_features, num_teachers, hidden=32, temperatures=1.0, tau=1.0,
-                  loss_weight=1.0):  # fmt: skip
-  return Learned(make_gate(num_features, num_teachers, hidden=hidden), None, temperatures, tau,
-                 loss_weight)  # fmt: skip
-
-
-_REGISTRY: dict[str, Callable] = {
-  "static": _hook_static,
-  "confidence": _hook_confidence,
-  "label_aware": _hook_label_aware,
-  "hierarchical": _hook_hierarchical,
-  "learned": _hook_learned,
-}
-
-
-def names() -> list[str]:
-  """The weighting names `get` accepts."""
-  return sorted(_REGISTRY)
-
-
-def get(name: str, *, safety_teacher: int | None = None, floor: float = 0.0,
-        threshold: float = 0.5, sensitivity_key: str = "sensitivity", **kwargs):  # fmt: skip
-  """The trainer hook `hook(teacher_logits [K, B, ..., V], batch) -> weights [K, B, ...]`.
-
-  Hooks read explicit batch entries: "y" (label_aware), `domain_key` (pooled label_aware),
-  `sensitivity_key` (with a safety teacher). "learned" returns a `Learned` (trainable) instead.
-  With `safety_teacher` set the hook's weights go through `safety_floor` last.
-
-  Args:
-    name: one of `names()`.
-    safety_teacher, floor, threshold, sensitivity_key: the safety floor (off when None).
-    **kwargs: the scheme's hyperparameters, e.g. `tau`, `temperatures`; for "hierarchical",
-      `token=`, `task=`, `context=` are dicts `{"name": ..., **kwargs}` of sub-schemes.
-
-  >>> hook = get("confidence", tau=0.5)
-  >>> hook(jnp.zeros((3, 4, 10)), {}).shape
-  (3, 4)
-  """
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown weighting {name!r}; valid names: {names()}")
-  hook = _REGISTRY[name](**kwargs)
-  if safety_teacher is None:
-    return hook
-  if isinstance(hook, Learned):
-    raise ValueError("weighting 'learned' with a safety teacher: wrap its weights with "
-                     "safety_floor in code; the trainer hook does not compose them")  # fmt: skip
-  if safety_teacher < 0 or not 0.0 <= floor <= 1.0 or not 0.0 < threshold <= 1.0:
-    raise ValueError(f"need safety_teacher ≥ 0, floor in [0, 1], threshold in (0, 1], got "
-                     f"{safety_teacher=}, {floor=}, {threshold=}")  # fmt: skip
-
-  def safe_hook(teacher_logits, batch):
-    return safety_floor(hook(teacher_logits, batch), safety_teacher=safety_teacher, floor=floor,
-                        sensitivity=batch[sensitivity_key], threshold=threshold)  # fmt: skip
-
-  return safe_hook
-
-
-def is_trainable(weighting) -> bool:
-  """True for weightings with parameters (`Learned`): the step keeps them in its params."""
-  return isinstance(weighting, Learned)
 
 
 def summary(weights) -> Mapping[str, jax.Array]:
