@@ -290,10 +290,10 @@ def test_jit_vmap_and_where_mask():
 
 
 def test_sparse_kd_loss_runs_in_the_train_step():
-  """`make_train_step` takes a sparse operator + `sparse_kd_loss` through its hooks."""
+  """`make_train_step` takes the sparse objective (`objectives.sparse_mixture`)."""
   import optax
 
-  from mtkd_jax import models, train
+  from mtkd_jax import models, objectives, train
 
   r = np.random.default_rng(8)
   model = models.build("mlp", in_features=6, hidden=(8,), num_classes=12)
@@ -307,19 +307,22 @@ def test_sparse_kd_loss_runs_in_the_train_step():
   }
   teacher_apply = lambda _, b: sparse.sparse_outputs(b["idx"], b["lp"], vocab_size=12)
   kw = dict(temperatures=[1.0, 1.0, 1.0], weights=[0.2, 0.3, 0.5])
+  objective = objectives.sparse_mixture(
+    sparse.get("linear(tail_mode='uniform')"), temperatures=kw["temperatures"]
+  )
   step = train.make_train_step(
     model.apply,
     optax.sgd(0.1),
-    operator=sparse.get("linear", tail_mode="uniform"),
-    loss=sparse.sparse_kd_loss,
+    objective=objective,
+    weights=kw["weights"],
     teacher_apply=teacher_apply,
-    metrics_fn=sparse.distill_metrics,
-    **kw,
   )
   params = model.init(jax.random.key(0))
   optimizer = optax.sgd(0.1)
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  init = {"student": params, "weighting": {}}
+  state = train.TrainState(jnp.zeros((), jnp.int32), init, optimizer.init(init))
   new_state, metrics = jax.jit(step)(state, batch)
+  new_state = new_state.replace(params=new_state.params["student"])
   target = sparse.linear(out, tail_mode="uniform", **kw)
   loss_fn = lambda p: sparse.sparse_kd_loss(model.apply(p, batch["x"]), target).mean()
   want, grads = jax.value_and_grad(loss_fn)(params)

@@ -393,53 +393,47 @@ def _step_problem(seed=9, k=3, b=16, v=6, d=5):
     "x": r.normal(size=(b, d)).astype(np.float32),
     "y": r.integers(0, v, b).astype(np.int32),
     "sensitivity": (r.uniform(size=b) > 0.5).astype(np.float32),
-    "teacher_logits": (2.0 * r.normal(size=(b, k, v))).astype(np.float32),  # [B, K, V]
+    "teacher_logits": (2.0 * r.normal(size=(k, b, v))).astype(np.float32),  # [K, B, V]
   }
   return models.build("mlp", in_features=d, hidden=(8,), num_classes=v), batch
 
 
 def test_train_step_uses_hook_weights_and_logs_them():
-  from mtkd_jax import losses, operators, train
+  from mtkd_jax import losses, objectives, operators, train
 
   model, batch = _step_problem()
   opt = optax.sgd(0.1)
-  params = model.init(jax.random.key(0))
+  params = train.init_params(model.init)(jax.random.key(0))
   state = train.TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
-  hook = weighting.get("label_aware", tau=0.5, safety_teacher=2, floor=0.4)
+  hook = weighting.get("label_aware(tau=0.5, safety_teacher=2, floor=0.4)")
   kw = dict(
-    operator=operators.linear, loss=losses.mixture_kd, temperatures=[1.0] * 3, weights=[1 / 3] * 3
+    objective=objectives.mixture(operators.linear, temperatures=[1.0] * 3), weights=[1 / 3] * 3
   )
   _, m = jax.jit(train.make_train_step(model.apply, opt, weighting=hook, **kw))(state, batch)
-  w = hook(jnp.moveaxis(batch["teacher_logits"], 1, 0), batch)  # [K, B]
+  params = params["student"]
+  w = hook(batch["teacher_logits"], batch)  # [K, B]
   np.testing.assert_allclose(m["weight_entropy"], weighting.entropy(w).mean(), rtol=1e-5)
   np.testing.assert_allclose(m["effective_num_teachers"], (1 / (w**2).sum(0)).mean(), rtol=1e-5)
   # The loss is the mixture KD with these per-example weights.
   z = model.apply(params, batch["x"])
-  log_q = operators.linear(
-    jnp.moveaxis(batch["teacher_logits"], 1, 0), temperatures=jnp.ones(3), weights=w
-  )
+  log_q = operators.linear(batch["teacher_logits"], temperatures=jnp.ones(3), weights=w)
   np.testing.assert_allclose(m["loss"], losses.mixture_kd(z, log_q).mean(), rtol=1e-5)
   sensitive = batch["sensitivity"] > 0
   assert np.all(np.asarray(w)[2, sensitive] >= 0.4 - 1e-6)
 
 
 def test_train_step_trains_a_learned_gate_jointly():
-  from mtkd_jax import losses, operators, train
+  from mtkd_jax import objectives, operators, train
 
   model, batch = _step_problem()
   gate = weighting.get("learned", num_features=5 + 6, num_teachers=3, hidden=8)
   opt = optax.adam(1e-2)
-  params = {"student": model.init(jax.random.key(0)), "weighting": gate.init(jax.random.key(1))}
+  params = train.init_params(model.init, gate)(jax.random.key(0))
   state = train.TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
+  objective = objectives.mixture(operators.linear, temperatures=[1.0] * 3)
   step = jax.jit(
     train.make_train_step(
-      model.apply,
-      opt,
-      operator=operators.linear,
-      loss=losses.mixture_kd,
-      temperatures=[1.0] * 3,
-      weights=[1 / 3] * 3,
-      weighting=gate,
+      model.apply, opt, objective=objective, weights=[1 / 3] * 3, weighting=gate
     )
   )
   first = None
@@ -448,8 +442,8 @@ def test_train_step_trains_a_learned_gate_jointly():
     first = m if first is None else first
   assert float(m["gate_loss"]) < float(first["gate_loss"])  # the gate learns
   z = model.apply(params["student"], batch["x"])
-  w = gate(params["weighting"], jnp.moveaxis(batch["teacher_logits"], 1, 0), batch, z)
-  gl = gate.loss(w, jnp.moveaxis(batch["teacher_logits"], 1, 0), batch).mean()
+  w = gate(params["weighting"], batch["teacher_logits"], batch, z)
+  gl = gate.loss(w, batch["teacher_logits"], batch).mean()
   np.testing.assert_allclose(first["gate_loss"], gl, rtol=1e-5)
   for part in ("student", "weighting"):  # both parts moved
     pairs = zip(jax.tree.leaves(state.params[part]), jax.tree.leaves(params[part]), strict=True)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mtkd_jax import operators as operators_lib
+from mtkd_jax import registry
 from mtkd_jax.sparse.outputs import (
   _NEG_INF,
   SparseTarget,
@@ -178,14 +179,25 @@ def geometric(outputs: SparseTeacherOutputs, *, temperatures, weights, tail_mode
 OPERATORS = {"linear": linear, "geometric": geometric}
 
 
-def get(name: str, *, tail_mode: str = "uniform"):
-  """The sparse operator `name` with its tail mode bound: `op(outputs, *, temperatures, weights)`.
+def _bound(name: str):
+  return lambda *, tail_mode="uniform": _with_tail_mode(name, tail_mode)
 
-  It has the signature of a dense operator, so `train.make_train_step` accepts it (with
-  `loss=sparse_kd_loss` and a `teacher_apply` that returns `SparseTeacherOutputs`).
+
+for _name in OPERATORS:
+  registry.register("sparse_operator", _name, factory=True)(_bound(_name))
+
+
+def get(spec: str, **kwargs):
+  """The sparse operator `spec` ("linear", "geometric(tail_mode='bucket')") with its tail mode
+  bound: `op(outputs, *, temperatures, weights)`, for `objectives.sparse_mixture`.
+
+  >>> get("linear", tail_mode="bucket").__name__
+  'sparse_linear(bucket)'
   """
-  if name not in OPERATORS:
-    raise ValueError(f"unknown sparse operator {name!r}; valid names: {sorted(OPERATORS)}")
+  return registry.get("sparse_operator", spec, **kwargs)
+
+
+def _with_tail_mode(name: str, tail_mode: str):
   _check_tail_mode(tail_mode)
   op = functools.partial(OPERATORS[name], tail_mode=tail_mode)
   op.__name__ = f"sparse_{name}({tail_mode})"

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd_jax import models
+from mtkd_jax import models, registry
 from mtkd_jax.weighting.schemes import (
   _check_tau,
   confidence,
@@ -108,7 +108,9 @@ def _hook_label_aware(
 
 def _hook_hierarchical(*, token=None, task=None, context=None, epsilon=0.0):
   parts = {
-    n: None if s is None else get(**dict(s))
+    n: None
+    if s is None
+    else get(dict(s).pop("name"), **{k: v for k, v in s.items() if k != "name"})
     for n, s in (("token", token), ("task", task), ("context", context))
   }
 
@@ -129,29 +131,61 @@ def _hook_learned(
   )
 
 
-_REGISTRY: dict[str, Callable] = {
-  "static": _hook_static,
-  "confidence": _hook_confidence,
-  "label_aware": _hook_label_aware,
-  "hierarchical": _hook_hierarchical,
-  "learned": _hook_learned,
-}
+def _with_safety_floor(build: Callable) -> Callable:
+  """A registry factory: the hook of `build(**kwargs)`, optionally behind a safety floor."""
+
+  def factory(
+    *,
+    safety_teacher: int | None = None,
+    floor: float = 0.0,
+    threshold: float = 0.5,
+    sensitivity_key: str = "sensitivity",
+    **kwargs,
+  ):
+    hook = build(**kwargs)
+    if safety_teacher is None:
+      return hook
+    if isinstance(hook, Learned):
+      raise ValueError(
+        "weighting 'learned' with a safety teacher: wrap its weights with "
+        "safety_floor in code; the trainer hook does not compose them"
+      )
+    if safety_teacher < 0 or not 0.0 <= floor <= 1.0 or not 0.0 < threshold <= 1.0:
+      raise ValueError(
+        f"need safety_teacher ≥ 0, floor in [0, 1], threshold in (0, 1], got "
+        f"{safety_teacher=}, {floor=}, {threshold=}"
+      )
+
+    def safe_hook(teacher_logits, batch):
+      return safety_floor(
+        hook(teacher_logits, batch),
+        safety_teacher=safety_teacher,
+        floor=floor,
+        sensitivity=batch[sensitivity_key],
+        threshold=threshold,
+      )
+
+    return safe_hook
+
+  return factory
+
+
+for _name, _build in (
+  ("static", _hook_static),
+  ("confidence", _hook_confidence),
+  ("label_aware", _hook_label_aware),
+  ("hierarchical", _hook_hierarchical),
+  ("learned", _hook_learned),
+):
+  registry.register("weighting", _name, factory=True)(_with_safety_floor(_build))
 
 
 def names() -> list[str]:
   """The weighting names `get` accepts."""
-  return sorted(_REGISTRY)
+  return registry.names("weighting")
 
 
-def get(
-  name: str,
-  *,
-  safety_teacher: int | None = None,
-  floor: float = 0.0,
-  threshold: float = 0.5,
-  sensitivity_key: str = "sensitivity",
-  **kwargs,
-):
+def get(spec: str, **kwargs):
   """The trainer hook `hook(teacher_logits [K, B, ..., V], batch) -> weights [K, B, ...]`.
 
   Hooks read explicit batch entries: "y" (label_aware), `domain_key` (pooled label_aware),
@@ -159,41 +193,16 @@ def get(
   With `safety_teacher` set the hook's weights go through `safety_floor` last.
 
   Args:
-    name: one of `names()`.
-    safety_teacher, floor, threshold, sensitivity_key: the safety floor (off when None).
+    spec: one of `names()`, optionally with arguments: "confidence(tau=0.5)" (`mtkd_jax.registry`).
     **kwargs: the scheme's hyperparameters, e.g. `tau`, `temperatures`; for "hierarchical",
-      `token=`, `task=`, `context=` are dicts `{"name": ..., **kwargs}` of sub-schemes.
+      `token=`, `task=`, `context=` are dicts `{"name": ..., **kwargs}` of sub-schemes; the
+      safety floor: `safety_teacher` (off when None), `floor`, `threshold`, `sensitivity_key`.
 
   >>> hook = get("confidence", tau=0.5)
   >>> hook(jnp.zeros((3, 4, 10)), {}).shape
   (3, 4)
   """
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown weighting {name!r}; valid names: {names()}")
-  hook = _REGISTRY[name](**kwargs)
-  if safety_teacher is None:
-    return hook
-  if isinstance(hook, Learned):
-    raise ValueError(
-      "weighting 'learned' with a safety teacher: wrap its weights with "
-      "safety_floor in code; the trainer hook does not compose them"
-    )
-  if safety_teacher < 0 or not 0.0 <= floor <= 1.0 or not 0.0 < threshold <= 1.0:
-    raise ValueError(
-      f"need safety_teacher ≥ 0, floor in [0, 1], threshold in (0, 1], got "
-      f"{safety_teacher=}, {floor=}, {threshold=}"
-    )
-
-  def safe_hook(teacher_logits, batch):
-    return safety_floor(
-      hook(teacher_logits, batch),
-      safety_teacher=safety_teacher,
-      floor=floor,
-      sensitivity=batch[sensitivity_key],
-      threshold=threshold,
-    )
-
-  return safe_hook
+  return registry.get("weighting", spec, **kwargs)
 
 
 def is_trainable(weighting) -> bool:
