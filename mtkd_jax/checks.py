@@ -198,19 +198,11 @@ def format_table(
   return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-  """`python -m mtkd_jax.axioms`: the operator × axiom table, then the weighting-scheme table."""
-  parser = argparse.ArgumentParser(
-    prog="python -m mtkd_jax.axioms",
-    description="Checks the built-in aggregation operators against the paper's five axioms "
-    "(§II-B) and the built-in weighting schemes against four properties, and prints both "
-    "tables with the smallest counterexample found (a few minutes on CPU).",
-  )
-  parser.parse_args(argv)
-  # The two checkers import this engine; the command that prints both imports them here.
-  from mtkd_jax import axioms, weighting_checks
-
-  print(axioms.format_table(axioms.check_builtin()))
-  print()
-  print(weighting_checks.format_table(weighting_checks.check_builtin()))
+def main(argv, tables: list[Callable[[], str]], *, prog: str, description: str) -> int:
+  """A checker's command: `--help` without running, else prints each of `tables()`."""
+  argparse.ArgumentParser(prog=prog, description=description).parse_args(argv)
+  for i, table in enumerate(tables):
+    if i:
+      print()
+    print(table())
   return 0

@@ -29,7 +29,6 @@ with `mtkd_jax.axioms`. `python -m mtkd_jax.weighting_checks` prints the scheme 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -441,14 +440,13 @@ def check_builtin(**kwargs) -> list[WeightingReport]:
 
 def main(argv: list[str] | None = None) -> int:
   """Prints the weighting-scheme × property table."""
-  parser = argparse.ArgumentParser(
+  return checks.main(
+    argv,
+    [lambda: format_table(check_builtin())],
     prog="python -m mtkd_jax.weighting_checks",
     description="Checks the built-in weighting schemes against four properties and prints the "
     "table with the smallest counterexample found.",
   )
-  parser.parse_args(argv)
-  print(format_table(check_builtin()))
-  return 0
 
 
 if __name__ == "__main__":
