@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import results_compare
 
@@ -55,6 +56,15 @@ def test_default_config_is_valid():
     ({"operator": "power(alpha=__import__('os'))"}, "config.operator"),  # literals only
     ({"weighting": "confidence(tua=0.5)"}, "config.weighting"),
     ({"weighting": "entropy"}, "config.weighting"),
+    ({"batch_size": 0}, "config.batch_size"),
+    ({"num_steps": -1}, "config.num_steps"),
+    ({"log_every": 0}, "config.log_every"),
+    ({"keep_checkpoints": 0}, "config.keep_checkpoints"),
+    ({"learning_rate": float("nan")}, "config.learning_rate"),
+    ({"learning_rate": -1.0}, "config.learning_rate"),
+    ({"teacher_learning_rate": float("inf")}, "config.teacher_learning_rate"),
+    ({"teacher_keep_fractions": (0.4, 0.0, 0.4)}, "config.teacher_keep_fractions"),
+    ({"teacher_noises": (0.1, -0.1, 0.0)}, "config.teacher_noises"),
   ],
 )
 def test_bad_config_is_a_one_line_error_naming_the_field(overrides, field):
@@ -115,6 +125,8 @@ def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
   assert 0.0 <= results["student_linear"]["accuracy"] <= 1.0
   teacher_avg = sum(results[f"teacher_{k}"]["log_loss"] for k in range(3)) / 3
   assert abs(results["average teacher"]["log_loss"] - teacher_avg) < 1e-5
+  acc_avg = sum(results[f"teacher_{k}"]["accuracy"] for k in range(3)) / 3
+  assert abs(results["average teacher"]["accuracy"] - acc_avg) < 1e-6
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert {row["run"] for row in rows} >= {"teacher_0", "student_linear", "student_geometric"}
   student_rows = [row for row in rows if row["run"] == "student_linear"]
@@ -156,3 +168,17 @@ def test_small_digits_job_gives_the_results_of_before_the_redesign(tmp_path):
   with open(os.path.join(ROOT, "tests", "data", "results_small", "digits.json")) as f:
     expected = json.load(f)
   assert results_compare.differences(expected, results) == []
+
+
+@pytest.mark.slow
+def test_one_hot_weights_train_and_weigh_the_average_teacher(tmp_path):
+  """weights=(1,0,0): the single-teacher students still get weight 1 (no 0/0), and the average
+  teacher is teacher 0 in both columns."""
+  r = _run_cli(tmp_path / "w", *TINY, "--config.weights=(1,0,0)", "--config.teacher_steps=10",
+               "--config.num_steps=10")  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.loads((tmp_path / "w" / "results.json").read_text())
+  for k in range(3):
+    assert np.isfinite(results[f"student_from_teacher_{k}"]["log_loss"])
+  for column in ("accuracy", "log_loss"):
+    assert results["average teacher"][column] == pytest.approx(results["teacher_0"][column])

@@ -37,6 +37,27 @@ def check_field(field: str, fn: Callable) -> None:
     raise ValueError(f"config.{field}: {str(e).splitlines()[0]}") from None
 
 
+def check_numbers(
+  config, *, positive_ints=(), non_negative_ints=(), positive=(), non_negative=(), fractions=()
+) -> None:
+  """Each named field is a finite number of its kind (a sequence field: each entry), else
+  `ValueError("config.<field>: ...")`; fractions lie in (0, 1]."""
+  kinds = [
+    (positive_ints, lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    (non_negative_ints, lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+    (positive, lambda v: np.isfinite(v) and v > 0, "a finite number > 0"),
+    (non_negative, lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0"),
+    (fractions, lambda v: np.isfinite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+  ]
+  for fields, ok, what in kinds:
+    for field in fields:
+      value = config[field]
+      values = value if isinstance(value, list | tuple) else [value]
+      for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not ok(v):
+          raise ValueError(f"config.{field}: must be {what}, got {value!r}")
+
+
 def check_operators(field: str, specs: Sequence[str], *, allow_empty: bool = False) -> None:
   """Raises ValueError("config.<field>: ...") if a spec does not name an operator."""
   if not specs and not allow_empty:

@@ -28,12 +28,24 @@ def validate_config(config) -> None:
   """Raises ValueError("config.<field>: ...") for the first invalid field."""
   import jax
 
+  common.check_numbers(
+    config,
+    positive_ints=(
+      "num_teachers",
+      "teacher_steps",
+      "num_steps",
+      "batch_size",
+      "log_every",
+      "checkpoint_every",
+      "keep_checkpoints",
+    ),
+    non_negative_ints=("seed", "data_seed", "warmup_steps"),
+    positive=("teacher_learning_rate", "learning_rate"),
+    non_negative=("weight_decay", "teacher_noises"),
+    fractions=("teacher_keep_fractions", "teacher_train_fractions"),
+  )
   k = config.num_teachers
   common.check_field("model", lambda: _student(config))
-  check_loss = lambda: registry.check(
-    "objective", config.loss, operator=operators.linear, temperatures=config.temperatures
-  )
-  common.check_field("loss", check_loss)
   common.check_operators("operator", [config.operator])
   common.check_operators("compare_operators", config.compare_operators, allow_empty=True)
   common.check_field(
@@ -47,6 +59,10 @@ def validate_config(config) -> None:
       config.student_temperature, name="student_temperature"
     ),
   )
+  check_loss = lambda: registry.check(
+    "objective", config.loss, operator=operators.linear, temperatures=config.temperatures
+  )
+  common.check_field("loss", check_loss)
   common.check_field("weights", lambda: operators.check_weights(config.weights, (k, 1)))
   for field in _PER_TEACHER:
     if len(config[field]) != k:
@@ -117,7 +133,7 @@ def run(config, workdir: str) -> dict:
   )
   for name, spec, ks in students:
     operator = operators.get(spec)
-    w = weights[ks] / weights[ks].sum()  # a single teacher gets weight 1
+    w = weights[ks] / weights[ks].sum() if len(ks) > 1 else np.ones(1, np.float32)
     weighting = _weighting(config) if len(ks) == k_teachers else None
     objective = registry.get(
       "objective",
@@ -159,11 +175,12 @@ def run(config, workdir: str) -> dict:
       **train.evaluate(np.asarray(log_q), test_split.y),
       "description": "the target itself (needs all teachers)",
     }
-  teacher_losses = [results[f"teacher_{k}"]["log_loss"] for k in range(k_teachers)]
+  # Both columns weighted by the run's weights w (for adaptive weighting, still the fixed w).
+  teachers = [results[f"teacher_{k}"] for k in range(k_teachers)]
   results["average teacher"] = {
-    "accuracy": float(np.mean([results[f"teacher_{k}"]["accuracy"] for k in range(k_teachers)])),
-    "log_loss": float(np.dot(weights, teacher_losses)),
-    "description": "Σ_k w_k log-loss_k (Cor IV.10 reference)",
+    "accuracy": float(np.dot(weights, [t["accuracy"] for t in teachers])),
+    "log_loss": float(np.dot(weights, [t["log_loss"] for t in teachers])),
+    "description": "Σ_k w_k accuracy_k, Σ_k w_k log-loss_k (Cor IV.10 reference)",
   }
   return results
 
