@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 
 import ml_collections
 
@@ -67,3 +68,33 @@ def load(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+def describe(path: str) -> str:
+  """Every field of the config file `path[:arg]` with its value and its comment in the file.
+
+  >>> print(describe("experiments/configs/digits.py"))  # doctest: +SKIP
+  seed = 0  # seed of initialisations and batch order ...
+  """
+  config = load(path)
+  filename = path.partition(".py:")[0]
+  filename = filename if filename.endswith(".py") else filename + ".py"
+  comments = {}
+  for line in open(filename, encoding="utf-8"):
+    match = re.match(r"\s*c\.([\w.]+)\s*=.*?#\s*(.*)$", line)
+    if match:
+      comments.setdefault(match.group(1), match.group(2).strip())
+  lines = []
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = prefix + key
+      if isinstance(value, ml_collections.ConfigDict) and name not in comments:
+        walk(value, name + ".")
+      else:
+        shown = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+        note = f"  # {comments[name]}" if name in comments else ""
+        lines.append(f"--config.{name}={shown!r}{note}")
+
+  walk(config, "")
+  return "\n".join(lines)

@@ -2,9 +2,10 @@
 
 Validates the config (`config.experiment` names the module `mtkd_jax.experiments.<name>`),
 checks the workdir, runs the experiment, writes `<workdir>/results.json` and prints its table.
-Override config fields with `--config.<field>=<value>`. Several hosts or processes: add
-`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each (or `--distributed`
-where `jax.distributed.initialize()` detects the cluster itself, e.g. Cloud TPU or SLURM).
+Override config fields with `--config.<field>=<value>`; `--config_help` lists them. Several
+hosts or processes: add `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on
+each (or `--distributed` where `jax.distributed.initialize()` detects the cluster itself, e.g.
+Cloud TPU or SLURM).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtkd_jax import checkpoints, experiments, train
+from mtkd_jax import checkpoints, configs, experiments, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of checkpoints, metrics, results.")
@@ -25,10 +26,14 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() (auto).")
+_CONFIG_HELP = flags.DEFINE_bool("config_help", False, "List the config's fields and exit.")
 
 
 def main(argv):
   del argv
+  if _CONFIG_HELP.value:
+    print(configs.describe(flags.FLAGS["config"].config_filename))
+    return
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if _COORDINATOR.value or _DISTRIBUTED.value:
     if jax.config.jax_platforms in (None, "", "cpu"):  # CPU processes talk through gloo
@@ -40,6 +45,8 @@ def main(argv):
     )
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
+    if not workdir:
+      raise ValueError("--workdir: needs a directory for checkpoints, metrics and results")
     if not config.get("experiment"):
       raise ValueError("config.experiment: the config names no experiment module")
     experiment = experiments.get(config.experiment)
@@ -66,5 +73,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -97,3 +97,9 @@ def test_load_with_and_without_argument():
   assert small.num_steps < full.num_steps and small.seed == 2 and full.seed == 0
   with pytest.raises(ValueError, match="not found"):
     configs.load(os.path.join(ROOT, "experiments", "configs", "nope.py"))
+
+
+def test_describe_lists_every_field_with_its_comment():
+  text = configs.describe(os.path.join(ROOT, "experiments", "configs", "digits.py:small"))
+  assert "--config.num_steps=60  # update steps per student" in text
+  assert "--config.mesh={'data': -1, 'model': 1}  # -1: all remaining devices" in text
