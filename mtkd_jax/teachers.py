@@ -312,6 +312,20 @@ def open_store(directory: str, *, verify: bool = True) -> TeacherStore:
 # ---------------------------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------------------------
+def write_config_store(directory: str, source: TeacherSource, store, *, progress=False) -> dict:
+  """`write_store` with the settings of an experiment config's `store` block (`k`, `dtype`,
+  `generation_temperature`, `batch_size`), as `dump` and the experiments write it."""
+  return write_store(
+    directory,
+    source,
+    k=store.k,
+    dtype=store.dtype,
+    generation_temperatures=store.generation_temperature,
+    batch_size=store.batch_size,
+    progress=progress,
+  )
+
+
 def dump(config, out: str, workdir: str | None = None, *, progress: bool = True) -> dict:
   """Writes the top-k store of `config`'s teachers (`config.store.*`) to `out`."""
   from mtkd_jax import experiments  # the CLI's dependency; the store itself needs none
@@ -327,15 +341,7 @@ def dump(config, out: str, workdir: str | None = None, *, progress: bool = True)
   source = module.teacher_source(config, workdir)
   if jax.process_index() != 0:
     return {}
-  return write_store(
-    out,
-    source,
-    k=config.store.k,
-    dtype=config.store.dtype,
-    generation_temperatures=config.store.generation_temperature,
-    batch_size=config.store.batch_size,
-    progress=progress,
-  )
+  return write_config_store(out, source, config.store, progress=progress)
 
 
 def _main(argv):

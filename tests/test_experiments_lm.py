@@ -1,10 +1,12 @@
 """The stdlib_lm experiment end to end at the small size: CLI run, teacher dump CLI, notebook.
 
-The CLI run starts from an empty workdir (as from a fresh clone); the dump CLI restores the same
-teachers and must write byte-identical shards; the notebook resumes the run's workdir, so it
-re-evaluates restored models and must print the same numbers.
+The CLI run starts from an empty workdir (as from a fresh clone) and must give the results of
+tests/data/results_small/stdlib_lm.json; the dump CLI restores the same teachers and must write
+byte-identical shards; the notebook resumes the run's workdir, so it re-evaluates restored models
+and must print the same numbers.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -13,12 +15,14 @@ import sys
 
 import nbformat
 import pytest
+import results_compare
 from nbclient import NotebookClient
 
 from mtkd_jax import teachers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "--config=experiments/configs/stdlib_lm.py"
+CONFIG = "--config=experiments/configs/stdlib_lm.py:small"
+TIMINGS = ("timings_s", "total_time_s")  # wall-clock times: the only fields a rerun changes
 
 
 def _env():
@@ -30,8 +34,14 @@ def _env():
 def _small_run(tmp_path):
   runs = tmp_path / "runs"
   workdir = runs / "stdlib_lm"
-  cmd = [sys.executable, "-m", "mtkd_jax.main", CONFIG, "--config.size=small",
-         "--config.progress=False", f"--workdir={workdir}"]  # fmt: skip
+  cmd = [
+    sys.executable,
+    "-m",
+    "mtkd_jax.main",
+    CONFIG,
+    "--config.progress=False",
+    f"--workdir={workdir}",
+  ]
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(workdir / "results.json") as f:
@@ -66,15 +76,25 @@ def _check_results(small_run):
   assert len({round(bpb[n]["all"], 6) for n in want if n.startswith("student")}) == 8
   store = teachers.open_store(str(workdir / "store"))  # checksums verified
   assert store.k == 16 and store.names == tuple(fams)
+  spec = importlib.util.spec_from_file_location(
+    "plot_stdlib_lm", os.path.join(ROOT, "experiments", "plots", "stdlib_lm.py")
+  )
+  plots = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(plots)
+  plots.plot(results, str(workdir / "sparse_teachers.png"))
   with open(workdir / "sparse_teachers.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(os.path.join(ROOT, "tests", "data", "results_small", "stdlib_lm.json")) as f:
+    fixture = json.load(f)
+  strip = lambda r: {k: v for k, v in r.items() if k not in TIMINGS}
+  assert results_compare.differences(strip(fixture), strip(results)) == []
 
 
 def _check_dump_cli(small_run, tmp_path):
   _, workdir, _, _ = small_run
   out = tmp_path / "dump"
-  cmd = [sys.executable, "-m", "mtkd_jax.teachers", "dump", CONFIG, "--config.size=small",
-         f"--out={out}", f"--workdir={workdir}"]  # fmt: skip
+  args = [CONFIG, f"--out={out}", f"--workdir={workdir}"]
+  cmd = [sys.executable, "-m", "mtkd_jax.teachers", "dump", *args]
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert "shards ok" in proc.stdout
@@ -89,12 +109,14 @@ def _check_notebook(small_run, tmp_path, monkeypatch):
   monkeypatch.setenv("MTKD_NOTEBOOK_WORKDIR", str(runs))
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   (tmp_path / "nb").mkdir()
+  (tmp_path / "experiments").symlink_to(os.path.join(ROOT, "experiments"))  # ../experiments
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "sparse_teachers.ipynb"), as_version=4)
   assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit w/o outputs"
-  NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path / "nb")}}).execute()  # fmt: skip
-  text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.outputs if o.get("output_type") == "stream")  # fmt: skip
+  NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "nb")}}
+  ).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  text = "\n".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
   for name in ("sparse_teachers.png", "sparse_teachers_bpb_vs_k.png"):
     assert os.path.getsize(tmp_path / "nb" / name) > 5000
   dense = results["bits_per_byte"]["student[dense]"]["all"]

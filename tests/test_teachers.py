@@ -112,3 +112,13 @@ def test_verify_cli_names_the_bad_shard(store_dir, tmp_path):
   ok, broken = run(store_dir), run(bad)
   assert ok.returncode == 0 and "shards ok" in ok.stdout, ok.stderr
   assert broken.returncode == 2 and "tokens.bin fails its SHA-256" in broken.stderr
+
+
+def test_dump_cli_errors_are_one_line(tmp_path):
+  """No --config, or an experiment without teacher_source: `error: ...` and exit status 2."""
+  cmd = [sys.executable, "-m", "mtkd_jax.teachers", "dump", f"--out={tmp_path / 'store'}"]
+  adaptive = "--config=experiments/configs/adaptive.py:small"
+  for args, message in (([], "needs --config"), ([adaptive], "defines no teacher_source")):
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr[-2000:]

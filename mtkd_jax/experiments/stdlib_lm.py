@@ -198,15 +198,7 @@ def _open_or_dump_store(config, directory, source) -> teachers.TeacherStore:
       return store
   except ValueError:
     pass
-  teachers.write_store(
-    directory,
-    source,
-    k=config.store.k,
-    dtype=config.store.dtype,
-    generation_temperatures=config.store.generation_temperature,
-    batch_size=config.store.batch_size,
-    progress=config.progress,
-  )
+  teachers.write_config_store(directory, source, config.store, progress=config.progress)
   return teachers.open_store(directory)
 
 
