@@ -1,4 +1,4 @@
-"""Adaptive teacher weighting on digits: class-specialist teachers and a safety floor (Cor IV.12).
+"""Adaptive teacher weighting on digits: class-specialist teachers and a safety floor (paper §VI).
 
 Teachers are each trained on a different subset of the classes, so each is right on its own
 classes and confidently wrong elsewhere: fixed weights mix in the wrong teachers, adaptive ones

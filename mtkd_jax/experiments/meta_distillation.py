@@ -1,4 +1,4 @@
-"""Anchored recursive meta-distillation on digits: contraction toward q_base.
+"""Anchored recursive meta-distillation on digits: contraction toward q_base (paper §IX).
 
 q_base is the linear aggregate of the digits teachers on the training inputs. Generation 0 is a
 student trained on hard labels only (over-confident, far from q_base). Generation t ≥ 1 distils a
