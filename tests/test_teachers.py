@@ -34,13 +34,15 @@ def store_dir(tmp_path_factory):
 def test_store_round_trips_exactly(tmp_path, dtype):
   source, table = _source(1)
   t_g = np.array([1.0, 2.0, 0.5], np.float32)
-  manifest = teachers.write_store(str(tmp_path), source, k=5, generation_temperatures=t_g,
-                                  dtype=dtype, batch_size=3)  # fmt: skip
+  manifest = teachers.write_store(
+    str(tmp_path), source, k=5, generation_temperatures=t_g, dtype=dtype, batch_size=3
+  )
   store = teachers.open_store(str(tmp_path))
   assert store.manifest == manifest and store.names == ("a", "b", "c")
   np.testing.assert_array_equal(store.tokens, source.tokens)
-  want = sparse.from_dense(jnp.asarray(table[:, source.tokens[:, :-1]]), 5,
-                           generation_temperatures=t_g)  # fmt: skip
+  want = sparse.from_dense(
+    jnp.asarray(table[:, source.tokens[:, :-1]]), 5, generation_temperatures=t_g
+  )
   want_lp = np.asarray(want.log_probs.astype(teachers.DTYPES[dtype]))
   for j in range(K):
     assert store.log_probs[j].dtype == teachers.DTYPES[dtype]
