@@ -11,6 +11,7 @@ registry names (paper §VI's practical design).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -470,20 +471,42 @@ def train_seeds(
       )
     )  # [T, B]
 
-  def one_seed(key, arrays):
-    params = init_params(key)
-    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-
-    def body(state, idx):
-      batch = arrays if idx is None else _take(arrays, idx)  # [B, ...]
-      state, m = train_step(state, batch)
-      return state, (m if metrics is None else {k: m[k] for k in metrics if k in m})
-
-    state, logged = jax.lax.scan(body, state, rows, length=num_steps)
-    return state.params, logged
-
-  params, logged = jax.jit(jax.vmap(one_seed, in_axes=(0, None)))(keys, arrays)
+  if rows is None:  # full batch: the data are constants of the compiled loop (XLA folds them)
+    fit = jax.jit(
+      jax.vmap(
+        lambda key: _fit_one(
+          train_step, init_params, optimizer, metrics, key, arrays, None, num_steps
+        )
+      )
+    )
+    params, logged = fit(keys)
+  else:  # minibatches: data and rows are arguments, so a refit on new targets reuses the program
+    fit = _minibatch_fitter(train_step, init_params, optimizer, metrics, num_steps)
+    params, logged = fit(keys, arrays, rows)
   return params, jax.tree.map(np.asarray, logged)
+
+
+def _fit_one(train_step, init_params, optimizer, metrics, key, arrays, rows, num_steps):
+  """One seed's `lax.scan` over the steps: (params, logged metrics [T])."""
+  params = init_params(key)
+  state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+  def body(state, idx):
+    batch = arrays if idx is None else _take(arrays, idx)  # [B, ...]
+    state, m = train_step(state, batch)
+    return state, (m if metrics is None else {k: m[k] for k in metrics if k in m})
+
+  state, logged = jax.lax.scan(body, state, rows, length=num_steps)
+  return state.params, logged
+
+
+@functools.lru_cache(maxsize=32)
+def _minibatch_fitter(train_step, init_params, optimizer, metrics, num_steps):
+  """The jitted, seed-vmapped loop of one step function (cached: compiled once per shapes)."""
+  one = lambda key, arrays, rows: _fit_one(
+    train_step, init_params, optimizer, metrics, key, arrays, rows, num_steps
+  )
+  return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
 
 def _take(arrays, idx):
