@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from mtkd_jax import data as data_lib
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from mtkd_jax import data as data_lib
 
 AXES = ("data", "model")
 

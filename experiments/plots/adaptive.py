@@ -112,6 +112,4 @@ def plot(results: dict, path: str) -> None:
   ax.set_ylabel(f"mean probability of unsafe class {results['config']['unsafe_class']}")
   ax.set_title("unsafe mass on sensitive inputs")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

@@ -68,6 +68,4 @@ def plot(results: dict, path: str) -> None:
   ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
   ax.set_ylabel("‖b‖₂ on held-out test data")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

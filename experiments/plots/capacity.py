@@ -50,6 +50,4 @@ def plot(results: dict, path: str) -> None:
   ax.set_ylabel("KL(q ‖ p_S) (mean over seeds)")
   ax.set_title("Training curves")
   ax.legend(fontsize=7, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

@@ -53,9 +53,7 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
     ax.set_ylabel(label)
     ax.set_yscale(scale)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
+  style.save(fig, png_path)
 
 
 if __name__ == "__main__":

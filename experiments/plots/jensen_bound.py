@@ -56,6 +56,4 @@ def plot(results: dict, path: str) -> None:
   ax.set_xticks(range(len(rnd)), list(rnd), rotation=25, ha="right", fontsize=8)
   ax.set_ylabel("% of random problems with L_mix > L_multi")
   ax.set_title("Random teachers/students: where the bound fails")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

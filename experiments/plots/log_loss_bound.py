@@ -64,6 +64,4 @@ def plot(results: dict, path: str) -> None:
   fig.suptitle(
     "Thm IV.9: −log q(y) ≤ −Σ_k w_k log p_k(y) (dashed: equality; × = violation)", fontsize=10
   )
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

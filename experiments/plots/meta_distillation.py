@@ -45,6 +45,4 @@ def plot(results: dict, path: str) -> None:
     f"KL(p_S0 ‖ q_base) = {kl0:.3f} (a bound when every student fits its target exactly)",
     fontsize=10,
   )
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

@@ -50,6 +50,4 @@ def plot(results: dict, path: str) -> None:
     f"({len(results['seeds'])} seed(s))",
     fontsize=10,
   )
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

@@ -53,6 +53,4 @@ def plot(results: dict, path: str) -> None:
   ax.set_ylabel("% of random problems violating")
   ax.set_title("Random teachers: linear never violates", fontsize=9)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

@@ -56,6 +56,4 @@ def plot(results: dict, path: str) -> None:
   bx.set_ylim(lo * 0.9, None)
   bx.legend(fontsize=7.5)
   bx.grid(alpha=0.3, axis="y")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# The operator families the guarantee experiments sweep (mtkd_jax.experiments.common).
-_OPERATORS = (
-  "linear",
-  "geometric",
-  "power(alpha=0.5)",
-  "power(alpha=2)",
-  "entropic(beta=0.5)",
-  "barycenter(divergence='hellinger')",
-)
+from mtkd_jax.experiments.common import DEFAULT_OPERATORS
 
 
 def pyplot():
@@ -29,7 +21,16 @@ def operator_colors(specs: Sequence[str]) -> dict[str, str]:
   """A fixed colour per operator spec, the same in every figure (whatever subset it shows)."""
   palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
   extra = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-  fixed = dict(zip(_OPERATORS, palette, strict=True))
+  fixed = dict(zip(DEFAULT_OPERATORS, palette, strict=True))
   others = [s for s in specs if s not in fixed]
   fixed.update({s: extra[i % len(extra)] for i, s in enumerate(others)})
   return {s: fixed[s] for s in specs}
+
+
+def save(fig, path: str) -> None:
+  """Lays out, writes (PNG at 100 dpi) and closes `fig`."""
+  import matplotlib.pyplot as plt
+
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

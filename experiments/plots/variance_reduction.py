@@ -114,6 +114,4 @@ def plot(results: dict, path: str) -> None:
     f"Every operator, ρ={min(rhos):g}, uniform w, σ_k unequal:\nmeasured / linear closed form"
   )
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  style.save(fig, path)

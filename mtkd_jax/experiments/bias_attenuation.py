@@ -33,10 +33,7 @@ def validate_config(config) -> None:
     )
   if not 0.0 <= config.out_fraction <= 1.0:
     raise ValueError(f"config.out_fraction: need a fraction in [0, 1], got {config.out_fraction}")
-  try:
-    digits.validate_config(config.digits)
-  except ValueError as e:
-    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
+  digits.validate_embedded(config.digits)
 
 
 def class_windows(num_teachers: int, window: int) -> list[list[int]]:
@@ -52,13 +49,7 @@ def class_windows(num_teachers: int, window: int) -> list[list[int]]:
 def biased_views(config, train_labels: np.ndarray) -> list[data_lib.TeacherView]:
   """The digits views of `config.digits`, with each teacher's training rows class-shifted."""
   d = config.digits
-  views = data_lib.make_teacher_views(
-    len(train_labels),
-    keep_fractions=tuple(d.teacher_keep_fractions),
-    noises=tuple(d.teacher_noises),
-    train_fractions=tuple(d.teacher_train_fractions),
-    seed=d.data_seed,
-  )
+  views = common.teacher_views(d, len(train_labels))
   out = []
   for k, (view, classes) in enumerate(
     zip(views, class_windows(d.num_teachers, config.window), strict=True)

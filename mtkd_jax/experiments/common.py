@@ -100,6 +100,17 @@ def read_metrics(path: str) -> dict[str, dict[str, list]]:
 # --------------------------------------------------------------------------------------------
 # Digits teachers: the one function every digits experiment trains its teachers with.
 # --------------------------------------------------------------------------------------------
+def teacher_views(config, num_examples: int) -> list[data_lib.TeacherView]:
+  """The K teachers' views (pixels, noise, training rows) of a digits config."""
+  return data_lib.make_teacher_views(
+    num_examples,
+    keep_fractions=tuple(config.teacher_keep_fractions),
+    noises=tuple(config.teacher_noises),
+    train_fractions=tuple(config.teacher_train_fractions),
+    seed=config.data_seed,
+  )
+
+
 def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherView] | None = None):
   """Trains the digits teachers of `config` (a digits config) or restores them from the loop's
   workdir (`checkpoints/teacher_<k>`).
@@ -116,13 +127,7 @@ def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherVie
   splits = data_lib.load_digits(seed=config.data_seed)
   train_split, test_split = splits["train"], splits["test"]
   if views is None:
-    views = data_lib.make_teacher_views(
-      len(train_split),
-      keep_fractions=tuple(config.teacher_keep_fractions),
-      noises=tuple(config.teacher_noises),
-      train_fractions=tuple(config.teacher_train_fractions),
-      seed=config.data_seed,
-    )
+    views = teacher_views(config, len(train_split))
   optimizer = train.make_optimizer(
     config.teacher_learning_rate,
     config.teacher_steps,

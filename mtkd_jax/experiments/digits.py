@@ -16,7 +16,7 @@ from mtkd_jax import models, operators, registry, train
 from mtkd_jax import temperature as temperature_lib
 from mtkd_jax.experiments import common
 
-_PER_TEACHER = (
+PER_TEACHER_FIELDS = (
   "teacher_hidden",
   "teacher_keep_fractions",
   "teacher_noises",
@@ -64,13 +64,22 @@ def validate_config(config) -> None:
   )
   common.check_field("loss", check_loss)
   common.check_field("weights", lambda: operators.check_weights(config.weights, (k, 1)))
-  for field in _PER_TEACHER:
+  for field in PER_TEACHER_FIELDS:
     if len(config[field]) != k:
       raise ValueError(f"config.{field}: need one entry per teacher (K={k}), got {config[field]}")
   common.check_mesh(config, jax.device_count())
   if not 0.0 <= config.label_weight <= 1.0:
     raise ValueError(f"config.label_weight: must be in [0, 1], got {config.label_weight}")
   common.check_field("weighting", lambda: _weighting(config))
+
+
+def validate_embedded(config) -> None:
+  """`validate_config` of a digits config embedded in another experiment's `config.digits`:
+  its errors read `config.digits.<field>: ...`."""
+  try:
+    validate_config(config)
+  except ValueError as e:
+    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
 
 
 def _weighting(config):

@@ -38,10 +38,7 @@ def validate_config(config) -> None:
     raise ValueError(f"config.operators: the first must be 'linear', got {config.operators[0]!r}")
   if config.num_random < 1:
     raise ValueError(f"config.num_random: need ≥ 1 random problems, got {config.num_random}")
-  try:
-    digits.validate_config(_digits_config(config, "sum_of_kls", list(config.operators)))
-  except ValueError as e:
-    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
+  digits.validate_embedded(_digits_config(config, "sum_of_kls", list(config.operators)))
 
 
 def _digits_config(config, loss: str, specs) -> object:

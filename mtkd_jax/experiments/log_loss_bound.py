@@ -29,10 +29,7 @@ def validate_config(config) -> None:
   common.check_operators("operators", config.operators)
   if config.num_random < 1:
     raise ValueError(f"config.num_random: need ≥ 1 random problems, got {config.num_random}")
-  try:
-    digits.validate_config(config.digits)
-  except ValueError as e:
-    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
+  digits.validate_embedded(config.digits)
 
 
 def check_bound(log_p, labels, weights, temperatures, specs) -> dict:

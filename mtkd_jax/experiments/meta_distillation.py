@@ -19,14 +19,7 @@ import numpy as np
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import losses, meta, models, objectives, operators, train
-from mtkd_jax.experiments import common
-
-_PER_TEACHER = (
-  "teacher_hidden",
-  "teacher_keep_fractions",
-  "teacher_noises",
-  "teacher_train_fractions",
-)
+from mtkd_jax.experiments import common, digits
 
 
 def validate_config(config) -> None:
@@ -36,7 +29,7 @@ def validate_config(config) -> None:
   if config.num_generations < 1:
     raise ValueError(f"config.num_generations: must be ≥ 1, got {config.num_generations}")
   k = config.num_teachers
-  for field in _PER_TEACHER:
+  for field in digits.PER_TEACHER_FIELDS:
     if len(config[field]) != k:
       raise ValueError(f"config.{field}: need one entry per teacher (K={k}), got {config[field]}")
   if config.num_steps < 1 or config.s0_steps < 1:

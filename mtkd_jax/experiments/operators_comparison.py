@@ -22,10 +22,7 @@ def validate_config(config) -> None:
   common.check_operators("operators", config.operators)
   if not config.seeds:
     raise ValueError("config.seeds: need at least one seed")
-  try:
-    digits.validate_config(digits_config(config, config.seeds[0]))
-  except ValueError as e:
-    raise ValueError(str(e).replace("config.", "config.digits.", 1)) from None
+  digits.validate_embedded(digits_config(config, config.seeds[0]))
 
 
 def digits_config(config, seed: int):
