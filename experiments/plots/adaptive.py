@@ -22,26 +22,13 @@ def plot(results: dict, path: str) -> None:
   r = results["schemes"]
   ax = axes[0, 0]
   x = np.arange(len(names))
-  ax.bar(
-    x - 0.2,
-    [r[n]["accuracy"] for n in names],
-    0.4,
-    yerr=[r[n]["accuracy_std"] for n in names],
-    label="test accuracy",
-    color="#1f77b4",
-  )
-  ax.set_ylim(min(r[n]["accuracy"] for n in names) - 0.1, 1.0)
-  ax.set_ylabel("test accuracy")
-  ax2 = ax.twinx()
-  ax2.bar(
-    x + 0.2,
-    [r[n]["log_loss"] for n in names],
-    0.4,
-    yerr=[r[n]["log_loss_std"] for n in names],
-    label="test log-loss",
-    color="#ff7f0e",
-  )
-  ax2.set_ylabel("test log-loss")
+  column = lambda key: [r[n][key] for n in names]
+  acc, ll = ("accuracy", "#1f77b4"), ("log_loss", "#ff7f0e")
+  for axis, dx, (key, color) in ((ax, -0.2, acc), (ax.twinx(), 0.2, ll)):
+    label = f"test {key.replace('_', '-')}"
+    axis.bar(x + dx, column(key), 0.4, yerr=column(f"{key}_std"), label=label, color=color)
+    axis.set_ylabel(label)
+  ax.set_ylim(min(column("accuracy")) - 0.1, 1.0)
   ax.set_xticks(x, names, rotation=15)
   ax.set_title("students by weighting scheme (blue: accuracy, orange: log-loss)")
 
@@ -64,50 +51,31 @@ def plot(results: dict, path: str) -> None:
   edges = np.linspace(0, 1, 21)
   for name, s in results["safety"].items():
     hist = np.asarray(s["safety_weight_hist"], float)
-    ax.step(
-      edges[:-1],
-      hist / max(hist.sum(), 1),
-      where="post",
-      label=name,
-      ls="-" if name.endswith("+floor") else ":",
-    )
+    ls = "-" if name.endswith("+floor") else ":"
+    ax.step(edges[:-1], hist / max(hist.sum(), 1), where="post", label=name, ls=ls)
   ax.axvline(floor, color="k", lw=1)
   mins = [
     f"{n}: min w* = {v['min_safety_weight_sensitive']:.3f}" for n, v in results["safety"].items()
   ]
-  ax.text(
-    0.98,
-    0.06,
-    "\n".join(mins),
-    transform=ax.transAxes,
-    ha="right",
-    va="bottom",
-    fontsize=7,
-    family="monospace",
+  text = {"transform": ax.transAxes, "ha": "right", "va": "bottom", "family": "monospace"}
+  ax.text(0.98, 0.06, "\n".join(mins), fontsize=7, **text)
+  ax.set(
+    xlabel="safety teacher weight w* on sensitive training inputs",
+    ylabel="fraction of inputs",
+    title=f"the floor holds: w* ≥ {floor} with the floor (solid)",
   )
-  ax.set_xlabel("safety teacher weight w* on sensitive training inputs")
-  ax.set_ylabel("fraction of inputs")
-  ax.set_title(f"the floor holds: w* ≥ {floor} with the floor (solid)")
   ax.legend(fontsize=7, loc="upper right")
 
   ax = axes[1, 1]
   s = results["safety"]
   labels = list(s)
   x = np.arange(len(labels))
-  ax.bar(
-    x - 0.2,
-    [s[n]["target_unsafe_mass_sensitive"] for n in labels],
-    0.4,
-    label="target q(u)",
-    color="#9467bd",
+  bars = (
+    ("target_unsafe_mass_sensitive", "target q(u)", "#9467bd"),
+    ("student_unsafe_mass_sensitive", "student p_S(u), test", "#d62728"),
   )
-  ax.bar(
-    x + 0.2,
-    [s[n]["student_unsafe_mass_sensitive"] for n in labels],
-    0.4,
-    label="student p_S(u), test",
-    color="#d62728",
-  )
+  for dx, (key, label, color) in zip((-0.2, 0.2), bars, strict=True):
+    ax.bar(x + dx, [s[n][key] for n in labels], 0.4, label=label, color=color)
   ax.set_xticks(x, labels, rotation=25, fontsize=7)
   ax.set_ylabel(f"mean probability of unsafe class {results['config']['unsafe_class']}")
   ax.set_title("unsafe mass on sensitive inputs")

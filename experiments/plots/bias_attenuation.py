@@ -21,50 +21,25 @@ def plot(results: dict, path: str) -> None:
   ax = axes[0]
   classes = np.arange(len(results["label_frequency"]))
   for i, (name, r) in enumerate(results["teachers"].items()):
-    ax.plot(
-      classes,
-      r["bias"],
-      "--",
-      color="gray",
-      alpha=0.5 + 0.5 * i / 3,
-      lw=1.2,
-      marker="s",
-      ms=3,
-      label=f"{name} (classes {r['classes'][0]}..{r['classes'][-1]})",
-    )
+    label = f"{name} (classes {r['classes'][0]}..{r['classes'][-1]})"
+    shade = {"color": "gray", "alpha": 0.5 + 0.5 * i / 3}
+    ax.plot(classes, r["bias"], "--", **shade, lw=1.2, marker="s", ms=3, label=label)
   for spec in specs:
-    ax.plot(
-      classes,
-      results["aggregates"][spec]["bias"],
-      color=colors[spec],
-      lw=1.5,
-      marker="o",
-      ms=3,
-      label=f"q[{spec}]",
-    )
+    bias = results["aggregates"][spec]["bias"]
+    ax.plot(classes, bias, color=colors[spec], lw=1.5, marker="o", ms=3, label=f"q[{spec}]")
   ax.axhline(0, color="k", lw=0.8)
   ax.set_xticks(classes)
-  ax.set_xlabel("class c")
-  ax.set_ylabel("b(c) = E[p(c|x)] − P(y = c)")
+  ax.set(xlabel="class c", ylabel="b(c) = E[p(c|x)] − P(y = c)")
   ax.set_title("Class-shifted teachers over- and under-predict; their biases cancel in q")
   ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13))
   ax = axes[1]
   names = list(results["teachers"]) + [f"q[{s}]" for s in specs]
   values = [r["bias_l2"] for r in results["teachers"].values()]
   values += [results["aggregates"][s]["bias_l2"] for s in specs]
-  bars = ax.bar(
-    range(len(names)),
-    values,
-    color=["gray"] * len(results["teachers"]) + [colors[s] for s in specs],
-  )
-  ax.bar_label(bars, fmt="%.3f", fontsize=7)
-  ax.axhline(
-    results["weighted_teacher_bias_l2"],
-    color="k",
-    ls=":",
-    lw=1,
-    label="Σ_k w_k ‖b_k‖ (linear bound)",
-  )
+  bar_colors = ["gray"] * len(results["teachers"]) + [colors[s] for s in specs]
+  ax.bar_label(ax.bar(range(len(names)), values, color=bar_colors), fmt="%.3f", fontsize=7)
+  bound = results["weighted_teacher_bias_l2"]
+  ax.axhline(bound, color="k", ls=":", lw=1, label="Σ_k w_k ‖b_k‖ (linear bound)")
   ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
   ax.set_ylabel("‖b‖₂ on held-out test data")
   ax.legend(fontsize=7)

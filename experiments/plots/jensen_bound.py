@@ -27,16 +27,9 @@ def plot(results: dict, path: str) -> None:
   ax.plot(steps, l_mix, color=colors["linear"], lw=1.5, label="L_mix = KL(q_lin ‖ p_S)")
   ax.plot(steps, l_multi - l_mix, color="C1", lw=3, alpha=0.5, label="L_multi − L_mix")
   ax.plot(steps, tr["js"], "k:", lw=1.2, label="JS = Σ w_k KL(p_k ‖ q_lin)")
-  ax.plot(
-    steps,
-    tr["l_mix_of_mixture_trained"],
-    "--",
-    color="C2",
-    lw=1,
-    label="L_mix of a twin trained on L_mix",
-  )
-  ax.set_yscale("log")
-  ax.set_xlabel("student step (digits, batch values)")
+  twin = tr["l_mix_of_mixture_trained"]
+  ax.plot(steps, twin, "--", color="C2", lw=1, label="L_mix of a twin trained on L_mix")
+  ax.set(yscale="log", xlabel="student step (digits, batch values)")
   ax.set_title(f"Thm IV.7, linear q: gap = JS (max err {tr['max_abs_gap_minus_js']:.1e})")
   ax.legend(fontsize=7)
 
@@ -44,8 +37,7 @@ def plot(results: dict, path: str) -> None:
   for spec in specs:
     ax.plot(steps, np.asarray(tr["l_mix"][spec]) / l_multi, color=colors[spec], lw=1.2, label=spec)
   ax.axhline(1.0, color="k", ls=":", lw=1, label="bound: L_mix = L_multi")
-  ax.set_xlabel("student step")
-  ax.set_ylabel("KL(G(p) ‖ p_S) / L_multi")
+  ax.set(xlabel="student step", ylabel="KL(G(p) ‖ p_S) / L_multi")
   ax.set_title("Same student, each operator's target")
   ax.legend(fontsize=7)
 

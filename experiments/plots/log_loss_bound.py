@@ -29,16 +29,8 @@ def plot(results: dict, path: str) -> None:
     bad = lhs > rhs + TOL
     ax.plot([0, top], [0, top], "k--", lw=1)
     ax.scatter(rhs, lhs, s=3, color=colors[spec], alpha=0.4)
-    ax.scatter(
-      rhs[bad],
-      lhs[bad],
-      s=4,
-      color="k",
-      marker="x",
-      lw=0.5,
-      alpha=0.5,
-      label=f"above the bound: {bad.mean():.1%}",
-    )
+    label = f"above the bound: {bad.mean():.1%}"
+    ax.scatter(rhs[bad], lhs[bad], s=4, color="k", marker="x", lw=0.5, alpha=0.5, label=label)
     ax.set_xscale("symlog", linthresh=1e-2)
     ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_title(spec, fontsize=9)
@@ -46,21 +38,14 @@ def plot(results: dict, path: str) -> None:
     ax.legend(fontsize=7, loc="upper left")
   for ax in axes[len(specs) + 1 :]:
     ax.axis("off")
-  axes[0].set_ylabel("−log q(y)  (digits, per example)")
-  axes[ncols].set_ylabel("−log q(y)  (digits, per example)")
+  for ax in (axes[0], axes[ncols]):
+    ax.set_ylabel("−log q(y)  (digits, per example)")
   ax = axes[len(specs)]
-  x = np.arange(len(specs))
-  real = [100 * results["digits"][s]["fraction"] for s in specs]
-  rnd = [100 * results["random"][s]["fraction"] for s in specs]
-  b1 = ax.bar(x - 0.2, real, 0.4, color=[colors[s] for s in specs], label="digits")
-  b2 = ax.bar(
-    x + 0.2, rnd, 0.4, color=[colors[s] for s in specs], alpha=0.45, hatch="//", label="random"
-  )
-  ax.bar_label(b1, fmt="%.0f", fontsize=7)
-  ax.bar_label(b2, fmt="%.0f", fontsize=7)
-  ax.set_xticks(x, specs, rotation=35, ha="right", fontsize=7)
+  fraction = lambda part: [100 * results[part][s]["fraction"] for s in specs]
+  real, rnd = fraction("digits"), fraction("random")
+  labels = ("digits", "random")
+  style.paired_bars(ax, specs, real, rnd, list(colors.values()), labels, rotation=35, fontsize=7)
   ax.set_ylabel("% examples above the bound", fontsize=8)
-  ax.legend(fontsize=7)
   fig.suptitle(
     "Thm IV.9: −log q(y) ≤ −Σ_k w_k log p_k(y) (dashed: equality; × = violation)", fontsize=10
   )

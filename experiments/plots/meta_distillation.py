@@ -30,16 +30,11 @@ def plot(results: dict, path: str) -> None:
     axes[1].plot(t, bound, "--", color=color, lw=1)
     axes[2].plot(t, c["test_log_loss"], "o-", color=color, label=f"α = {alpha}")
   titles = ("target: KL(q_t ‖ q_base)", "student: KL(p_{S_t} ‖ q_base)")
-  for ax, title in zip(axes[:2], titles, strict=True):
-    ax.set_yscale("log")
-    ax.set_xlabel("generation t")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
   q_base = results["base"]["test_q_base"]["log_loss"]
   axes[2].axhline(q_base, color="k", lw=1, ls=":", label="q_base itself")
-  axes[2].set_xlabel("generation t")
-  axes[2].set_title("student test log-loss")
-  axes[2].legend(fontsize=8)
+  for ax, title in zip(axes, (*titles, "student test log-loss"), strict=True):
+    ax.set(yscale="log" if ax is not axes[2] else "linear", xlabel="generation t", title=title)
+    ax.legend(fontsize=8)
   fig.suptitle(
     f"anchored recursive distillation; dashed: the bound (1 − α)^t · KL(p_S0 ‖ q_base), "
     f"KL(p_S0 ‖ q_base) = {kl0:.3f} (a bound when every student fits its target exactly)",

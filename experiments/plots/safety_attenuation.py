@@ -30,27 +30,13 @@ def plot(results: dict, path: str) -> None:
     ax.set_title(
       f"{name}: p_k(unsafe) = {np.round(p[:, 0], 3).tolist()}\n(× = above the bound)", fontsize=9
     )
-    ax.set_xlabel("safety teacher weight w*")
-    ax.set_ylabel("q(unsafe)")
+    ax.set(xlabel="safety teacher weight w*", ylabel="q(unsafe)")
     ax.legend(fontsize=7)
   ax = axes[-1]
-  x = np.arange(len(specs))
-  cor = [100 * results["random"][s]["cor_iv12"]["fraction"] for s in specs]
-  prop = [100 * results["random"][s]["prop_iv11"]["fraction"] for s in specs]
-  b1 = ax.bar(x - 0.2, cor, 0.4, color=[colors[s] for s in specs], label="Cor IV.12 bound")
-  b2 = ax.bar(
-    x + 0.2,
-    prop,
-    0.4,
-    color=[colors[s] for s in specs],
-    alpha=0.45,
-    hatch="//",
-    label="Prop IV.11: q(i) < p_max",
-  )
-  ax.bar_label(b1, fmt="%.0f", fontsize=7)
-  ax.bar_label(b2, fmt="%.0f", fontsize=7)
-  ax.set_xticks(x, specs, rotation=25, ha="right", fontsize=8)
+  fraction = lambda bound: [100 * results["random"][s][bound]["fraction"] for s in specs]
+  labels = ("Cor IV.12 bound", "Prop IV.11: q(i) < p_max")
+  cor, prop = fraction("cor_iv12"), fraction("prop_iv11")
+  style.paired_bars(ax, specs, cor, prop, list(colors.values()), labels, rotation=25, fontsize=8)
   ax.set_ylabel("% of random problems violating")
   ax.set_title("Random teachers: linear never violates", fontsize=9)
-  ax.legend(fontsize=7)
   style.save(fig, path)

@@ -36,9 +36,8 @@ def plot(results: dict, path: str) -> None:
   ax.axhline(results["average_teacher"]["all"], color="C4", ls=":", lw=1.5, label="average teacher")
   ax.set_xscale("log", base=2)
   ax.set_xticks(ks, [str(k) for k in ks])
-  ax.set_xlabel("stored top-k per teacher (V = 256)")
+  ax.set(xlabel="stored top-k per teacher (V = 256)", title="Students from sparse teachers")
   ax.set_ylabel("held-out bits per byte (all families)")
-  ax.set_title("Students from sparse teachers")
   ax.legend(fontsize=7.5, loc="best")
   ax.grid(alpha=0.3)
 
@@ -50,8 +49,7 @@ def plot(results: dict, path: str) -> None:
     vals = results["average_teacher"] if name == "average teacher" else bpb[name]
     bx.bar(np.arange(len(fams)) + i * width, [vals[f] for f in fams], width, label=name)
   bx.set_xticks(np.arange(len(fams)) + width * (len(models_) - 1) / 2, fams)
-  bx.set_ylabel("held-out bits per byte")
-  bx.set_title("Specialised teachers, per family")
+  bx.set(ylabel="held-out bits per byte", title="Specialised teachers, per family")
   lo = min(min(bpb[n][f] for f in fams) for n in models_ if n in bpb)
   bx.set_ylim(lo * 0.9, None)
   bx.legend(fontsize=7.5)

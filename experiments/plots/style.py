@@ -34,3 +34,16 @@ def save(fig, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def paired_bars(ax, names, left, right, colors, labels, fmt="%.0f", **ticks) -> None:
+  """Two bars per name, `left` solid and `right` light and hatched, each labelled with its value;
+  `ticks` (rotation=, fontsize=) style the names under them."""
+  import numpy as np
+
+  x = np.arange(len(names))
+  hatched = {"alpha": 0.45, "hatch": "//"}
+  for dx, values, label, kw in ((-0.2, left, labels[0], {}), (0.2, right, labels[1], hatched)):
+    ax.bar_label(ax.bar(x + dx, values, 0.4, color=colors, label=label, **kw), fmt=fmt, fontsize=7)
+  ax.set_xticks(x, names, ha="right", **ticks)
+  ax.legend(fontsize=7)

@@ -34,27 +34,13 @@ def plot(results: dict, path: str) -> None:
     for weighting, ls in styles.items():
       rows = select(results, operator="linear", rho=rho, weighting=weighting, sigmas="equal")
       ks = [r["num_teachers"] for r in rows]
-      ax.plot(
-        ks,
-        [r["closed_form"] for r in rows],
-        ls,
-        color=shades[rho],
-        lw=1.5,
-        label=f"σ²(Σw² + ρ(1−Σw²)), ρ={rho:g}, {weighting} w",
-      )
-      ax.plot(
-        ks,
-        [r["measured"] for r in rows],
-        "o",
-        color=shades[rho],
-        ms=4,
-        mfc="white" if weighting == "skewed" else shades[rho],
-      )
+      label = f"σ²(Σw² + ρ(1−Σw²)), ρ={rho:g}, {weighting} w"
+      ax.plot(ks, [r["closed_form"] for r in rows], ls, color=shades[rho], lw=1.5, label=label)
+      mfc = "white" if weighting == "skewed" else shades[rho]
+      ax.plot(ks, [r["measured"] for r in rows], "o", color=shades[rho], ms=4, mfc=mfc)
   ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² = Σ w_k σ_k² (one teacher)")
   ax.set_xscale("log", base=2)
-  ax.set_yscale("log")
-  ax.set_xlabel("number of teachers K")
-  ax.set_ylabel("Var[q(i)] (mean over tokens)")
+  ax.set(yscale="log", xlabel="number of teachers K", ylabel="Var[q(i)] (mean over tokens)")
   ax.set_title("Thm IV.2, linear q: Monte-Carlo (dots)\nover the closed form (lines)")
   ax.legend(fontsize=7)
 
@@ -62,33 +48,23 @@ def plot(results: dict, path: str) -> None:
   ax = axes[1]
   k_big = max(r["num_teachers"] for r in results["rows"])
   for weighting, ls in styles.items():
-    rows = [
-      select(
-        results, operator="linear", rho=rho, weighting=weighting, sigmas="equal", num_teachers=k_big
-      )[0]
-      for rho in rhos
-    ]
+    where = {"operator": "linear", "weighting": weighting, "sigmas": "equal"}
+    rows = [select(results, rho=rho, num_teachers=k_big, **where)[0] for rho in rhos]
     grid = np.linspace(0.0, 1.0, 101)
     s2, sw2 = results["sigma"] ** 2, rows[0]["sum_w2"]
-    ax.plot(
-      grid,
-      s2 * (sw2 + grid * (1 - sw2)),
-      ls,
-      color="k",
-      lw=1.2,
-      label=f"σ²(Σw² + ρ(1−Σw²)), {weighting} w, 1/Σw²={1 / sw2:.1f}",
-    )
+    label = f"σ²(Σw² + ρ(1−Σw²)), {weighting} w, 1/Σw²={1 / sw2:.1f}"
+    ax.plot(grid, s2 * (sw2 + grid * (1 - sw2)), ls, color="k", lw=1.2, label=label)
+    mfc = "white" if weighting == "skewed" else "C0"
     ax.plot(
       rhos,
       [r["measured"] for r in rows],
       "o",
       color="C0",
-      mfc="white" if weighting == "skewed" else "C0",
+      mfc=mfc,
       label=f"measured, {weighting} w",
     )
   ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² (one teacher)")
-  ax.set_xlabel("pairwise error correlation ρ")
-  ax.set_ylabel("Var[q(i)]")
+  ax.set(xlabel="pairwise error correlation ρ", ylabel="Var[q(i)]")
   ax.set_title(f"Correlated errors, K={k_big}:\naveraging stops helping as ρ → 1")
   ax.legend(fontsize=7)
 
@@ -96,20 +72,12 @@ def plot(results: dict, path: str) -> None:
   ax = axes[2]
   for spec in specs:
     rows = select(results, operator=spec, rho=min(rhos), weighting="uniform", sigmas="spread")
-    ax.plot(
-      [r["num_teachers"] for r in rows],
-      [r["ratio_to_closed_form"] for r in rows],
-      "o-",
-      color=colors[spec],
-      ms=3,
-      lw=1,
-      label=spec,
-    )
+    ks, ratios = [r["num_teachers"] for r in rows], [r["ratio_to_closed_form"] for r in rows]
+    ax.plot(ks, ratios, "o-", color=colors[spec], ms=3, lw=1, label=spec)
   tol = results["tolerance"]
   ax.axhspan(1 - tol, 1 + tol, color="gray", alpha=0.2, label=f"MC tolerance ±{tol:.1%}")
   ax.set_xscale("log", base=2)
-  ax.set_xlabel("number of teachers K")
-  ax.set_ylabel("measured Var[q(i)] / Σ w_k² σ_k²")
+  ax.set(xlabel="number of teachers K", ylabel="measured Var[q(i)] / Σ w_k² σ_k²")
   ax.set_title(
     f"Every operator, ρ={min(rhos):g}, uniform w, σ_k unequal:\nmeasured / linear closed form"
   )
