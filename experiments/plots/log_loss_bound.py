@@ -11,7 +11,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # style.py: loaded by file path
 import style
 
-TOL = 1e-5  # as mtkd_jax.experiments.log_loss_bound.TOL: an excess above it is a violation
+from mtkd_jax.experiments.log_loss_bound import TOL  # an excess above it is a violation
 
 
 def plot(results: dict, path: str) -> None:

@@ -11,10 +11,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # style.py: loaded by file path
 import style
 
-
-def select(results, **where) -> list[dict]:
-  """The rows of `results` whose fields equal `where` (e.g. operator="linear", rho=0.0)."""
-  return [r for r in results["rows"] if all(r[k] == v for k, v in where.items())]
+from mtkd_jax.experiments.variance_reduction import select
 
 
 def plot(results: dict, path: str) -> None:

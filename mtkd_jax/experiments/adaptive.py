@@ -26,7 +26,8 @@ import numpy as np
 from mtkd_jax import data as data_lib
 from mtkd_jax import models, objectives, operators, theory, train
 from mtkd_jax import weighting as weighting_lib
-from mtkd_jax.experiments import common
+from mtkd_jax.experiments import common, tables
+from mtkd_jax.experiments.tables import mean_std
 
 SCHEMES = ("static", "confidence", "label_aware", "learned", "hierarchical")
 LOGGED = ("loss", "effective_num_teachers", "weight_entropy", "kl_q_student")
@@ -73,14 +74,12 @@ def specialist_views(config, train_y: np.ndarray) -> list[data_lib.TeacherView]:
   full = np.ones(data_lib.NUM_PIXELS, bool)
   subsets = [tuple(s) for s in config.class_subsets]
   subsets.append(tuple(c for c in range(data_lib.NUM_CLASSES) if c != config.unsafe_class))
+  view = lambda k, s: {
+    "seed": config.data_seed + k,
+    "train_rows": np.flatnonzero(np.isin(train_y, s)),
+  }
   return [
-    data_lib.TeacherView(
-      pixel_mask=full,
-      noise=0.0,
-      seed=config.data_seed + k,
-      train_rows=np.flatnonzero(np.isin(train_y, s)),
-    )
-    for k, s in enumerate(subsets)
+    data_lib.TeacherView(pixel_mask=full, noise=0.0, **view(k, s)) for k, s in enumerate(subsets)
   ]
 
 
@@ -100,15 +99,11 @@ def make_hook(
 ):
   """The weighting of scheme `name` for `train.make_train_step` (hook or `weighting.Learned`);
   `safety` (safety_teacher=, floor=, threshold=) puts the hook's weights through the floor."""
-  k = len(val_accuracy)
+  k, classes = len(val_accuracy), data_lib.NUM_CLASSES
   if name == "learned":
+    gate = {"hidden": config.gate_hidden, "loss_weight": config.gate_loss_weight}
     return weighting_lib.get(
-      "learned",
-      num_features=num_features,
-      num_teachers=k,
-      hidden=config.gate_hidden,
-      temperatures=temperatures,
-      loss_weight=config.gate_loss_weight,
+      "learned", num_features=num_features, num_teachers=k, temperatures=temperatures, **gate
     )
   confidence = {"temperatures": temperatures, "tau": config.confidence_tau}
   label_aware = {"temperatures": temperatures, "tau": config.label_tau}
@@ -120,12 +115,7 @@ def make_hook(
     # static prior ∝ each teacher's validation accuracy; ε-smoothed (continuity).
     "hierarchical": {
       "token": {"name": "confidence", **confidence},
-      "task": {
-        "name": "label_aware",
-        **label_aware,
-        "domain_key": "y",
-        "num_domains": data_lib.NUM_CLASSES,
-      },
+      "task": {"name": "label_aware", **label_aware, "domain_key": "y", "num_domains": classes},
       "context": {"name": "static", "weights": val_accuracy / val_accuracy.sum()},
       "epsilon": config.hierarchical_epsilon,
     },
@@ -135,12 +125,8 @@ def make_hook(
 
 def _distil(config, hook, arrays, temperatures, student, x_test):
   """One student per seed; returns (params [S, ...], metrics [S, T], test logits [S, N, V])."""
-  optimizer = train.make_optimizer(
-    config.learning_rate,
-    config.num_steps,
-    weight_decay=config.weight_decay,
-    warmup_steps=config.warmup_steps,
-  )
+  schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
+  optimizer = train.make_optimizer(config.learning_rate, config.num_steps, **schedule)
   step = train.make_train_step(
     student.apply,
     optimizer,
@@ -149,16 +135,11 @@ def _distil(config, hook, arrays, temperatures, student, x_test):
     weighting=hook,
   )
   seeds = jnp.asarray([config.seed + s for s in range(config.num_seeds)])
+  keys = jax.vmap(jax.random.key)(seeds)
+  loop = {"num_steps": config.num_steps, "batch_size": config.batch_size, "data_seed": config.seed}
+  init = train.init_params(student.init, hook)
   params, metrics = train.train_seeds(
-    step,
-    train.init_params(student.init, hook),
-    optimizer,
-    arrays,
-    keys=jax.vmap(jax.random.key)(seeds),
-    num_steps=config.num_steps,
-    batch_size=config.batch_size,
-    data_seed=config.seed,
-    metrics=LOGGED,
+    step, init, optimizer, arrays, keys=keys, metrics=LOGGED, **loop
   )
   apply_all = jax.jit(jax.vmap(student.apply, in_axes=(0, None)))
   return params, metrics, np.asarray(apply_all(params["student"], x_test))
@@ -222,12 +203,8 @@ def run(config, workdir: str) -> dict:
   # specialist is right on roughly the share of examples its classes cover).
   train_acc = np.array([np.mean(train_logits[k].argmax(-1) == y_train) for k in range(k_spec)])
 
-  student = models.build(
-    "mlp",
-    in_features=data_lib.NUM_PIXELS,
-    hidden=tuple(config.student_hidden),
-    num_classes=data_lib.NUM_CLASSES,
-  )
+  mlp = {"in_features": data_lib.NUM_PIXELS, "num_classes": data_lib.NUM_CLASSES}
+  student = models.build("mlp", hidden=tuple(config.student_hidden), **mlp)
   results: dict = {"teachers": teacher_results, "schemes": {}, "safety": {}}
   num_runs = len(config.schemes) + 2 * len(config.safety_schemes)
   bar = tqdm(total=num_runs, desc="adaptive", file=sys.stderr, disable=not config.progress)
@@ -237,13 +214,8 @@ def run(config, workdir: str) -> dict:
   arrays = {"x": train_split.x, "y": y_train, "teacher_logits": train_logits[:k_spec]}
   weights_by_class = {}
   for name in config.schemes:
-    hook = make_hook(
-      name,
-      config,
-      train_acc,
-      temperatures=temps,
-      num_features=data_lib.NUM_PIXELS + data_lib.NUM_CLASSES,
-    )
+    features = data_lib.NUM_PIXELS + data_lib.NUM_CLASSES
+    hook = make_hook(name, config, train_acc, temperatures=temps, num_features=features)
     params, metrics, test_z = _distil(config, hook, arrays, temps, student, test_split.x)
     w = _weights_on(hook, arrays, params, student)  # [K, N]
     weights_by_class[name] = [w[:, y_train == c].mean(1).tolist() for c in range(10)]
@@ -261,29 +233,19 @@ def run(config, workdir: str) -> dict:
   sens_train = np.isin(y_train, config.sensitive_classes).astype(np.float32)
   sens_test = np.isin(y_test, config.sensitive_classes)
   sensitive = sens_train > 0
-  arrays4 = {
-    "x": train_split.x,
-    "y": y_train,
-    "sensitivity": sens_train,
-    "teacher_logits": train_logits,
-  }
+  arrays4 = {"x": train_split.x, "y": y_train, "sensitivity": sens_train}
+  arrays4["teacher_logits"] = train_logits
   prior4 = np.append(train_acc, train_acc.mean())
-  floor = {
-    "safety_teacher": safety_k,
-    "floor": config.safety_floor,
-    "threshold": config.safety_threshold,
-  }
+  floor = {"safety_teacher": safety_k, "floor": config.safety_floor}
+  floor["threshold"] = config.safety_threshold
   for name in config.safety_schemes:
     for floored in (False, True):
       hook = make_hook(name, config, prior4, temperatures=temps4, **(floor if floored else {}))
       params, _, test_z = _distil(config, hook, arrays4, temps4, student, test_split.x)
       w = _weights_on(hook, arrays4, params, student)  # [K, N]
-      q, bound = theory.safety_bound(
-        jnp.asarray(train_logits[:, sensitive]),
-        temperatures=temps4,
-        weights=w[:, sensitive],
-        safety_teacher=safety_k,
-      )
+      on_sensitive = {"weights": w[:, sensitive], "safety_teacher": safety_k}
+      logits = jnp.asarray(train_logits[:, sensitive])
+      q, bound = theory.safety_bound(logits, temperatures=temps4, **on_sensitive)
       q, bound = np.asarray(q), np.asarray(bound)
       p_student = jax.nn.softmax(test_z, -1)  # [S, N_test, V]
       hist, _ = np.histogram(w[safety_k, sensitive], bins=20, range=(0, 1))
@@ -316,16 +278,19 @@ def format_table(results: dict) -> str:
   lines = [
     f"Adaptive weighting, class-specialist teachers ({cfg['num_seeds']} seeds, "
     f"{cfg['num_steps']} steps, mean ± std over seeds)",
-    f"{'scheme':<14} {'test acc':>15} {'test log-loss':>17} {'w on right':>11} "
-    f"{'eff. K':>7} {'H(w)':>6}",
-    "-" * 76,
   ]
-  for name, r in results["schemes"].items():
-    lines.append(
-      f"{name:<14} {r['accuracy']:>8.4f} ± {r['accuracy_std']:.4f} "
-      f"{r['log_loss']:>9.4f} ± {r['log_loss_std']:.4f} {r['weight_on_right_teacher']:>11.3f} "
-      f"{r['train_effective_num_teachers']:>7.2f} {r['train_weight_entropy']:>6.3f}"
-    )
+  columns = [
+    ("scheme", "<14"),
+    ("test acc", ">17"),
+    ("test log-loss", ">18"),
+    ("w on right", ">11.3f"),
+  ]
+  columns += [("eff. K", ">7.2f"), ("H(w)", ">6.3f")]
+  rows = []
+  for n, r in results["schemes"].items():
+    keys = ("weight_on_right_teacher", "train_effective_num_teachers", "train_weight_entropy")
+    rows.append((n, mean_std(r, "accuracy"), mean_std(r, "log_loss", 9), *(r[k] for k in keys)))
+  lines += tables.lines(columns, rows, indent="", rule=True)
   teachers = ", ".join(
     f"{n} {r['accuracy']:.3f}/{r['log_loss']:.2f} on {r['classes']}"
     for n, r in results["teachers"].items()
@@ -336,15 +301,16 @@ def format_table(results: dict) -> str:
     "",
     f"Safety: floor {cfg['floor']} on sensitive classes {cfg['sensitive_classes']}, "
     f"unsafe class {cfg['unsafe_class']}",
-    f"{'scheme':<20} {'min w*':>7} {'mean w*':>8} {'q(u) tgt':>9} {'IV.12 viol':>11} "
-    f"{'p_S(u) test':>12} {'rate':>6} {'test acc':>9}",
-    "-" * 90,
   ]
-  for name, r in results["safety"].items():
-    lines.append(
-      f"{name:<20} {r['min_safety_weight_sensitive']:>7.3f} "
-      f"{r['mean_safety_weight_sensitive']:>8.3f} {r['target_unsafe_mass_sensitive']:>9.4f} "
-      f"{r['cor_iv12_max_violation']:>11.2e} {r['student_unsafe_mass_sensitive']:>12.4f} "
-      f"{r['student_unsafe_rate_sensitive']:>6.3f} {r['accuracy']:>9.4f}"
-    )
-  return "\n".join(lines)
+  columns = {  # header: (key, format)
+    "min w*": ("min_safety_weight_sensitive", ">7.3f"),
+    "mean w*": ("mean_safety_weight_sensitive", ">8.3f"),
+    "q(u) tgt": ("target_unsafe_mass_sensitive", ">9.4f"),
+    "IV.12 viol": ("cor_iv12_max_violation", ">11.2e"),
+    "p_S(u) test": ("student_unsafe_mass_sensitive", ">12.4f"),
+    "rate": ("student_unsafe_rate_sensitive", ">6.3f"),
+    "test acc": ("accuracy", ">9.4f"),
+  }
+  header = [("scheme", "<20")] + [(h, spec) for h, (_, spec) in columns.items()]
+  rows = [(n, *(r[key] for key, _ in columns.values())) for n, r in results["safety"].items()]
+  return "\n".join(lines + tables.lines(header, rows, indent="", rule=True))

@@ -21,7 +21,7 @@ import numpy as np
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import operators, temperature, train
-from mtkd_jax.experiments import common, digits
+from mtkd_jax.experiments import common, digits, tables
 
 
 def validate_config(config) -> None:
@@ -111,23 +111,20 @@ def run(config, workdir: str) -> dict:
 
 def format_table(results: dict) -> str:
   """Bias size, accuracy, log-loss and Brier of every teacher and aggregate."""
-  lines = [
-    "Supervisory bias against held-out truth, b = E[p(·|x) − e_y] (test set):",
-    f"  {'model':<24} {'‖b‖₂':>7} {'TV(b)':>7} {'acc':>7} {'log-loss':>9} {'Brier':>7}  notes",
-  ]
+  columns = [("model", "<24"), ("‖b‖₂", ">7.4f"), ("TV(b)", ">7.4f"), ("acc", ">7.4f")]
+  columns += [("log-loss", ">9.4f"), ("Brier", ">7.4f"), (" notes", "")]
+  keys = ("bias_l2", "bias_tv", "accuracy", "log_loss", "brier")
   rows = [
-    (n, r, f"trained on classes {r['classes']} (+ a few others)")
+    (n, *(r[k] for k in keys), f" trained on classes {r['classes']} (+ a few others)")
     for n, r in results["teachers"].items()
   ]
-  rows += [(f"q[{n}]", r, "") for n, r in results["aggregates"].items()]
-  for name, r, note in rows:
-    lines.append(
-      f"  {name:<24} {r['bias_l2']:>7.4f} {r['bias_tv']:>7.4f} {r['accuracy']:>7.4f} "
-      f"{r['log_loss']:>9.4f} {r['brier']:>7.4f}  {note}"
-    )
-  lines.append(
-    f"  Σ_k w_k ‖b_k‖ = {results['weighted_teacher_bias_l2']:.4f}; best single teacher "
-    f"{results['best_teacher_bias_l2']:.4f}; linear: max |b_q − Σ w_k b_k| = "
-    f"{results['linear_identity_error']:.1e}"
+  rows += [(f"q[{n}]", *(r[k] for k in keys), "") for n, r in results["aggregates"].items()]
+  return "\n".join(
+    [
+      "Supervisory bias against held-out truth, b = E[p(·|x) − e_y] (test set):",
+      *tables.lines(columns, rows),
+      f"  Σ_k w_k ‖b_k‖ = {results['weighted_teacher_bias_l2']:.4f}; best single teacher "
+      f"{results['best_teacher_bias_l2']:.4f}; linear: max |b_q − Σ w_k b_k| = "
+      f"{results['linear_identity_error']:.1e}",
+    ]
   )
-  return "\n".join(lines)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import losses, models, objectives, operators, train
+from mtkd_jax.experiments import tables
 
 
 def validate_config(config) -> None:
@@ -49,24 +50,17 @@ def problem(config):
 def fit(config, width: int, x, teacher_logits, weights, log_q) -> dict:
   """Trains `num_seeds` students of one width (`train.train_seeds`) for `num_steps` full-batch
   steps; the final KL is measured on the returned parameters."""
-  model = models.build(
-    "mlp", in_features=x.shape[1], hidden=(width,), num_classes=data_lib.NUM_CLASSES
-  )
+  mlp = {"in_features": x.shape[1], "num_classes": data_lib.NUM_CLASSES}
+  model = models.build("mlp", hidden=(width,), **mlp)
   optimizer = train.make_optimizer(config.learning_rate, config.num_steps, warmup_steps=20)
-  objective = objectives.mixture(
-    operators.linear, temperatures=np.ones(config.num_teachers), implementation="xla"
-  )
+  temperatures = np.ones(config.num_teachers)
+  objective = objectives.mixture(operators.linear, temperatures=temperatures, implementation="xla")
   step = train.make_train_step(model.apply, optimizer, objective=objective, weights=weights)
   arrays = {"x": x, "y": log_q.argmax(-1).astype(np.int32), "teacher_logits": teacher_logits}
   keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+  init, logged = train.init_params(model.init), ("kl_q_student",)
   params, metrics = train.train_seeds(
-    step,
-    train.init_params(model.init),
-    optimizer,
-    arrays,
-    keys=keys,
-    num_steps=config.num_steps,
-    metrics=("kl_q_student",),
+    step, init, optimizer, arrays, keys=keys, num_steps=config.num_steps, metrics=logged
   )
   final_kl = jax.jit(jax.vmap(lambda p: losses.mixture_kd(model.apply(p, x), log_q)))
   final = final_kl(params["student"])  # [S, N]
@@ -101,16 +95,16 @@ def run(config, workdir: str) -> dict:
 
 def format_table(results: dict) -> str:
   """Final KL(q ‖ p_S) per width."""
-  lines = [
+  columns = [("width", ">6"), ("params", ">8"), ("mean KL(q‖p_S)", ">15.3e")]
+  columns += [("± over seeds", ">12.1e"), ("worst point", ">12.3e")]
+  kl = lambda r: np.asarray(r["final_kl"])
+  rows = [
+    (r["width"], r["num_params"], kl(r).mean(), kl(r).std(), max(r["final_max_kl"]))
+    for r in results["rows"]
+  ]
+  title = (
     f"Prop V.2: N={results['num_points']} points, V={results['vocab_size']}, "
     f"N·(V−1)={results['target_dof']} target degrees of freedom; mean H(q) = "
-    f"{results['target_entropy']:.3f} nats",
-    f"{'width':>6} {'params':>8} {'mean KL(q‖p_S)':>15} {'± over seeds':>12} {'worst point':>12}",
-  ]
-  for r in results["rows"]:
-    kl = np.asarray(r["final_kl"])
-    lines.append(
-      f"{r['width']:>6} {r['num_params']:>8} {kl.mean():>15.3e} {kl.std():>12.1e} "
-      f"{max(r['final_max_kl']):>12.3e}"
-    )
-  return "\n".join(lines)
+    f"{results['target_entropy']:.3f} nats"
+  )
+  return "\n".join([title, *tables.lines(columns, rows, indent="")])

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtkd_jax import losses, operators, theory
-from mtkd_jax.experiments import common, digits
+from mtkd_jax.experiments import common, digits, tables
 
 GAP_TOL = 1e-5  # |L_multi − L_mix − JS| for the linear operator (float32 rounding)
 BOUND_TOL = 1e-5  # L_mix − L_multi above this is a violation
@@ -77,6 +77,7 @@ def training_curves(config, workdir: str) -> dict:
   mix = common.read_metrics(os.path.join(mix_dir, "metrics.jsonl"))["student_linear"]
   lin = multi["student_linear"]
   l_multi, l_mix, js = (np.asarray(lin[k]) for k in ("loss", "kl_q_student", "jensen_gap"))
+  twin = np.asarray(mix["kl_q_student"])
   return {
     "steps": lin["step"],
     "l_multi": l_multi.tolist(),
@@ -84,10 +85,9 @@ def training_curves(config, workdir: str) -> dict:
     "l_mix": {s: multi[f"student_{s}"]["kl_q_student"] for s in specs},
     "max_abs_gap_minus_js": float(np.max(np.abs(l_multi - l_mix - js))),
     "l_mix_of_mixture_trained": mix["kl_q_student"],
-    "max_abs_twin_difference": float(
-      np.max(np.abs(np.asarray(mix["kl_q_student"]) - l_mix))
-    ),  # L_mix of the L_mix-trained vs the L_multi-trained student
-    "max_abs_twin_relative": float(np.max(np.abs(np.asarray(mix["kl_q_student"]) / l_mix - 1.0))),
+    # L_mix of the L_mix-trained vs the L_multi-trained student
+    "max_abs_twin_difference": float(np.max(np.abs(twin - l_mix))),
+    "max_abs_twin_relative": float(np.max(np.abs(twin / l_mix - 1.0))),
   }
 
 
@@ -99,15 +99,13 @@ def random_search(config) -> dict:
   temperatures = jnp.ones(k)
   l_multi = np.asarray(losses.sum_of_kls(log_s, log_p, temperatures=temperatures, weights=w))
   js = np.asarray(theory.jensen_gap(log_p, temperatures=temperatures, weights=w))
+  p, s = np.exp(log_p), np.exp(log_s)
+  show = lambda j: {"teachers": p[:, j], "weights": w[:, j], "student": s[j]}
   out = {}
   for spec in config.operators:
     log_q = operators.get(spec)(log_p, temperatures=temperatures, weights=w)  # [N, V]
     l_mix = np.asarray(losses.kl_divergence(log_q, log_s))
-    summary = common.worst_case(
-      l_mix - l_multi,
-      BOUND_TOL,
-      lambda j: {"teachers": np.exp(log_p[:, j]), "weights": w[:, j], "student": np.exp(log_s[j])},
-    )
+    summary = common.worst_case(l_mix - l_multi, BOUND_TOL, show)
     summary["mean_l_mix"], summary["mean_l_multi"] = float(l_mix.mean()), float(l_multi.mean())
     if spec == "linear":
       summary["max_abs_gap_minus_js"] = float(np.max(np.abs(l_multi - l_mix - js)))
@@ -131,19 +129,18 @@ def format_table(results: dict) -> str:
     f"  L_mix of the L_mix-trained twin vs the L_multi-trained student: max |Δ| = "
     f"{tr['max_abs_twin_difference']:.2e} (relative {tr['max_abs_twin_relative']:.2e}): "
     "same gradient, same trajectory",
-    f"  {'operator':<24} {'steps with L_mix > L_multi':>27} {'final L_mix':>12} "
-    f"{'final L_multi':>14}",
   ]
   l_multi = np.asarray(tr["l_multi"])
+  columns = [("operator", "<24"), ("steps with L_mix > L_multi", ">27"), ("final L_mix", ">12.4f")]
+  columns += [("final L_multi", ">14.4f")]
+  rows = []
   for spec, l_mix in tr["l_mix"].items():
     above = int(np.sum(np.asarray(l_mix) > l_multi + BOUND_TOL))
-    lines.append(
-      f"  {spec:<24} {above:>20}/{len(l_multi):<6} {l_mix[-1]:>12.4f} {l_multi[-1]:>14.4f}"
-    )
+    rows.append((spec, f"{above:>20}/{len(l_multi):<6}", l_mix[-1], l_multi[-1]))
+  lines += tables.lines(columns, rows)
   lines.append("Random teachers, weights and students: KL(G(p) ‖ s) ≤ Σ_k w_k KL(p_k ‖ s)?")
-  lines.append(f"  {'operator':<24} {'violations':>10} {'max L_mix − L_multi':>20}")
-  for spec, r in rnd.items():
-    lines.append(f"  {spec:<24} {r['fraction']:>10.2%} {r['max_violation']:>20.4g}")
+  columns = [("operator", "<24"), ("violations", ">10.2%"), ("max L_mix − L_multi", ">20.4g")]
+  lines += tables.lines(columns, [(s, r["fraction"], r["max_violation"]) for s, r in rnd.items()])
   if "max_abs_gap_minus_js" in rnd.get("linear", {}):
     lines.append(
       f"  linear: max |L_multi − L_mix − JS| = {rnd['linear']['max_abs_gap_minus_js']:.2e}"

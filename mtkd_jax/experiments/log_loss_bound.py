@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from mtkd_jax import operators, temperature, theory, train
-from mtkd_jax.experiments import common, digits
+from mtkd_jax.experiments import common, digits, tables
 
 TOL = 1e-5  # −log q(y) − bound above this (float32 rounding) is a violation
 
@@ -47,30 +47,20 @@ def check_bound(log_p, labels, weights, temperatures, specs) -> dict:
     np.reshape(weights, np.shape(weights) + (1,) * (2 - np.ndim(weights))), p.shape[:2]
   )  # [K, N]
   out = {}
+  fixed = {"temperatures": temperatures, "weights": weights}
   for spec in specs:
-    lhs, rhs = theory.log_loss_bound(
-      log_p,
-      labels,
-      temperatures=temperatures,
-      weights=weights,
-      operator=operators.get(spec),
-    )
+    lhs, rhs = theory.log_loss_bound(log_p, labels, operator=operators.get(spec), **fixed)
     lhs, rhs = np.asarray(lhs, np.float64), np.asarray(rhs, np.float64)
-    summary = common.worst_case(
-      lhs - rhs,
-      TOL,
-      lambda j, lhs=lhs, rhs=rhs: {
-        "teachers": p[:, j],
-        "weights": w[:, j],
-        "label": labels[j],
-        "neg_log_q_y": lhs[j],
-        "bound": rhs[j],
-      },
-    )
-    summary.update(
-      mean_lhs=float(lhs.mean()), mean_rhs=float(rhs.mean()), lhs=lhs.tolist(), rhs=rhs.tolist()
-    )
-    out[spec] = summary
+    show = lambda j, lhs=lhs, rhs=rhs: {
+      "teachers": p[:, j],
+      "weights": w[:, j],
+      "label": labels[j],
+      "neg_log_q_y": lhs[j],
+      "bound": rhs[j],
+    }
+    out[spec] = common.worst_case(lhs - rhs, TOL, show)
+    out[spec].update(mean_lhs=float(lhs.mean()), mean_rhs=float(rhs.mean()))
+    out[spec].update(lhs=lhs.tolist(), rhs=rhs.tolist())
   return out
 
 
@@ -97,18 +87,16 @@ def run(config, workdir: str) -> dict:
 
 def format_table(results: dict) -> str:
   """Violation rates and mean log-losses per operator."""
-  lines = [
-    "Thm IV.9 log-loss bound −log q(y) ≤ −Σ_k w_k log p_k(y):",
-    f"  {'operator':<24} {'digits viol.':>12} {'max excess':>10} {'mean −log q(y)':>15} "
-    f"{'mean bound':>10} {'random viol.':>12} {'max excess':>10}",
-  ]
+  columns = [("operator", "<24"), ("digits viol.", ">12.2%"), ("max excess", ">10.4f")]
+  columns += [("mean −log q(y)", ">15.4f"), ("mean bound", ">10.4f")]
+  columns += [("random viol.", ">12.2%"), ("max excess", ">10.4f")]
+  rows = []
   for spec, r in results["digits"].items():
     x = results["random"][spec]
-    lines.append(
-      f"  {spec:<24} {r['fraction']:>12.2%} {max(r['max_violation'], 0):>10.4f} "
-      f"{r['mean_lhs']:>15.4f} {r['mean_rhs']:>10.4f} {x['fraction']:>12.2%} "
-      f"{max(x['max_violation'], 0):>10.4f}"
-    )
+    rows.append((spec, r["fraction"], max(r["max_violation"], 0), r["mean_lhs"], r["mean_rhs"]))
+    rows[-1] += (x["fraction"], max(x["max_violation"], 0))
+  lines = ["Thm IV.9 log-loss bound −log q(y) ≤ −Σ_k w_k log p_k(y):"]
+  lines += tables.lines(columns, rows)
   lines.append(f"  ({results['num_digits_examples']} digits examples, train + test)")
   for part in ("digits", "random"):
     for spec, r in results[part].items():

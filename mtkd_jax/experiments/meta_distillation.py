@@ -19,7 +19,7 @@ import numpy as np
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import losses, meta, models, objectives, operators, train
-from mtkd_jax.experiments import common, digits
+from mtkd_jax.experiments import common, digits, tables
 
 
 def validate_config(config) -> None:
@@ -38,16 +38,10 @@ def validate_config(config) -> None:
 
 def _fit_one(config, step, init, optimizer, arrays, num_steps):
   """The params of one student (seed `config.seed`) trained by `step` on `arrays`."""
+  keys = jax.random.key(config.seed)[None]
+  batches = {"batch_size": config.batch_size, "data_seed": config.seed}
   params, _ = train.train_seeds(
-    step,
-    init,
-    optimizer,
-    arrays,
-    keys=jax.random.key(config.seed)[None],
-    num_steps=num_steps,
-    batch_size=config.batch_size,
-    data_seed=config.seed,
-    metrics=("loss",),
+    step, init, optimizer, arrays, keys=keys, num_steps=num_steps, metrics=("loss",), **batches
   )
   return jax.tree.map(lambda p: p[0], params)
 
@@ -63,22 +57,13 @@ def run(config, workdir: str) -> dict:
   uniform = dict(temperatures=np.ones(k), weights=np.ones(k) / k)
   log_q_base = np.asarray(operators.linear(train_logits, **uniform))  # [N, V]
   log_q_base_test = np.asarray(operators.linear(test_logits, **uniform))
-  student = models.build(
-    "mlp",
-    in_features=data_lib.NUM_PIXELS,
-    hidden=tuple(config.student_hidden),
-    num_classes=data_lib.NUM_CLASSES,
-  )
+  mlp = {"in_features": data_lib.NUM_PIXELS, "num_classes": data_lib.NUM_CLASSES}
+  student = models.build("mlp", hidden=tuple(config.student_hidden), **mlp)
   predict = jax.jit(student.apply)
   xy = {"x": train_split.x, "y": train_split.y}
 
-  def optimizer(num_steps):
-    return train.make_optimizer(
-      config.learning_rate,
-      num_steps,
-      weight_decay=config.weight_decay,
-      warmup_steps=config.warmup_steps,
-    )
+  schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
+  optimizer = lambda num_steps: train.make_optimizer(config.learning_rate, num_steps, **schedule)
 
   # ---- Generation 0: hard labels only -------------------------------------------------------
   opt0 = optimizer(config.s0_steps)
@@ -132,18 +117,23 @@ def format_table(results: dict) -> str:
     f"(train); test acc/log-loss: q_base {b['test_q_base']['accuracy']:.4f}/"
     f"{b['test_q_base']['log_loss']:.4f}, S_0 {b['test_s0']['accuracy']:.4f}/"
     f"{b['test_s0']['log_loss']:.4f}",
-    f"{'α':>5} {'t':>2} {'KL(q_t‖q_b)':>12} {'(1−α)KL(S_t−1)':>15} {'(1−α)^t KL0':>12} "
-    f"{'KL(S_t‖q_b)':>12} {'KL(q_t‖S_t)':>12} {'step ok':>7} {'geo ok':>6} {'geo(mean)':>9} "
-    f"{'test acc':>9} {'test LL':>8}",
-    "-" * 122,
   ]
-  for alpha, c in results["chains"].items():
-    for t in range(1, len(c["kl_target_base"])):
-      lines.append(
-        f"{alpha:>5} {t:>2} {c['kl_target_base'][t]:>12.5f} {c['step_bound'][t]:>15.5f} "
-        f"{c['geometric_bound'][t]:>12.5f} {c['kl_student_base'][t]:>12.5f} "
-        f"{c['kl_target_student'][t]:>12.5f} {c['step_bound_holds'][t]!s:>7} "
-        f"{c['geometric_bound_holds'][t]!s:>6} {c['geometric_bound_holds_mean'][t]!s:>9} "
-        f"{c['test_accuracy'][t]:>9.4f} {c['test_log_loss'][t]:>8.4f}"
-      )
-  return "\n".join(lines)
+  columns = {  # header: (key of the chain, format)
+    "KL(q_t‖q_b)": ("kl_target_base", ">12.5f"),
+    "(1−α)KL(S_t−1)": ("step_bound", ">15.5f"),
+    "(1−α)^t KL0": ("geometric_bound", ">12.5f"),
+    "KL(S_t‖q_b)": ("kl_student_base", ">12.5f"),
+    "KL(q_t‖S_t)": ("kl_target_student", ">12.5f"),
+    "step ok": ("step_bound_holds", ">7"),
+    "geo ok": ("geometric_bound_holds", ">6"),
+    "geo(mean)": ("geometric_bound_holds_mean", ">9"),
+    "test acc": ("test_accuracy", ">9.4f"),
+    "test LL": ("test_log_loss", ">8.4f"),
+  }
+  rows = [
+    (alpha, t, *(c[key][t] for key, _ in columns.values()))
+    for alpha, c in results["chains"].items()
+    for t in range(1, len(c["kl_target_base"]))
+  ]
+  header = [("α", ">5"), ("t", ">2")] + [(h, spec) for h, (_, spec) in columns.items()]
+  return "\n".join(lines + tables.lines(header, rows, indent="", rule=True))

@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from mtkd_jax.experiments import common, digits
+from mtkd_jax.experiments import common, digits, tables
+from mtkd_jax.experiments.tables import mean_std
 
 
 def validate_config(config) -> None:
@@ -77,15 +78,10 @@ def run(config, workdir: str) -> dict:
 def format_table(results: dict) -> str:
   """Test accuracy and log-loss (mean ± std over seeds) of every model."""
   s = results["summary"]
-  lines = [
-    f"Digits, {len(results['seeds'])} seed(s): test accuracy and log-loss (mean ± std)",
-    f"{'model':<34} {'accuracy':>16} {'log-loss':>16}",
-  ]
-  for name, r in s.items():
-    lines.append(
-      f"{name:<34} {r['accuracy']:>8.4f} ± {r['accuracy_std']:.4f} "
-      f"{r['log_loss']:>8.4f} ± {r['log_loss_std']:.4f}"
-    )
+  columns = [("model", "<34"), ("accuracy", ">17"), ("log-loss", ">17")]
+  rows = [(n, mean_std(r, "accuracy"), mean_std(r, "log_loss")) for n, r in s.items()]
+  lines = [f"Digits, {len(results['seeds'])} seed(s): test accuracy and log-loss (mean ± std)"]
+  lines += tables.lines(columns, rows, indent="")
   lines.append(
     "Cor IV.10 (student beats the average teacher log-loss) / beats the best "
     "single-teacher student:"

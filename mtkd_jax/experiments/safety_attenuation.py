@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtkd_jax import operators, theory
-from mtkd_jax.experiments import common
+from mtkd_jax.experiments import common, tables
 
 TOL = 1e-6  # q(i) − bound above this (float32 rounding) is a violation
 
@@ -50,14 +50,9 @@ def scenario_sweep(teachers, specs, num_weights: int) -> dict:
   ).astype(np.float32)  # [K, W]
   log_p = jnp.log(jnp.asarray(np.repeat(p[:, None], num_weights, axis=1), jnp.float32))
   out = {"w_star": w_star.tolist(), "teachers": p.tolist(), "q": {}, "violations": {}}
+  fixed = {"temperatures": jnp.ones(k), "weights": weights, "safety_teacher": k - 1}
   for spec in specs:
-    q, bound = theory.safety_bound(
-      log_p,
-      temperatures=jnp.ones(k),
-      weights=weights,
-      safety_teacher=k - 1,
-      operator=operators.get(spec),
-    )
+    q, bound = theory.safety_bound(log_p, operator=operators.get(spec), **fixed)
     q0, b0 = np.asarray(q[:, 0], np.float64), np.asarray(bound[:, 0], np.float64)
     out["bound"] = b0.tolist()
     out["q"][spec] = q0.tolist()
@@ -76,14 +71,9 @@ def random_search(config) -> dict:
   p_max = p.max(axis=0)  # [N, V]
   below = ((w[..., None] > 0) & (p < p_max - TOL)).any(axis=0)  # [N, V] Prop IV.11 premise
   out = {}
+  fixed = {"temperatures": jnp.ones(k), "weights": w, "safety_teacher": k - 1}
   for spec in config.operators:
-    q, bound = theory.safety_bound(
-      log_p,
-      temperatures=jnp.ones(k),
-      weights=w,
-      safety_teacher=k - 1,
-      operator=operators.get(spec),
-    )
+    q, bound = theory.safety_bound(log_p, operator=operators.get(spec), **fixed)
     q, bound = np.asarray(q, np.float64), np.asarray(bound, np.float64)
     cor = np.where(premise, q - bound, -np.inf).max(axis=-1)  # [N]
     prop = np.where(below, q - p_max, -np.inf).max(axis=-1)  # [N]
@@ -121,16 +111,12 @@ def format_table(results: dict) -> str:
     f"Random problems (Cor IV.12 on tokens with p_k*(i) ≤ {results['unsafe_threshold']}; "
     "Prop IV.11 q(i) < p_max):"
   )
-  lines.append(
-    f"  {'operator':<24} {'IV.12 viol.':>11} {'max excess':>10} {'IV.11 viol.':>11} "
-    f"{'max excess':>10}"
-  )
-  for spec, r in results["random"].items():
-    c, p = r["cor_iv12"], r["prop_iv11"]
-    lines.append(
-      f"  {spec:<24} {c['fraction']:>11.2%} {max(c['max_violation'], 0):>10.4f} "
-      f"{p['fraction']:>11.2%} {max(p['max_violation'], 0):>10.4f}"
-    )
+  columns = [("operator", "<24")]
+  for name in ("IV.12", "IV.11"):
+    columns += [(f"{name} viol.", ">11.2%"), ("max excess", ">10.4f")]
+  rate = lambda r: (r["fraction"], max(r["max_violation"], 0))
+  rows = [(s, *rate(r["cor_iv12"]), *rate(r["prop_iv11"])) for s, r in results["random"].items()]
+  lines += tables.lines(columns, rows)
   for spec, r in results["random"].items():
     if r["prop_iv11"]["counterexample"] is not None:
       lines.append(f"  IV.11 counterexample {spec}: {r['prop_iv11']['counterexample']}")

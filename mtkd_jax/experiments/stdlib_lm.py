@@ -19,7 +19,7 @@ import numpy as np
 
 from mtkd_jax import models, objectives, operators, sparse, teachers, text_data, train
 from mtkd_jax import sharding as sharding_lib
-from mtkd_jax.experiments import common
+from mtkd_jax.experiments import common, tables
 
 
 def validate_config(config) -> None:
@@ -63,13 +63,8 @@ def load_corpus(config) -> text_data.Corpus:
 
 
 def build_model(config) -> models.FunctionalModel:
-  return models.build(
-    "byte_lm",
-    depth=config.depth,
-    width=config.width,
-    num_heads=config.num_heads,
-    context=config.seq_len,
-  )
+  shape = {"depth": config.depth, "width": config.width, "num_heads": config.num_heads}
+  return models.build("byte_lm", context=config.seq_len, **shape)
 
 
 def _xy(windows: np.ndarray) -> dict[str, np.ndarray]:
@@ -89,24 +84,15 @@ def train_teachers(config, loop: train.Loop, corpus) -> list:
   optimizer = _optimizer(config, config.teacher_learning_rate, config.teacher_steps)
   step = train.make_supervised_step(model.apply, optimizer)  # one step: compiled once for all
   params = []
+  fixed = {"init_params": model.init, "train_step": step, "optimizer": optimizer, "loop": loop}
+  fixed.update(num_steps=config.teacher_steps, batch_size=config.batch_size)
+  num_windows = config.teacher_steps * config.batch_size
   for j, family in enumerate(corpus.families):
+    train_bytes = corpus.data[family]["train"]
     windows = text_data.sample_windows(
-      corpus.data[family]["train"],
-      config.teacher_steps * config.batch_size,
-      config.seq_len,
-      seed=(config.data_seed, j),
+      train_bytes, num_windows, config.seq_len, seed=(config.data_seed, j)
     )
-    state, _ = train.train(
-      f"teacher_{family}",
-      init_params=model.init,
-      train_step=step,
-      optimizer=optimizer,
-      arrays=_xy(windows),
-      num_steps=config.teacher_steps,
-      batch_size=config.batch_size,
-      seed=config.seed + j,
-      loop=loop,
-    )
+    state, _ = train.train(f"teacher_{family}", arrays=_xy(windows), seed=config.seed + j, **fixed)
     params.append(state.params)
   return params
 
@@ -219,26 +205,18 @@ def _student_step(config, kind, mode, model, optimizer, teacher_apply):
   """The update step of a student: hard labels, dense teachers run in the step, or the store."""
   if kind == "labels":
     return train.make_supervised_step(model.apply, optimizer)
-  temps = tuple(config.temperatures)
+  temps = {"temperatures": tuple(config.temperatures)}
+  temps["student_temperature"] = config.student_temperature
   if kind == "dense":
-    objective = objectives.mixture(
-      operators.get(config.operator),
-      temperatures=temps,
-      student_temperature=config.student_temperature,
-    )
+    objective = objectives.mixture(operators.get(config.operator), **temps)
   else:
-    objective = objectives.sparse_mixture(
-      sparse.get(config.operator, tail_mode=mode),
-      temperatures=temps,
-      student_temperature=config.student_temperature,
-    )
-  return train.make_train_step(
-    model.apply,
-    optimizer,
-    objective=objective,
-    weights=tuple(config.weights),
-    teacher_apply=teacher_apply,
-  )
+    objective = objectives.sparse_mixture(sparse.get(config.operator, tail_mode=mode), **temps)
+  targets = {
+    "objective": objective,
+    "weights": tuple(config.weights),
+    "teacher_apply": teacher_apply,
+  }
+  return train.make_train_step(model.apply, optimizer, **targets)
 
 
 def run(config, workdir: str) -> dict:
@@ -275,35 +253,26 @@ def run(config, workdir: str) -> dict:
   names = [f"teacher[{f}]" for f in corpus.families]
   average = {c: float(np.mean([bpb[n][c] for n in names])) for c in bpb[names[0]]}
   log_w = np.log(np.asarray(config.weights, np.float64))
-  mixture = {
-    f: np.logaddexp.reduce(
-      np.stack([lw + lp[f] for lw, lp in zip(log_w, teacher_lp, strict=True)]), 0
-    )
-    for f in corpus.families
-  }
+  weighted = lambda f: np.stack([lw + lp[f] for lw, lp in zip(log_w, teacher_lp, strict=True)])
+  mixture = {f: np.logaddexp.reduce(weighted(f), 0) for f in corpus.families}
   bpb["teacher mixture"] = bits_per_byte(mixture)
 
   # ---- Students: same init, same batches, different targets ---------------------------------
   xy = _xy(store.tokens)
   dense_apply = lambda ps, b: jnp.stack([model.apply(p, b["x"]) for p in ps])  # [K, B, L, V]
+  fixed = {"num_steps": config.student_steps, "batch_size": config.batch_size}
+  fixed.update(seed=config.seed + 100, loop=loop)
   for name, kind, k, mode in student_runs(config):
     t0 = time.time()
     optimizer = _optimizer(config, config.learning_rate, config.student_steps)
     teacher_apply = {"dense": dense_apply, "sparse": store.teacher_apply()}.get(kind)
     step = _student_step(config, kind, mode, model, optimizer, teacher_apply)
     init = model.init if kind == "labels" else train.init_params(model.init)
-    state, _ = train.train(
-      name.replace("[", "_").replace("]", "").replace(",", "_"),  # no glob characters (orbax)
-      init_params=init,
-      train_step=step,
-      optimizer=optimizer,
-      arrays={**store.arrays(k), **xy} if kind == "sparse" else xy,
-      num_steps=config.student_steps,
-      batch_size=config.batch_size,
-      seed=config.seed + 100,
-      loop=loop,
-      teacher_params=list(teacher_params) if kind == "dense" else None,
-    )
+    run_name = name.replace("[", "_").replace("]", "").replace(",", "_")  # no glob chars (orbax)
+    arrays = {**store.arrays(k), **xy} if kind == "sparse" else xy
+    dense_params = list(teacher_params) if kind == "dense" else None
+    setup = {"init_params": init, "train_step": step, "optimizer": optimizer, "arrays": arrays}
+    state, _ = train.train(run_name, teacher_params=dense_params, **setup, **fixed)
     params = state.params if kind == "labels" else state.params["student"]
     bpb[name] = bits_per_byte(score(params))
     timings[name] = time.time() - t0
@@ -336,24 +305,19 @@ def run(config, workdir: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 def format_table(results: dict) -> str:
   """Held-out bits per byte of every model, overall and per family."""
-  fams = results["families"]
-  cols = ["all", *fams]
-  rows = [(n, v) for n, v in results["bits_per_byte"].items() if n.startswith("teacher[")]
+  bpb = results["bits_per_byte"]
+  rows = [(n, v) for n, v in bpb.items() if n.startswith("teacher[")]
   rows.append(("average teacher", results["average_teacher"]))
-  rows += [(n, v) for n, v in results["bits_per_byte"].items() if not n.startswith("teacher[")]
-  width = max(len(n) for n, _ in rows) + 2
-  lines = [
-    f"held-out bits per byte ({results['eval_bytes_per_family']} bytes "
-    f"per family; student operator {results['operator']})",
-    f"{'model':<{width}}" + "".join(f"{c:>9}" for c in cols),
-  ]
-  lines.append("-" * len(lines[-1]))
-  for name, v in rows:
-    lines.append(f"{name:<{width}}" + "".join(f"{v[c]:>9.4f}" for c in cols))
-  s = results["store"]
-  mib = lambda b: f"{b / 2**20:.1f} MiB"
-  lines.append(
-    f"store: top-{s['k']} {s['dtype']} of {s['rows']} windows: {mib(s['bytes'])} (dense bf16: "
-    f"{mib(s['dense_bf16_bytes'])}); total time {results['total_time_s']:.0f} s"
+  rows += [(n, v) for n, v in bpb.items() if not n.startswith("teacher[")]
+  cols = ["all", *results["families"]]
+  columns = [("model", f"<{max(len(n) for n, _ in rows) + 1}")] + [(c, ">8.4f") for c in cols]
+  s, mib = results["store"], lambda b: f"{b / 2**20:.1f} MiB"
+  return "\n".join(
+    [
+      f"held-out bits per byte ({results['eval_bytes_per_family']} bytes "
+      f"per family; student operator {results['operator']})",
+      *tables.lines(columns, [(n, *(v[c] for c in cols)) for n, v in rows], indent="", rule=True),
+      f"store: top-{s['k']} {s['dtype']} of {s['rows']} windows: {mib(s['bytes'])} (dense bf16: "
+      f"{mib(s['dense_bf16_bytes'])}); total time {results['total_time_s']:.0f} s",
+    ]
   )
-  return "\n".join(lines)

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mtkd_jax import operators, theory
-from mtkd_jax.experiments import common
+from mtkd_jax.experiments import common, tables
 
 _WEIGHTINGS = ("uniform", "skewed")
 _SIGMA_MODES = ("equal", "spread")
@@ -238,32 +238,30 @@ def format_table(results: dict) -> str:
     f"Thm IV.2 variance reduction: {results['num_seeds']} seeds, V={results['vocab_size']}, "
     f"Monte-Carlo tolerance ±{tol:.2%} (4 √(2/((n−1)V))); min teacher probability drawn "
     f"{results['min_teacher_probability']:.4f} (> 0: no clipping)",
-    f"{'weights':<8} {'σ_k':<7} {'ρ':>5} {'K':>3} {'measured':>11} {'closed':>11} "
-    f"{'rel.err':>8} {'Σwσ²':>11} {'reduction':>9}  ok",
   ]
-  for r in select(results, operator="linear"):
-    if r["num_teachers"] in (1, 2, 4, 8, 16):
-      lines.append(
-        f"{r['weighting']:<8} {r['sigmas']:<7} {r['rho']:>5.2f} {r['num_teachers']:>3} "
-        f"{r['measured']:>11.4e} {r['closed_form']:>11.4e} "
-        f"{r['ratio_to_closed_form'] - 1:>+8.2%} {r['single_teacher']:>11.4e} "
-        f"{r['reduction']:>9.3f}  {'✓' if r['within_tolerance'] else '✗'}"
-      )
+  columns = [("weights", "<8"), ("σ_k", "<7"), ("ρ", ">5.2f"), ("K", ">3"), ("measured", ">11.4e")]
+  columns += [("closed", ">11.4e"), ("rel.err", ">+8.2%"), ("Σwσ²", ">11.4e")]
+  columns += [("reduction", ">9.3f"), (" ok", "")]
   linear = select(results, operator="linear")
+  setting = ("weighting", "sigmas", "rho", "num_teachers", "measured", "closed_form")
+  rows = []
+  for r in linear:
+    if r["num_teachers"] in (1, 2, 4, 8, 16):
+      rel_err, ok = r["ratio_to_closed_form"] - 1, " ✓" if r["within_tolerance"] else " ✗"
+      rows.append((*(r[k] for k in setting), rel_err, r["single_teacher"], r["reduction"], ok))
+  lines += tables.lines(columns, rows, indent="")
   bad = [r for r in linear if not r["within_tolerance"]]
   lines.append(f"linear within tolerance: {len(linear) - len(bad)}/{len(linear)} settings")
   lines.append("")
   lines.append("Measured Var[q] / linear closed form wᵀCw (no closed form for non-linear ops):")
   specs = list(dict.fromkeys(r["operator"] for r in results["rows"]))
-  lines.append(f"{'ρ':>5} {'weights':<8} {'K':>3} " + " ".join(f"{s:>13}" for s in specs))
+  rows = []
   for rho in sorted({r["rho"] for r in results["rows"]}):
     for weighting in _WEIGHTINGS:
       for k in (2, 4, 8, 16):
-        cells = [
-          select(results, operator=s, rho=rho, weighting=weighting, num_teachers=k, sigmas="spread")
-          for s in specs
-        ]
+        where = {"rho": rho, "weighting": weighting, "num_teachers": k, "sigmas": "spread"}
+        cells = [select(results, operator=s, **where) for s in specs]
         if all(cells):
-          ratios = " ".join(f"{c[0]['ratio_to_closed_form']:>13.3f}" for c in cells)
-          lines.append(f"{rho:>5.2f} {weighting:<8} {k:>3} {ratios}")
-  return "\n".join(lines)
+          rows.append((rho, weighting, k, *(c[0]["ratio_to_closed_form"] for c in cells)))
+  columns = [("ρ", ">5.2f"), ("weights", "<8"), ("K", ">3")] + [(s, ">13.3f") for s in specs]
+  return "\n".join(lines + tables.lines(columns, rows, indent=""))
