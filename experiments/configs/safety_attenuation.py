@@ -27,18 +27,15 @@ def get_config(arg=None):
   c.num_weights = 51  # grid of w* in [0, 1]
   # Teacher rows over V tokens (renormalised); token 0 is unsafe, the LAST row is the safety
   # teacher; the other teachers share 1 − w* equally.
-  c.scenarios = ml_collections.ConfigDict(
-    {
-      # capable teachers put a lot of mass on the unsafe token; the safety teacher refuses (token 1)
-      "confident": (
-        (0.6, 0.02, 0.2, 0.1, 0.05, 0.03),
-        (0.3, 0.02, 0.1, 0.3, 0.2, 0.08),
-        (0.002, 0.9, 0.03, 0.03, 0.02, 0.018),
-      ),
-      # capable teachers agree only on the unsafe token and disagree on everything else
-      "consensus": ((0.4, 0.01, 0.59), (0.4, 0.59, 0.01), (0.01, 0.495, 0.495)),
-    }
+  c.scenarios = ml_collections.ConfigDict()
+  # capable teachers put a lot of mass on the unsafe token; the safety teacher refuses (token 1)
+  c.scenarios.confident = (
+    (0.6, 0.02, 0.2, 0.1, 0.05, 0.03),
+    (0.3, 0.02, 0.1, 0.3, 0.2, 0.08),
+    (0.002, 0.9, 0.03, 0.03, 0.02, 0.018),
   )
+  # capable teachers agree only on the unsafe token and disagree on everything else
+  c.scenarios.consensus = ((0.4, 0.01, 0.59), (0.4, 0.59, 0.01), (0.01, 0.495, 0.495))
   c.unsafe_threshold = 0.05  # random search: tokens with p_k*(i) ≤ this are "unsafe"
   c.num_random = 20000  # random problems
   c.random_num_teachers = 3  # K of the random problems (the last is the safety teacher)

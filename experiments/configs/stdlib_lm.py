@@ -31,25 +31,9 @@ def get_config(arg=None):
 
   # ---- Data: byte-level corpus of the standard library's .py files ---------------------------
   # (family name, top-level packages/modules); "*" takes every file not listed elsewhere.
-  c.families = (
-    ("tests", ("test", "unittest")),
-    (
-      "tools",
-      (
-        "idlelib",
-        "tkinter",
-        "turtledemo",
-        "turtle.py",
-        "lib2to3",
-        "distutils",
-        "pydoc.py",
-        "ensurepip",
-        "venv",
-        "curses",
-      ),
-    ),
-    ("core", ("*",)),
-  )
+  tools = ("idlelib", "tkinter", "turtledemo", "turtle.py", "lib2to3", "distutils", "pydoc.py")
+  tools += ("ensurepip", "venv", "curses")
+  c.families = (("tests", ("test", "unittest")), ("tools", tools), ("core", ("*",)))
   c.exclude = ("encodings", "pydoc_data")  # top-level names left out (data tables, not code)
   c.test_fraction = 0.1  # fraction of files held out (CRC-32 of the path)
   c.seq_len = 128  # bytes per training/eval window (the model's context)

@@ -74,13 +74,11 @@ def specialist_views(config, train_y: np.ndarray) -> list[data_lib.TeacherView]:
   full = np.ones(data_lib.NUM_PIXELS, bool)
   subsets = [tuple(s) for s in config.class_subsets]
   subsets.append(tuple(c for c in range(data_lib.NUM_CLASSES) if c != config.unsafe_class))
-  view = lambda k, s: {
-    "seed": config.data_seed + k,
-    "train_rows": np.flatnonzero(np.isin(train_y, s)),
-  }
-  return [
-    data_lib.TeacherView(pixel_mask=full, noise=0.0, **view(k, s)) for k, s in enumerate(subsets)
-  ]
+  clean, views = {"pixel_mask": full, "noise": 0.0}, []
+  for k, s in enumerate(subsets):
+    rows = np.flatnonzero(np.isin(train_y, s))
+    views.append(data_lib.TeacherView(seed=config.data_seed + k, train_rows=rows, **clean))
+  return views
 
 
 def _teacher_config(config):
@@ -127,13 +125,10 @@ def _distil(config, hook, arrays, temperatures, student, x_test):
   """One student per seed; returns (params [S, ...], metrics [S, T], test logits [S, N, V])."""
   schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
   optimizer = train.make_optimizer(config.learning_rate, config.num_steps, **schedule)
-  step = train.make_train_step(
-    student.apply,
-    optimizer,
-    objective=objectives.mixture(operators.linear, temperatures=temperatures),
-    weights=np.ones(len(temperatures)) / len(temperatures),
-    weighting=hook,
-  )
+  objective = objectives.mixture(operators.linear, temperatures=temperatures)
+  uniform = np.ones(len(temperatures)) / len(temperatures)
+  targets = {"objective": objective, "weights": uniform, "weighting": hook}
+  step = train.make_train_step(student.apply, optimizer, **targets)
   seeds = jnp.asarray([config.seed + s for s in range(config.num_seeds)])
   keys = jax.vmap(jax.random.key)(seeds)
   loop = {"num_steps": config.num_steps, "batch_size": config.batch_size, "data_seed": config.seed}
@@ -193,12 +188,10 @@ def run(config, workdir: str) -> dict:
   y_train, y_test = train_split.y, test_split.y
 
   teacher_results = {}
+  classes = [list(s) for s in config.class_subsets] + [[c for c in range(10) if c != u]]
   for k in range(k_spec + 1):
     name = f"teacher_{k}" if k < k_spec else "safety teacher"
-    teacher_results[name] = train.evaluate(test_logits[k], y_test)
-    teacher_results[name]["classes"] = (
-      list(config.class_subsets[k]) if k < k_spec else [c for c in range(10) if c != u]
-    )
+    teacher_results[name] = {**train.evaluate(test_logits[k], y_test), "classes": classes[k]}
   # The static context prior: each teacher's accuracy over the whole training split (a
   # specialist is right on roughly the share of examples its classes cover).
   train_acc = np.array([np.mean(train_logits[k].argmax(-1) == y_train) for k in range(k_spec)])

@@ -50,10 +50,9 @@ def biased_views(config, train_labels: np.ndarray) -> list[data_lib.TeacherView]
   """The digits views of `config.digits`, with each teacher's training rows class-shifted."""
   d = config.digits
   views = common.teacher_views(d, len(train_labels))
+  windows = class_windows(d.num_teachers, config.window)
   out = []
-  for k, (view, classes) in enumerate(
-    zip(views, class_windows(d.num_teachers, config.window), strict=True)
-  ):
+  for k, (view, classes) in enumerate(zip(views, windows, strict=True)):
     rng = np.random.default_rng([d.data_seed, 100 + k])
     inside = np.isin(train_labels, classes)
     keep = inside | (rng.random(len(train_labels)) < config.out_fraction)

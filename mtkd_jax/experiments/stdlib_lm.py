@@ -73,9 +73,8 @@ def _xy(windows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _optimizer(config, learning_rate, num_steps):
-  return train.make_optimizer(
-    learning_rate, num_steps, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps
-  )
+  schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
+  return train.make_optimizer(learning_rate, num_steps, **schedule)
 
 
 def train_teachers(config, loop: train.Loop, corpus) -> list:
@@ -89,9 +88,8 @@ def train_teachers(config, loop: train.Loop, corpus) -> list:
   num_windows = config.teacher_steps * config.batch_size
   for j, family in enumerate(corpus.families):
     train_bytes = corpus.data[family]["train"]
-    windows = text_data.sample_windows(
-      train_bytes, num_windows, config.seq_len, seed=(config.data_seed, j)
-    )
+    seed = (config.data_seed, j)
+    windows = text_data.sample_windows(train_bytes, num_windows, config.seq_len, seed=seed)
     state, _ = train.train(f"teacher_{family}", arrays=_xy(windows), seed=config.seed + j, **fixed)
     params.append(state.params)
   return params
@@ -211,12 +209,8 @@ def _student_step(config, kind, mode, model, optimizer, teacher_apply):
     objective = objectives.mixture(operators.get(config.operator), **temps)
   else:
     objective = objectives.sparse_mixture(sparse.get(config.operator, tail_mode=mode), **temps)
-  targets = {
-    "objective": objective,
-    "weights": tuple(config.weights),
-    "teacher_apply": teacher_apply,
-  }
-  return train.make_train_step(model.apply, optimizer, **targets)
+  targets = {"weights": tuple(config.weights), "teacher_apply": teacher_apply}
+  return train.make_train_step(model.apply, optimizer, objective=objective, **targets)
 
 
 def run(config, workdir: str) -> dict:
@@ -311,13 +305,16 @@ def format_table(results: dict) -> str:
   rows += [(n, v) for n, v in bpb.items() if not n.startswith("teacher[")]
   cols = ["all", *results["families"]]
   columns = [("model", f"<{max(len(n) for n, _ in rows) + 1}")] + [(c, ">8.4f") for c in cols]
-  s, mib = results["store"], lambda b: f"{b / 2**20:.1f} MiB"
-  return "\n".join(
-    [
-      f"held-out bits per byte ({results['eval_bytes_per_family']} bytes "
-      f"per family; student operator {results['operator']})",
-      *tables.lines(columns, [(n, *(v[c] for c in cols)) for n, v in rows], indent="", rule=True),
-      f"store: top-{s['k']} {s['dtype']} of {s['rows']} windows: {mib(s['bytes'])} (dense bf16: "
-      f"{mib(s['dense_bf16_bytes'])}); total time {results['total_time_s']:.0f} s",
-    ]
+  lines = [
+    f"held-out bits per byte ({results['eval_bytes_per_family']} bytes "
+    f"per family; student operator {results['operator']})",
+  ]
+  lines += tables.lines(
+    columns, [(n, *(v[c] for c in cols)) for n, v in rows], indent="", rule=True
   )
+  s, mib = results["store"], lambda b: f"{b / 2**20:.1f} MiB"
+  lines.append(
+    f"store: top-{s['k']} {s['dtype']} of {s['rows']} windows: {mib(s['bytes'])} (dense bf16: "
+    f"{mib(s['dense_bf16_bytes'])}); total time {results['total_time_s']:.0f} s"
+  )
+  return "\n".join(lines)
