@@ -10,7 +10,7 @@ NEWEST := .venv-newest
 NEWEST_TESTS := tests/test_fused_kd.py tests/test_operators.py tests/test_train.py \
   $(wildcard tests/test_fused_linear_kd.py)
 
-.PHONY: run test test-newest lint format bench figures axioms clean
+.PHONY: run test test-newest lint format bench device-check figures axioms clean
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/kd_loss.py
+
+# Kernels compiled, benchmarks and the two end-to-end jobs on the accelerator jax sees (on a
+# machine without one: one line, exit 0). Options: make device-check ARGS="--cpu --ks=2".
+device-check: $(STAMP)
+	$(PY) benchmarks/device_check.py $(ARGS)
 
 figures: $(STAMP)
 	$(PY) -m mtkd_jax.experiments.figures
