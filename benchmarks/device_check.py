@@ -53,6 +53,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -545,6 +546,7 @@ def run_e2e(args):
         text = f.read()
       row["results"] = json.loads(text) if len(text) < 200_000 else f"{len(text)} bytes"
     row["ok"] = rc == 0 and "results" in row
+    shutil.rmtree(workdir, ignore_errors=True)  # checkpoints: only results.json is kept
     if not row["ok"]:
       row["output_tail"] = out[-3000:]
     rows.append(row)
