@@ -108,8 +108,8 @@ def _pseudo_random(shape, seed, dtype):
   import jax
   import jax.numpy as jnp
 
-  def make():
-    x = jnp.full(shape, seed * 0x9E3779B9 & 0xFFFFFFFF, jnp.uint32)
+  def make(seed):  # a traced seed: XLA must not constant-fold a GiB-sized result
+    x = jnp.broadcast_to(seed * jnp.uint32(0x9E3779B9), shape)
     for ax, size in enumerate(shape):
       x = x * jnp.uint32(size | 1) + jax.lax.broadcasted_iota(jnp.uint32, shape, ax)
     for shift, mul in ((16, 0x7FEB352D), (15, 0x846CA68B)):  # the lowbias32 hash
@@ -117,7 +117,7 @@ def _pseudo_random(shape, seed, dtype):
     x = x ^ (x >> 16)
     return ((x >> 8).astype(jnp.float32) * (8.0 / (1 << 24)) - 4.0).astype(dtype)
 
-  return jax.jit(make)()
+  return jax.jit(make)(jnp.uint32(seed))
 
 
 def _memory(device):
