@@ -18,21 +18,26 @@ setuptools.setup(
     "mtkd_jax.weighting",
   ],
   package_dir={"mtkd_jax": "mtkd_jax", "mtkd_jax.kernels": "kernels"},
-  # The Pallas and export APIs move every month: pin jax exactly.
+  # The Pallas and export APIs move every month: a tested range, not one pin. `make test` runs
+  # the low end (the exact versions in constraints.txt), `make test-newest` the newest in range.
   install_requires=[
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "chex==0.1.92",
-    "ml-collections==1.1.0",
+    "jax>=0.10.2,<0.13",
+    "jaxlib>=0.10.2,<0.13",
+    "flax>=0.12.8,<0.14",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.14",
+    "chex>=0.1.92,<0.2",
+    "ml-collections>=1.1.0,<2",
     "numpy",
     "scikit-learn",
     "tqdm",
     "matplotlib",
   ],
   extras_require={
+    # Accelerators: jax's own extras pull the matching jaxlib plugin (pip install -e '.[cuda]').
+    "cuda": ["jax[cuda13]>=0.10.2,<0.13"],
+    "cuda12": ["jax[cuda12]>=0.10.2,<0.13"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     "test": [
       "pytest",
       "pytest-xdist",

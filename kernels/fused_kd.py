@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -315,6 +317,54 @@ def _kd_loss_bwd(cfg, res, g):
 _kd_loss.defvjp(_kd_loss_fwd, _kd_loss_bwd)
 
 
+# ----------------------------------------------------------------------------- auto fallback
+
+
+@functools.lru_cache(maxsize=256)
+def _pallas_compile_error(cfg, avals):
+  """None if the Pallas loss compiles (value and gradient) for avals, else the error's summary.
+
+  A Triton or Mosaic failure (shared memory or VMEM, layouts, an API that moved) shows only when
+  the kernel compiles on the device, inside the caller's jit, where it cannot be caught. So
+  "auto" compiles the kernel alone once per (config, shapes) first; one extra compile of two
+  small kernels, cached. Any exception counts: whatever the cause, the XLA path is the safe one.
+  """
+  structs = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in avals]
+  loss = lambda s, *rest: _kd_loss(cfg, s, *rest).sum()
+  try:
+    jax.jit(jax.value_and_grad(loss)).lower(*structs).compile()
+  except Exception as e:
+    lines = str(e).strip().splitlines()
+    error = f"{type(e).__name__}: {lines[0] if lines else ''}"
+    warnings.warn(
+      f"fused_kd_loss: the Pallas kernel failed to compile on {jax.default_backend()} "
+      f"({error}); implementation='auto' falls back to the XLA path "
+      "(implementation='pallas' raises instead)",
+      RuntimeWarning,
+      stacklevel=4,
+    )
+    return error
+  return None
+
+
+def _auto_implementation(cfg, student, teachers, params, w):
+  """cfg, or cfg with the XLA path if the Pallas kernel fails to compile at these shapes.
+
+  The kernel is compiled as it runs on one device: without the mesh axes, at the local
+  vocabulary size of a sharded call.
+  """
+  shards = 1
+  if cfg.mesh is not None:
+    names = (cfg.axis_name,) if isinstance(cfg.axis_name, str) else cfg.axis_name
+    shards = math.prod(cfg.mesh.shape[name] for name in names)
+  local = lambda x: ((*x.shape[:-1], x.shape[-1] // shards), jnp.dtype(x.dtype).name)
+  avals = (local(student), local(teachers), (params.shape, "float32"), (w.shape, "float32"))
+  single = dataclasses.replace(cfg, axis_name=None, mesh=None)
+  if _pallas_compile_error(single, avals) is None:
+    return cfg
+  return dataclasses.replace(cfg, implementation="xla")
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -348,7 +398,9 @@ def fused_kd_loss(
     student_temperature: T_S > 0.
     operator: "linear" or "geometric".
     temperature_sq_scaling: multiply the loss by T_S² (as `losses.mixture_kd`).
-    implementation: "auto" (Pallas on TPU/GPU, XLA on CPU), "xla" or "pallas".
+    implementation: "auto" (Pallas on TPU/GPU, XLA on CPU), "xla" or "pallas". If the Pallas
+      kernel fails to lower or compile on the platform, "auto" warns once per shape (naming
+      the error) and uses the XLA path; "pallas" raises.
     block_sizes: `BlockSizes` for the Pallas kernel (None: per-backend defaults).
     interpret: run Pallas in interpret mode (None: only on CPU).
     axis_name: mesh axis over which V is sharded, when called inside `shard_map`; the row
@@ -376,6 +428,8 @@ def fused_kd_loss(
   )
   scale = jnp.asarray(student_temperature, jnp.float32) ** 2 if temperature_sq_scaling else 1.0
   cfg = _Config(operator, impl, block_sizes, bool(interp), axis_name, _mesh)
+  if implementation == "auto" and impl == "pallas" and not interp:
+    cfg = _auto_implementation(cfg, student, teachers, params, w)
   stop = jax.lax.stop_gradient
   kl = _kd_loss(cfg, student, stop(teachers), stop(params), stop(w))
   loss = (scale * kl).reshape(student_logits.shape[:-1])

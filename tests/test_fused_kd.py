@@ -1,6 +1,7 @@
 """Tests for mtkd_jax.kernels: XLA path, interpret-mode Pallas, lowering, sharding, memory."""
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -339,3 +340,72 @@ def test_bad_inputs_raise_value_error(kwargs, match):
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     fused_kd_loss(args.pop("student_logits"), args.pop("teacher_logits"), **args)
+
+
+# ----------------------------------------------------------------------------- auto fallback
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+  """`auto` sees a GPU (Pallas, not interpreted) while the code runs on the CPU devices."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  fused_kd._pallas_compile_error.cache_clear()
+  yield
+  fused_kd._pallas_compile_error.cache_clear()
+
+
+def _fallback_case(**kw):
+  zs, zt, temps, w = _inputs(11, 2, (4,), 300)
+  args = dict(temperatures=temps, weights=w, student_temperature=1.5, **kw)
+  expected = fused_kd_loss(zs, zt, implementation="xla", **args)
+  return (lambda impl: fused_kd_loss(zs, zt, implementation=impl, **args)), expected
+
+
+def test_auto_falls_back_to_xla_when_pallas_fails_to_lower(fake_gpu):
+  """On the CPU the un-interpreted kernel has no lowering (a real failure, not a mock): one
+  warning naming it, the XLA result, and no second warning for the same shapes."""
+  loss, expected = _fallback_case()
+  with pytest.warns(RuntimeWarning, match=r"Pallas kernel failed.*NotImplementedError") as rec:
+    out = loss("auto")
+    out_jit = jax.jit(lambda: loss("auto"))()
+  assert len(rec) == 1, [str(r.message) for r in rec]
+  _close(out, expected, 1e-6)
+  _close(out_jit, expected, 1e-6)
+  with pytest.raises(NotImplementedError, match="platform cpu"):
+    loss("pallas")
+
+
+def test_auto_fallback_names_a_forced_compile_error(fake_gpu, monkeypatch):
+  def fail(*args, **kwargs):
+    raise RuntimeError("Triton: out of shared memory (forced)\nsecond line")
+
+  monkeypatch.setattr(_pallas_kd, "pallas_kd", fail)
+  loss, expected = _fallback_case(operator="geometric")
+  match = r"RuntimeError: Triton: out of shared memory \(forced\)\)"  # first line only
+  with pytest.warns(RuntimeWarning, match=match):
+    out = loss("auto")
+  _close(out, expected, 1e-6)
+  with pytest.raises(RuntimeError, match="out of shared memory"):
+    loss("pallas")
+
+
+def test_auto_keeps_pallas_when_it_compiles_vocab_parallel(fake_gpu, monkeypatch):
+  """The probe compiles the kernel at the local vocabulary size, outside the mesh; when it
+  succeeds (here: the kernel interpreted), auto runs Pallas, with no warning."""
+  calls = []
+  pallas_kd = _pallas_kd.pallas_kd
+
+  def interpreted(*args, **kwargs):
+    calls.append(args[1].shape)  # teachers [K, B, V_local]
+    return pallas_kd(*args, **{**kwargs, "interpret": True})
+
+  monkeypatch.setattr(_pallas_kd, "pallas_kd", interpreted)
+  mesh = jax.make_mesh((8,), ("vocab",))
+  zs, zt, temps, w = _inputs(12, 2, (4,), 8 * 128)
+  kw = dict(temperatures=temps, weights=w, student_temperature=1.5)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    out = fused_kd_loss_vocab_parallel(zs, zt, mesh=mesh, axis_name="vocab", **kw)
+  assert calls and all(shape == (2, 4, 128) for shape in calls), calls
+  assert fused_kd._pallas_compile_error.cache_info().currsize == 1
+  _close(out, fused_kd_loss(zs, zt, implementation="xla", **kw), 2e-5)
