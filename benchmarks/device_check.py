@@ -65,12 +65,12 @@ import warnings
 # `python <args>` from the repo root, and writes <workdir>/results.json.
 E2E_JOBS = {
   "digits": [
-    "-m", "mtkd_jax.main", "--config=experiments/configs/digits.py", "--workdir={workdir}",
-    "--config.teacher_steps=60", "--config.num_steps=60", "--config.progress=False",
+    "-m", "mtkd_jax.main", "--config=experiments/configs/digits.py:small", "--workdir={workdir}",
+    "--config.progress=False",
   ],
   "stdlib_lm_small": [
-    "-m", "mtkd_jax.main", "--config=experiments/configs/stdlib_lm.py", "--workdir={workdir}",
-    "--config.size=small",
+    "-m", "mtkd_jax.main", "--config=experiments/configs/stdlib_lm.py:small", "--workdir={workdir}",
+    "--config.progress=False",
   ],
 }  # fmt: skip
 # Appended with --cpu: the same jobs, shorter.

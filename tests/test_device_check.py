@@ -12,6 +12,8 @@ import types
 
 import pytest
 
+from mtkd_jax import configs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "device_check.py")
 
@@ -97,7 +99,7 @@ def test_e2e_jobs_name_existing_configs_and_fields():
   for name, argv in device_check.E2E_JOBS.items():
     argv = argv + device_check.E2E_CPU_OVERRIDES.get(name, [])
     (path,) = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    config = _module(os.path.join(ROOT, path), f"config_{name}").get_config()
+    config = configs.load(os.path.join(ROOT, path))
     for arg in argv:
       if arg.startswith("--config."):
         field = arg[len("--config.") :].split("=")[0]
