@@ -38,9 +38,8 @@ def plot(results: dict, path: str) -> None:
     mats = [np.asarray(results["weights_by_class"][n]).T for n in shown]  # [K, 10] each
     im = ax.imshow(np.concatenate(mats, 0), aspect="auto", vmin=0, vmax=1, cmap="viridis")
     k = mats[0].shape[0]
-    ax.set_yticks(
-      np.arange(k * len(shown)), [f"{n} T{j}" for n in shown for j in range(k)], fontsize=7
-    )
+    rows = [f"{n} T{j}" for n in shown for j in range(k)]
+    ax.set_yticks(np.arange(len(rows)), rows, fontsize=7)
     ax.set_xticks(np.arange(10))
     ax.set_xlabel("true class")
     fig.colorbar(im, ax=ax, label="mean weight")

@@ -52,14 +52,8 @@ def plot(results: dict, path: str) -> None:
     label = f"σ²(Σw² + ρ(1−Σw²)), {weighting} w, 1/Σw²={1 / sw2:.1f}"
     ax.plot(grid, s2 * (sw2 + grid * (1 - sw2)), ls, color="k", lw=1.2, label=label)
     mfc = "white" if weighting == "skewed" else "C0"
-    ax.plot(
-      rhos,
-      [r["measured"] for r in rows],
-      "o",
-      color="C0",
-      mfc=mfc,
-      label=f"measured, {weighting} w",
-    )
+    label = f"measured, {weighting} w"
+    ax.plot(rhos, [r["measured"] for r in rows], "o", color="C0", mfc=mfc, label=label)
   ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² (one teacher)")
   ax.set(xlabel="pairwise error correlation ρ", ylabel="Var[q(i)]")
   ax.set_title(f"Correlated errors, K={k_big}:\naveraging stops helping as ρ → 1")
