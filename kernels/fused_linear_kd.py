@@ -321,7 +321,9 @@ def fused_linear_kd_loss(
   h = student_hidden.reshape(n, d)  # [N, d]
   stop = jax.lax.stop_gradient
   if pairs:
-    t_in = tuple((stop(jnp.asarray(a)).reshape(n, -1), stop(jnp.asarray(b))) for a, b in teachers)
+    t_in = tuple(
+      (stop(jnp.asarray(a)).reshape(n, np.shape(a)[-1]), stop(jnp.asarray(b))) for a, b in teachers
+    )
   else:
     t_in = stop(teachers.reshape(k, n, v))  # [K, N, V]
   temps = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (k,))  # [K]
