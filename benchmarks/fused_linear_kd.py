@@ -114,16 +114,21 @@ def _temp_mb(fn, *avals):
 
 
 def _time(fns, args, rounds):
-  """Median ms per function; rounds interleave the functions so load spikes hit all of them."""
+  """Median wall ms and process CPU ms (all threads) per function; rounds interleave the
+  functions so load spikes hit all of them. On a shared machine the CPU time is the steadier
+  measure of work (wall time also counts waiting for a core)."""
   for f in fns.values():
     jax.block_until_ready(f(*args))  # compile and warm up
   times = {name: [] for name in fns}
+  cpu = {name: [] for name in fns}
   for _ in range(rounds):
     for name, f in fns.items():
-      t = time.perf_counter()
+      t, c = time.perf_counter(), time.process_time()
       jax.block_until_ready(f(*args))
       times[name].append(time.perf_counter() - t)
-  return {name: 1e3 * float(np.median(v)) for name, v in times.items()}
+      cpu[name].append(time.process_time() - c)
+  out = {name: 1e3 * float(np.median(v)) for name, v in times.items()}
+  return out | {f"cpu-{name}": 1e3 * float(np.median(v)) for name, v in cpu.items()}
 
 
 def timed_row(n, k, dtype, kind, rounds):
@@ -148,16 +153,20 @@ def memory_row(n, k, dtype, kind, v):
 def _fmt(rows):
   head = (
     "| N | V | K | dtype | teachers | naive ms | ours ms | matmul floor ms | naive / ours "
-    "| ours / floor | temp naive MiB | temp ours MiB | ours / naive temp |"
+    "| ours / floor | CPU-time naive / ours | CPU-time ours / floor | temp naive MiB "
+    "| temp ours MiB | ours / naive temp |"
   )
-  lines = [head, "|" + "---|" * 13]
+  lines = [head, "|" + "---|" * 15]
   for r in rows:
     t = lambda key, r=r: f"{r[key]:.0f}" if key in r else "–"
     speed = f"{r['naive'] / r['ours']:.2f}×" if "ours" in r else "–"
     floor = f"{r['ours'] / r['floor']:.2f}" if "ours" in r else "–"
+    cpu_speed = f"{r['cpu-naive'] / r['cpu-ours']:.2f}×" if "ours" in r else "–"
+    cpu_floor = f"{r['cpu-ours'] / r['cpu-floor']:.2f}" if "ours" in r else "–"
     lines.append(
       f"| {r['N']} | {r['V']} | {r['K']} | {r['dtype']} | {r['teachers']} | {t('naive')} "
-      f"| {t('ours')} | {t('floor')} | {speed} | {floor} | {r['temp-naive']:.0f} "
+      f"| {t('ours')} | {t('floor')} | {speed} | {floor} | {cpu_speed} | {cpu_floor} "
+      f"| {r['temp-naive']:.0f} "
       f"| {r['temp-ours']:.1f} | {r['temp-ours'] / r['temp-naive']:.3f} |"
     )
   return "\n".join(lines)

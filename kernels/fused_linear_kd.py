@@ -79,9 +79,8 @@ def _chunk_dlogits(cfg, start, size, h, head, bias, teachers, params, w, mask, w
   if bias is not None:
     z = z + bias.astype(f32)
   if cfg.pairs:
-    zt = jnp.stack(
-      [jnp.dot(_slice(hk, start, size), wk, preferred_element_type=f32) for hk, wk in teachers]
-    )  # [K, C, V], one teacher at a time
+    zt = jnp.stack([_teacher_logits(_slice(t[0], start, size), *t[1:]) for t in teachers])
+    # [K, C, V], one teacher at a time
   else:
     zt = _slice(teachers, start, size, axis=1)  # [K, C, V]
   w_c, m_c = _slice(w, start, size, axis=1), _slice(mask, start, size)  # [K, C], [C]
@@ -93,6 +92,11 @@ def _chunk_dlogits(cfg, start, size, h, head, bias, teachers, params, w, mask, w
   # ∂(T_S² D)/∂z_S = T_S · ∂D/∂u; masked rows get exactly zero.
   dz = jnp.where(m_c[:, None], ts * fused_kd._dlogits(cfg.kd, res).astype(f32), 0.0)
   return loss, dz
+
+
+def _teacher_logits(h, head, bias=None):
+  z = jnp.dot(h, head, preferred_element_type=jnp.float32)  # [C, V]
+  return z if bias is None else z + bias.astype(jnp.float32)
 
 
 def _head_grad(h_c, dz, head_dtype):
@@ -216,8 +220,11 @@ def _check(student_hidden, student_head, teachers, student_bias, where, token_ch
     if not teachers:
       raise ValueError("teachers must hold at least one (hidden, head) pair; got 0")
     for i, pair in enumerate(teachers):
-      if len(pair) != 2:
-        raise ValueError(f"teachers[{i}] must be a (hidden, head) pair; got {len(pair)} items")
+      if len(pair) not in (2, 3):
+        raise ValueError(
+          f"teachers[{i}] must be a (hidden, head) pair or (hidden, head, bias); got "
+          f"{len(pair)} items"
+        )
       hk, wk = np.shape(pair[0]), np.shape(pair[1])
       if hk[:-1] != batch or not hk or hk[-1] == 0:
         raise ValueError(
@@ -230,6 +237,8 @@ def _check(student_hidden, student_head, teachers, student_bias, where, token_ch
         raise ValueError(
           f"teachers[{i}] head must have V={v} columns (= student_head.shape[1]); got shape {wk}"
         )
+      if len(pair) == 3 and np.shape(pair[2]) != (v,):
+        raise ValueError(f"teachers[{i}] bias must be [V={v}]; got shape {np.shape(pair[2])}")
     return len(teachers), v
   shape = np.shape(teachers)
   if len(shape) < 2 or tuple(shape[1:]) != (*batch, v):
@@ -275,7 +284,8 @@ def fused_linear_kd_loss(
     student_hidden: [..., d] student hidden states h (f32 or bf16).
     student_head: [d, V] output projection W (f32 or bf16; logits accumulate in f32).
     teachers: teacher logits [K, ..., V], or a sequence of K (hidden [..., d_k],
-      head [d_k, V]) pairs whose logits are computed chunk by chunk (widths d_k may differ).
+      head [d_k, V]) pairs, or (hidden, head, bias [V]) triples, whose logits are computed
+      chunk by chunk (widths d_k may differ).
     temperatures: [K] or scalar, T_k > 0.
     weights: [K] or [K, ...] (a leading prefix of the token shape), summing to 1 over K.
     student_temperature: T_S > 0.
@@ -322,8 +332,12 @@ def fused_linear_kd_loss(
   stop = jax.lax.stop_gradient
   if pairs:
     t_in = tuple(
-      (stop(jnp.asarray(a)).reshape(n, np.shape(a)[-1]), stop(jnp.asarray(b))) for a, b in teachers
-    )
+      (
+        stop(jnp.asarray(t[0])).reshape(n, np.shape(t[0])[-1]),
+        *(stop(jnp.asarray(x)) for x in t[1:]),
+      )
+      for t in teachers
+    )  # K × (hidden [N, d_k], head [d_k, V] (, bias [V]))
   else:
     t_in = stop(teachers.reshape(k, n, v))  # [K, N, V]
   temps = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (k,))  # [K]
@@ -373,8 +387,10 @@ def fused_linear_kd_loss_reference(
   if student_bias is not None:
     z = z + jnp.asarray(student_bias).astype(ct)
   if _is_pairs(teachers):
-    zt = jnp.stack([jnp.dot(jnp.asarray(hk).astype(ct), jnp.asarray(wk).astype(ct))
-                    for hk, wk in teachers])  # fmt: skip
+    cast = lambda x: jnp.asarray(x).astype(ct)
+    zt = jnp.stack(
+      [cast(t[0]) @ cast(t[1]) + (cast(t[2]) if len(t) == 3 else 0.0) for t in teachers]
+    )  # [K, ..., V]
   else:
     zt = jnp.asarray(teachers).astype(ct)  # [K, ..., V]
   loss = _reference_loss(z, jax.lax.stop_gradient(zt), temperatures, weights, student_temperature,

@@ -194,6 +194,31 @@ def test_batch_shape_jit_and_vmap():
   _close(g, ref[1], 2e-5)
 
 
+def test_teacher_bias_triples():
+  """(hidden, head, bias) teachers equal (hidden with a ones column, head with the bias row)."""
+  pr = _problem(10, n=20)
+  biases = [jax.random.normal(jax.random.key(i), (300,)) for i in range(3)]
+  triples = [(a, b, c) for (a, b), c in zip(pr["teachers"], biases, strict=True)]
+  padded = [
+    (jnp.concatenate([a, jnp.ones((20, 1))], 1), jnp.concatenate([b, c[None]], 0))
+    for (a, b), c in zip(pr["teachers"], biases, strict=True)
+  ]
+  kw = dict(temperatures=pr["temps"], weights=pr["w"], token_chunk=8)
+  f = lambda t: jax.value_and_grad(lambda h: fused_linear_kd_loss(h, pr["head"], t, **kw).sum())
+  (a, ga), (b, gb) = f(triples)(pr["h"]), f(padded)(pr["h"])
+  ref = fused_linear_kd_loss_reference(pr["h"], pr["head"], triples, **kw_ref(kw))
+  _close(a, b, 1e-5)
+  _close(ga, gb, 1e-5)
+  _close(a, ref.sum(), 1e-5)
+  with pytest.raises(ValueError, match=r"teachers\[1\] bias must be \[V=300\]"):
+    fused_linear_kd_loss(pr["h"], pr["head"], [triples[0], (*pr["teachers"][1], biases[0][:5])],
+                         **kw)  # fmt: skip
+
+
+def kw_ref(kw):
+  return {k: v for k, v in kw.items() if k != "token_chunk"}
+
+
 def test_where_all_masked_and_empty():
   pr = _problem(7, n=16)
   f = lambda h, w: fused_linear_kd_loss(
