@@ -118,6 +118,20 @@ def _over_chunks(cfg, n, body, carry):
   return carry
 
 
+def _axes(*trees):
+  """The manual mesh axes (inside `shard_map`) any leaf of trees varies over."""
+  axes = set()
+  for x in jax.tree.leaves(trees):
+    mat = getattr(jax.typeof(x), "mat", None)
+    axes |= set(mat.varying) if mat is not None else set()
+  return tuple(sorted(axes))
+
+
+def _varying(tree, axes):
+  """Zero-initialised loop carries typed like what the body makes of them (shard_map)."""
+  return jax.tree.map(lambda x: jax.lax.pcast(x, axes, to="varying"), tree) if axes else tree
+
+
 def _put(buf, x, start):
   return jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), start, axis=0)
 
@@ -141,11 +155,12 @@ def _forward(cfg, h, head, bias, teachers, params, w, mask, with_grad):
     return _put(loss_buf, loss, start), _put(dh_buf, dh, start), dw, db + jnp.sum(dz, 0)
 
   f32 = jnp.float32
+  axes = _axes(args)
   loss = jnp.zeros((n,), f32)
   if not with_grad:
-    return _over_chunks(cfg, n, body, loss)
+    return _over_chunks(cfg, n, body, _varying(loss, axes))
   carry = (loss, jnp.zeros((n, d), f32), jnp.zeros((d, v), f32), jnp.zeros((v,), f32))
-  return _over_chunks(cfg, n, body, carry)
+  return _over_chunks(cfg, n, body, _varying(carry, axes))
 
 
 def _weighted_head_grads(cfg, g, h, head, bias, teachers, params, w, mask):
@@ -159,7 +174,8 @@ def _weighted_head_grads(cfg, g, h, head, bias, teachers, params, w, mask):
     return dw + _head_grad(_slice(h, start, size), dz, head.dtype), db + jnp.sum(dz, 0)
 
   d, v = head.shape
-  return _over_chunks(cfg, h.shape[0], body, (jnp.zeros((d, v)), jnp.zeros((v,))))
+  init = _varying((jnp.zeros((d, v)), jnp.zeros((v,))), _axes(g, args))
+  return _over_chunks(cfg, h.shape[0], body, init)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -184,6 +200,11 @@ def _linear_kd_bwd(cfg, res, g):
     lambda: (g0 * dw, g0 * db),
     lambda: _weighted_head_grads(cfg, g, h, head, bias, teachers, params, w, mask),
   )
+  # Inside shard_map with tokens sharded and the head replicated: the head's cotangent is the
+  # sum over the token shards (the transpose of using one head on every shard).
+  extra = tuple(a for a in _axes(dw) if a not in _axes(head))
+  dw = jax.lax.psum(dw, extra) if extra else dw
+  db = None if bias is None else jax.lax.psum(db, extra) if extra else db
   db = None if bias is None else db.astype(bias.dtype)
   return dh, dw.astype(head.dtype), db, None, None, None, None
 
