@@ -131,7 +131,7 @@ def kd_divergence(
     student_temperature: T_S > 0.
 
   Returns:
-    `[...]` float32 per-row losses.
+    `[...]` per-row losses (float32, or float64 for float64 inputs).
 
   >>> log_q = jnp.log(jnp.array([0.5, 0.5]))
   >>> kd_divergence(log_q, jnp.zeros(2), divergence="jsd").round(4)
@@ -143,9 +143,11 @@ def kd_divergence(
       f"log_q and student_logits must have the same shape; got {jnp.shape(log_q)=}, "
       f"{jnp.shape(student_logits)=}"
     )
-  ts = jnp.asarray(student_temperature, jnp.float32)
-  log_p = jax.nn.log_softmax(jnp.asarray(student_logits, jnp.float32) / ts, axis=-1)
-  log_q = jnp.asarray(log_q, jnp.float32)
+  # At least float32 (bf16 logits are upcast); float64 stays float64 (under jax.enable_x64).
+  dtype = jnp.promote_types(jnp.result_type(student_logits, log_q), jnp.float32)
+  ts = jnp.asarray(student_temperature, dtype)
+  log_p = jax.nn.log_softmax(jnp.asarray(student_logits, dtype) / ts, axis=-1)
+  log_q = jnp.asarray(log_q, dtype)
   if divergence == "forward_kl":
     d = kl_divergence(log_q, log_p)
   elif divergence == "reverse_kl":
