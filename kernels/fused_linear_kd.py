@@ -81,8 +81,14 @@ def _chunk_dlogits(cfg, start, size, h, head, bias, teachers, params, w, mask, w
   if cfg.pairs:
     zt = jnp.stack([_teacher_logits(_slice(t[0], start, size), *t[1:]) for t in teachers])
     # [K, C, V], one teacher at a time
-  else:
+  elif teachers.dtype == jnp.float32:
     zt = _slice(teachers, start, size, axis=1)  # [K, C, V]
+  else:
+    # Sliced as raw bits: XLA:CPU otherwise converted all of the [K, N, V] low-precision
+    # logits to f32 once, before the loop (measured: 512 MiB of temporaries at K = 4,
+    # N = 1024, V = 32768 in bf16, more than the naive formulation's).
+    bits = jax.lax.bitcast_convert_type(teachers, _uint(teachers.dtype))
+    zt = jax.lax.bitcast_convert_type(_slice(bits, start, size, axis=1), teachers.dtype)
   w_c, m_c = _slice(w, start, size, axis=1), _slice(mask, start, size)  # [K, C], [C]
   ts = params[-1]
   d, res = fused_kd._kd(cfg.kd, z, zt, params, w_c, with_grad=with_grad)  # [C]
@@ -92,6 +98,10 @@ def _chunk_dlogits(cfg, start, size, h, head, bias, teachers, params, w, mask, w
   # ∂(T_S² D)/∂z_S = T_S · ∂D/∂u; masked rows get exactly zero.
   dz = jnp.where(m_c[:, None], ts * fused_kd._dlogits(cfg.kd, res).astype(f32), 0.0)
   return loss, dz
+
+
+def _uint(dtype):
+  return {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[jnp.dtype(dtype).itemsize]
 
 
 def _teacher_logits(h, head, bias=None):
