@@ -41,9 +41,8 @@ from ._pallas_kd import BlockSizes
 
 # The default chunk keeps (K + 3) f32 [C, V] arrays (the teachers' and the student's logits,
 # the mixture and the gradient) within this many bytes: 64 MiB is C = 72 rows at K = 4,
-# V = 32768, and C = 16 at V = 131072. On XLA:CPU larger chunks were not faster (the loss is
-# bound by transcendentals, not by the matmuls' efficiency); on an accelerator the budget
-# should fit its memory beside the model.
+# V = 32768, and C = 16 at V = 131072. Other budgets were not timed (the shared CPU was too
+# loaded for it); on an accelerator the budget should fit its memory beside the model.
 DEFAULT_CHUNK_BYTES = 64 << 20
 _MIN_CHUNK, _MAX_CHUNK = 8, 4096
 
