@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -100,8 +101,60 @@ def _log_p(x, t, shift, log_se):
   return (x - shift) / t - log_se
 
 
-def _kl_and_grad(xs, ts, ws, x_s, t_s, shift, log_se, valid):
-  """Per-element KL terms and p_S − q of a tile, given per-row stats [N + 1] × [bm, 1]."""
+def log_mixture(xs, ts, ws, shift, log_se):
+  """log q in log space (per tile or XLA array): max_n (log w_n + log p_n), then one log Σ exp.
+
+  The same K exps as q = Σ_n w_n p_n, but log q stays finite where q underflows: needed by
+  the reverse KL and the JSD, which weigh log q by p_S.
+  """
+  a = [
+    _log_p(x, t, shift[n], log_se[n]) + (0.0 if wn is None else jnp.log(wn))
+    for n, (x, t, wn) in enumerate(zip(xs, ts, ws, strict=True))
+  ]
+  if len(a) == 1:
+    return a[0]
+  m = functools.reduce(jnp.maximum, a)
+  m = jnp.where(m == _NEG_INF, 0.0, m)
+  return m + jnp.log(sum(jnp.exp(an - m) for an in a))
+
+
+def div_elementwise(log_q, log_p, divergence, beta):
+  """Per-element loss and r terms of a KD divergence D(q, p_S), given log q and log p_S.
+
+  reverse_kl: loss = r = p (log p − log q); jsd: r = p (log p − log m),
+  loss = β q (log q − log m) + (1 − β) r, m = β q + (1 − β) p. The row sum R = Σ r gives the
+  gradient w.r.t. u = z_S / T_S: c·(r − R·p), c = 1 (reverse) or 1 − β (jsd). 0 · log 0 = 0.
+  """
+  p = jnp.exp(log_p)
+  if divergence == "reverse_kl":
+    r = jnp.where(p > 0, p * (log_p - log_q), 0.0)
+    return r, r, p
+  log_m = jnp.logaddexp(math.log(beta) + log_q, math.log1p(-beta) + log_p)
+  q = jnp.exp(log_q)
+  r = jnp.where(p > 0, p * (log_p - log_m), 0.0)
+  loss = beta * jnp.where(q > 0, q * (log_q - log_m), 0.0) + (1.0 - beta) * r
+  return loss, r, p
+
+
+def grad_scale(divergence, beta):
+  """c in ∂D/∂u = c·(r − R·p) (see `div_elementwise`)."""
+  return 1.0 if divergence == "reverse_kl" else 1.0 - beta
+
+
+def _kl_and_grad(xs, ts, ws, x_s, t_s, shift, log_se, valid, div="forward_kl", beta=0.5):
+  """Per-element loss terms of a tile and, given per-row stats [N + 1] × [bm, 1]:
+
+  forward_kl: (q (log q − log p_S), p_S − q, None, None), the gradient complete;
+  reverse_kl / jsd: (loss, c·r, r, p_S): the gradient is c·r − c·R·p_S once the row sum
+  R = Σ r is known (see `div_elementwise`).
+  """
+  if div != "forward_kl":
+    log_q = log_mixture(xs, ts, ws, shift, log_se)
+    log_p = _log_p(x_s, t_s, shift[-1], log_se[-1])
+    loss, r, p = div_elementwise(log_q, log_p, div, beta)
+    if valid is not None:
+      loss, r, p = (jnp.where(valid, x, 0.0) for x in (loss, r, p))
+    return loss, grad_scale(div, beta) * r, r, p
   q = 0.0
   for n, (x, t, wn) in enumerate(zip(xs, ts, ws, strict=True)):
     e = jnp.exp(_log_p(x, t, shift[n], log_se[n]))
@@ -110,7 +163,7 @@ def _kl_and_grad(xs, ts, ws, x_s, t_s, shift, log_se, valid):
   kl = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - log_p), 0.0)
   if valid is not None:
     kl = jnp.where(valid, kl, 0.0)
-  return kl, jnp.exp(log_p) - q
+  return kl, jnp.exp(log_p) - q, None, None
 
 
 def _stats_kernel(p_ref, t_ref, s_ref, w_ref, m_out, l_out, m_scr, l_scr, *, k, op, v, bv):
@@ -143,26 +196,38 @@ def _no_student(kernel, p_ref, t_ref, w_ref, *refs):
   return kernel(p_ref, t_ref, None, w_ref, *refs)
 
 
-def _loss_kernel(p_ref, t_ref, s_ref, w_ref, st_ref, kl_out, *g_out, k, op, v, bv):
+def _loss_kernel(p_ref, t_ref, s_ref, w_ref, st_ref, *refs, k, op, v, bv, div, beta, mode):
+  """Second pass over V. mode "kl": outputs (kl, [g]) (forward KL: g = p − q complete);
+  "r": outputs (kl, R) (reverse KL / JSD: the row sums the gradient needs); "g": takes R,
+  outputs g = c·r − c·R·p (a third pass)."""
   j = pl.program_id(1)
-
-  @pl.when(j == 0)
-  def _init():
-    kl_out[...] = jnp.zeros(kl_out.shape, jnp.float32)
-
+  r_in = refs[0] if mode == "g" else None
+  outs = refs[1:] if mode == "g" else refs
   xs, ts, ws = _grid_terms(p_ref, t_ref, w_ref, k, op)
   x_s = s_ref[...].astype(jnp.float32)
   valid = None
   if v % bv:
     valid = j * bv + jax.lax.broadcasted_iota(jnp.int32, x_s.shape, 1) < v
   st = st_ref[...]  # [2, N + 1, bm, 1]: shift, log Σ exp
-  kl, diff = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], st[0], st[1], valid)
-  kl_out[...] += jnp.sum(kl, axis=1, keepdims=True)
-  if g_out:
-    g_out[0][...] = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
+  kl, diff, r, p = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], st[0], st[1], valid, div, beta)
+  if mode == "g":
+    diff = diff - grad_scale(div, beta) * r_in[...] * p
+    outs[0][...] = (diff * p_ref[k + 1]).astype(outs[0].dtype)
+    return
+
+  @pl.when(j == 0)
+  def _init():
+    for o in outs[: 2 if mode == "r" else 1]:
+      o[...] = jnp.zeros(o.shape, jnp.float32)
+
+  outs[0][...] += jnp.sum(kl, axis=1, keepdims=True)
+  if mode == "r":
+    outs[1][...] += jnp.sum(r, axis=1, keepdims=True)
+  elif len(outs) > 1:
+    outs[1][...] = (diff * p_ref[k + 1]).astype(outs[1].dtype)
 
 
-def _fused_kernel(p_ref, t_ref, s_ref, w_ref, kl_out, *g_out, k, op):
+def _fused_kernel(p_ref, t_ref, s_ref, w_ref, kl_out, *g_out, k, op, div, beta):
   """Whole row in one block: stats and loss in one pass over the loaded tile."""
   xs, ts, ws = _grid_terms(p_ref, t_ref, w_ref, k, op)
   x_s = s_ref[...].astype(jnp.float32)
@@ -173,14 +238,19 @@ def _fused_kernel(p_ref, t_ref, s_ref, w_ref, kl_out, *g_out, k, op):
     se = jnp.sum(jnp.exp((x - m) / t), axis=1, keepdims=True)
     shift.append(m)
     log_se.append(jnp.where(se > 0, jnp.log(se), 0.0))
-  kl, diff = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], shift, log_se, None)
+  kl, diff, r, p = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], shift, log_se, None, div, beta)
   kl_out[...] = jnp.sum(kl, axis=1, keepdims=True)
   if g_out:
+    if r is not None:
+      diff = diff - grad_scale(div, beta) * jnp.sum(r, axis=1, keepdims=True) * p
     g_out[0][...] = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
 
 
-def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret, fused, stats):
-  """Runs one grid kernel; returns its outputs. w_t is [B, K]."""
+def _grid_calls(
+  params, teachers, student, w_t, *, op, bs, with_grad, interpret, fused, stats,
+  div="forward_kl", beta=0.5, mode="kl", r=None,
+):  # fmt: skip
+  """Runs one grid kernel; returns its outputs. w_t is [B, K]; r [B, 1] for mode "g"."""
   k, b, v = teachers.shape
   bm = b if b <= bs.block_rows else bs.block_rows  # a full dim is always a legal block
   bv = v if v <= bs.block_vocab else bs.block_vocab
@@ -203,7 +273,7 @@ def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret,
   g_spec = [pl.BlockSpec((bm, bv), lambda i, j: (i, j))] if with_grad else []
   scratch = []
   if fused:
-    kernel = functools.partial(_fused_kernel, k=k, op=op)
+    kernel = functools.partial(_fused_kernel, k=k, op=op, div=div, beta=beta)
     out_shape, out_specs = [kl_shape, *g_shape], [row_out, *g_spec]
   elif stats is None:  # stats pass
     kernel = functools.partial(_stats_kernel, k=k, op=op, v=v, bv=bv)
@@ -215,10 +285,17 @@ def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret,
     out_specs = [pl.BlockSpec((ns, bm, 1), lambda i, j: (0, i, 0))] * 2
     scratch = [pltpu.VMEM((ns, bm, 1), jnp.float32)] * 2
   else:  # loss pass
-    kernel = functools.partial(_loss_kernel, k=k, op=op, v=v, bv=bv)
+    kernel = functools.partial(_loss_kernel, k=k, op=op, v=v, bv=bv, div=div, beta=beta, mode=mode)
     specs.append(pl.BlockSpec((2, n + 1, bm, 1), lambda i, j: (0, 0, i, 0)))
     args.append(stats)
-    out_shape, out_specs = [kl_shape, *g_shape], [row_out, *g_spec]
+    if mode == "g":  # R in, gradient out
+      specs.append(row_out)
+      args.append(r)
+      out_shape, out_specs = g_shape, g_spec
+    elif mode == "r":  # loss and R out
+      out_shape, out_specs = [kl_shape, kl_shape], [row_out, row_out]
+    else:
+      out_shape, out_specs = [kl_shape, *g_shape], [row_out, *g_spec]
   return pl.pallas_call(
     kernel,
     out_shape=out_shape,
@@ -232,19 +309,31 @@ def _grid_calls(params, teachers, student, w_t, *, op, bs, with_grad, interpret,
   )(*args)
 
 
-def _grid_kd(params, teachers, student, w, *, op, bs, with_grad, interpret, combine, sharded):
+def _grid_kd(
+  params, teachers, student, w, *, op, bs, with_grad, interpret, combine, sharded,
+  div="forward_kl", beta=0.5, row_psum=lambda x: x,
+):  # fmt: skip
   w_t = w.T  # [B, K]: rows on the sublane axis
-  kw = dict(op=op, bs=bs, with_grad=with_grad, interpret=interpret)
+  kw = dict(op=op, bs=bs, with_grad=with_grad, interpret=interpret, div=div, beta=beta)
   if teachers.shape[-1] <= bs.block_vocab and not sharded:
     outs = _grid_calls(params, teachers, student, w_t, fused=True, stats=None, **kw)
-  else:
-    m, se = _grid_calls(params, teachers, student, w_t, fused=False, stats=None, **kw)
-    n = m.shape[0] - 1
-    t = params[:n] if op == "linear" else jnp.ones((1,), jnp.float32)
-    t = jnp.concatenate([t, params[-2:-1]])[:, None]  # [N + 1, 1]: term temperatures
-    stats = jnp.stack(combine(m[..., 0], se[..., 0], t))[..., None]  # [2, N + 1, B, 1]
+    return outs[0][:, 0], (outs[1] if with_grad else None)
+  m, se = _grid_calls(params, teachers, student, w_t, fused=False, stats=None, **kw)
+  n = m.shape[0] - 1
+  t = params[:n] if op == "linear" else jnp.ones((1,), jnp.float32)
+  t = jnp.concatenate([t, params[-2:-1]])[:, None]  # [N + 1, 1]: term temperatures
+  stats = jnp.stack(combine(m[..., 0], se[..., 0], t))[..., None]  # [2, N + 1, B, 1]
+  if div == "forward_kl":
     outs = _grid_calls(params, teachers, student, w_t, fused=False, stats=stats, **kw)
-  return outs[0][:, 0], (outs[1] if with_grad else None)
+    return outs[0][:, 0], (outs[1] if with_grad else None)
+  # Reverse KL / JSD: the gradient needs the row sum R first, so a third pass writes it.
+  kl, r = _grid_calls(params, teachers, student, w_t, fused=False, stats=stats, mode="r", **kw)
+  if not with_grad:
+    return kl[:, 0], None
+  g = _grid_calls(
+    params, teachers, student, w_t, fused=False, stats=stats, mode="g", r=row_psum(r), **kw
+  )
+  return kl[:, 0], g[0]
 
 
 # ----------------------------------------------------------------------------- GPU row kernel
@@ -287,8 +376,13 @@ def _gpu_stats_kernel(p_ref, t_ref, s_ref, w_ref, m_out, l_out, *, k, op, v, bv)
     l_out[i] = jnp.sum(se * jnp.exp((m - m_safe) / t))
 
 
-def _gpu_loss_kernel(p_ref, t_ref, s_ref, w_ref, st_ref, kl_out, *g_out, k, op, v, bv):
+def _gpu_loss_kernel(p_ref, t_ref, s_ref, w_ref, st_ref, *refs, k, op, v, bv, div, beta, mode):
+  """Row-kernel version of `_loss_kernel` (same modes "kl", "r" and "g")."""
   n = 1 if op == "geometric" else k
+  r_in = refs[0] if mode == "g" else None
+  outs = refs[1:] if mode == "g" else refs
+  write_g = mode == "g" or (mode == "kl" and len(outs) > 1)
+  g_out = outs[-1] if write_g else None
 
   def body(jb, acc):
     cols = jb * bv + jnp.arange(bv)
@@ -297,18 +391,27 @@ def _gpu_loss_kernel(p_ref, t_ref, s_ref, w_ref, st_ref, kl_out, *g_out, k, op, 
     x_s = plgpu.load(s_ref.at[cols], mask=mask, other=0.0).astype(jnp.float32)
     shift = [st_ref[0, i] for i in range(n + 1)]
     log_se = [st_ref[1, i] for i in range(n + 1)]
-    kl, diff = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], shift, log_se, mask)
-    if g_out:
-      val = (diff * p_ref[k + 1]).astype(g_out[0].dtype)
-      plgpu.store(g_out[0].at[cols], val, mask=mask)
-    return acc + jnp.sum(kl)
+    kl, diff, r, p = _kl_and_grad(xs, ts, ws, x_s, p_ref[k], shift, log_se, mask, div, beta)
+    if mode == "g":
+      diff = diff - grad_scale(div, beta) * r_in[0] * p
+    if write_g:
+      plgpu.store(g_out.at[cols], (diff * p_ref[k + 1]).astype(g_out.dtype), mask=mask)
+    return acc[0] + jnp.sum(kl), acc[1] + (0.0 if r is None else jnp.sum(r))
 
-  acc = jax.lax.fori_loop(0, pl.cdiv(v, bv), body, jnp.zeros((), jnp.float32))
-  kl_out[0] = acc
+  zero = jnp.zeros((), jnp.float32)
+  acc = jax.lax.fori_loop(0, pl.cdiv(v, bv), body, (zero, zero))
+  if mode != "g":
+    outs[0][0] = acc[0]
+  if mode == "r":
+    outs[1][0] = acc[1]
 
 
-def _gpu_kd(params, teachers, student, w, *, op, bs, with_grad, combine, interpret=False):
-  """Triton row kernels (stats, then loss and gradient); interpret=True only for tests."""
+def _gpu_kd(
+  params, teachers, student, w, *, op, bs, with_grad, combine, interpret=False,
+  div="forward_kl", beta=0.5, row_psum=lambda x: x,
+):  # fmt: skip
+  """Triton row kernels (stats, then loss and gradient; reverse KL / JSD: stats, loss and R,
+  then gradient); interpret=True only for tests."""
   k, b, v = teachers.shape
   n = 1 if op == "geometric" else k
   bv = min(bs.block_vocab, pl.next_power_of_2(v))
@@ -338,17 +441,29 @@ def _gpu_kd(params, teachers, student, w, *, op, bs, with_grad, combine, interpr
   stats = jnp.stack(combine(m.T, se.T, t)).transpose(2, 0, 1)  # [B, 2, N + 1]
   g_shape = [_sds((b, v), student.dtype, teachers)] if with_grad else []
   g_spec = [pl.BlockSpec((sq, v), lambda i: (i, 0))] if with_grad else []
-  outs = pl.pallas_call(
-    functools.partial(_gpu_loss_kernel, k=k, op=op, v=v, bv=bv),
-    out_shape=[_sds((b, 1), jnp.float32, teachers), *g_shape],
-    grid=(b,),
-    in_specs=[*specs, pl.BlockSpec((sq, 2, n + 1), lambda i: (i, 0, 0))],
-    out_specs=[pl.BlockSpec((sq, 1), lambda i: (i, 0)), *g_spec],
-    compiler_params=cp,
-    interpret=interpret,
-    name=f"fused_kd_loss_{op}",
-  )(params, teachers, student, w_t, stats)
-  return outs[0][:, 0], (outs[1] if with_grad else None)
+  row = _sds((b, 1), jnp.float32, teachers)
+  row_spec = pl.BlockSpec((sq, 1), lambda i: (i, 0))
+  in_specs = [*specs, pl.BlockSpec((sq, 2, n + 1), lambda i: (i, 0, 0))]
+
+  def call(mode, out_shape, out_specs, *extra):
+    return pl.pallas_call(
+      functools.partial(_gpu_loss_kernel, k=k, op=op, v=v, bv=bv, div=div, beta=beta, mode=mode),
+      out_shape=out_shape,
+      grid=(b,),
+      in_specs=in_specs + [row_spec] * len(extra),
+      out_specs=out_specs,
+      compiler_params=cp,
+      interpret=interpret,
+      name=f"fused_kd_loss_{op}",
+    )(params, teachers, student, w_t, stats, *extra)
+
+  if div == "forward_kl":
+    outs = call("kl", [row, *g_shape], [row_spec, *g_spec])
+    return outs[0][:, 0], (outs[1] if with_grad else None)
+  kl, r = call("r", [row, row], [row_spec, row_spec])
+  if not with_grad:
+    return kl[:, 0], None
+  return kl[:, 0], call("g", g_shape, g_spec, row_psum(r))[0]
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -373,14 +488,18 @@ def _combiner(axis_name):
 
 
 def pallas_kd(
-  student, teachers, params, w, *, operator, axis_name, with_grad, block_sizes, interpret
-):
-  """(KL [B], p_S − q [B, V] or None) with a Pallas kernel for the target platform.
+  student, teachers, params, w, *, operator, axis_name, with_grad, block_sizes, interpret,
+  divergence="forward_kl", beta=0.5,
+):  # fmt: skip
+  """(loss [B], ∂loss/∂u [B, V] or None, u = z_S / T_S) with a Pallas kernel for the platform.
 
-  params is [T_1..T_K, T_S]; w is [K, B]; teachers [K, B, V]; student [B, V].
+  params is [T_1..T_K, T_S]; w is [K, B]; teachers [K, B, V]; student [B, V]. The loss is
+  KL(q ‖ p_S), KL(p_S ‖ q) or JSD_β (`divergence`), unscaled by T_S².
   """
   params = jnp.concatenate([params, jnp.ones((1,), jnp.float32)])  # [K + 2]: gscale = 1
   combine = _combiner(axis_name)
+  row_psum = lambda x: x if axis_name is None else jax.lax.psum(x, axis_name)
+  div = dict(div=divergence, beta=beta, row_psum=row_psum)
 
   def grid(bs, interp):
     return lambda *a: _grid_kd(
@@ -391,11 +510,12 @@ def pallas_kd(
       interpret=interp,
       combine=combine,
       sharded=axis_name is not None,
+      **div,
     )
 
   def gpu(*a):
     bs = (block_sizes or BlockSizes.get_default("gpu")).validate("gpu")
-    return _gpu_kd(*a, op=operator, bs=bs, with_grad=with_grad, combine=combine)
+    return _gpu_kd(*a, op=operator, bs=bs, with_grad=with_grad, combine=combine, **div)
 
   args = (params, teachers, student, w)
   if interpret:

@@ -35,6 +35,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mtkd_jax.divergences import check_kd_divergence, generalized_jsd, kl_divergence
+
 from . import _pallas_kd
 from ._pallas_kd import BlockSizes
 
@@ -46,9 +48,11 @@ _IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
 def _check_inputs(
-  student_logits, teacher_logits, temperatures, weights, operator, impl, student_temperature=1.0
-):
+  student_logits, teacher_logits, temperatures, weights, operator, impl, student_temperature=1.0,
+  divergence="forward_kl", beta=0.5,
+):  # fmt: skip
   """Raises ValueError naming the offending argument and its shape."""
+  check_kd_divergence(divergence, beta)
   if operator not in _OPERATORS:
     raise ValueError(f"operator must be one of {_OPERATORS}; got {operator=}")
   if impl not in _IMPLEMENTATIONS:
@@ -206,6 +210,40 @@ def _materialised(fn, operand):
   return jax.lax.cond(data_dependent, fn, fn, operand)
 
 
+def _xla_log_q(terms, t, w, shift, log_se, pooled):
+  """log q [B, C] f32 in log space (reverse KL, JSD: log q is weighed by p_S there, and must not
+  underflow to −inf where q does); the same K exps as `_xla_q`, unrolled over K."""
+  ws = [None] if pooled else [w[i][:, None] for i in range(len(terms))]
+  ts = [1.0] if pooled else [t[i] for i in range(len(terms))]
+  return _pallas_kd.log_mixture(list(terms), ts, ws, shift, log_se)
+
+
+def _xla_div(student, teachers, params, w, *, operator, axis_name, with_grad, divergence, beta):
+  """XLA path of the reverse KL and the JSD: (loss [B], residuals for `_xla_div_grad`).
+
+  As `_xla_kd`, with log q (not q) materialised once, and the row sum R = Σ_v r (see
+  `_pallas_kd.div_elementwise`) kept for the gradient c·(r − R·p_S).
+  """
+  teachers32, student32 = teachers.astype(jnp.float32), student.astype(jnp.float32)
+  shift, log_se, t, pooled = _xla_stats(teachers32, student32, params, w, operator, axis_name)
+  terms, is_pooled = (teachers32, False) if pooled is None else (pooled[None], True)
+  log_q = _materialised(lambda x: _xla_log_q(x, t, w, shift, log_se, is_pooled), terms)
+  log_p = _student_log_probs(student32, shift[-1], log_se[-1], t[-1])  # [B, V]
+  loss, r, _ = _pallas_kd.div_elementwise(log_q, log_p, divergence, beta)
+  loss, r = _row_sum(loss), (None if divergence == "reverse_kl" else _row_sum(r))
+  if axis_name is not None:
+    loss, r = jax.lax.psum((loss, r), axis_name)
+  r = loss if r is None else r
+  return loss, ((log_q, student, shift[-1], log_se[-1], t[-1], r) if with_grad else None)
+
+
+def _xla_div_grad(log_q, student, shift, log_se, t, r, *, divergence, beta):
+  """∂loss/∂u = c·(r − R·p_S) [B, V] from `_xla_div`'s residuals (one elementwise fusion)."""
+  log_p = _student_log_probs(student, shift, log_se, t)
+  _, r_el, p = _pallas_kd.div_elementwise(log_q, log_p, divergence, beta)
+  return _pallas_kd.grad_scale(divergence, beta) * (r_el - r[:, None] * p)
+
+
 def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
   """XLA path: (KL(q ‖ p_S) [B], residuals for `_xla_p_minus_q` or None).
 
@@ -257,14 +295,17 @@ class _Config:
   interpret: bool
   axis_name: str | Sequence[str] | None
   mesh: jax.sharding.Mesh | None = None  # set: V sharded over mesh axis axis_name
+  divergence: str = "forward_kl"
+  beta: float = 0.5
 
 
 def _kd(cfg, student, teachers, params, w, with_grad):
-  """(KL(q ‖ p_S) [B] f32, gradient residuals or None).
+  """(D(q, p_S) [B] f32, gradient residuals or None), D = cfg.divergence, unscaled by T_S².
 
-  The residuals give p_S − q [B, V] through `_p_minus_q`: Pallas returns it directly (f32 or
-  the student's dtype), the XLA path returns q and the student's row stats, and recomputes it
-  in the backward's one elementwise fusion.
+  The residuals give ∂D/∂u [B, V] (u = z_S / T_S; p_S − q for the forward KL) through
+  `_dlogits`: Pallas returns it directly (f32 or the student's dtype), the XLA path returns
+  q (or log q) and the student's row stats, and recomputes it in the backward's one
+  elementwise fusion.
   """
   xla = cfg.implementation == "xla"
   if cfg.mesh is not None:
@@ -273,6 +314,8 @@ def _kd(cfg, student, teachers, params, w, with_grad):
     sv, tv = P(None, cfg.axis_name), P(None, None, cfg.axis_name)
     local = functools.partial(_kd, dataclasses.replace(cfg, mesh=None), with_grad=with_grad)
     res_specs = (sv, sv, P(), P(), P()) if xla else sv  # row stats are global after psum
+    if xla and cfg.divergence != "forward_kl":
+      res_specs = (*res_specs, P())  # R, global after psum
     # jax 0.10.2's Pallas interpreter slices varying blocks with invariant grid indices,
     # which the varying-manual-axes check rejects: Pallas runs with check_vma=False.
     return jax.shard_map(
@@ -283,15 +326,24 @@ def _kd(cfg, student, teachers, params, w, with_grad):
       check_vma=xla,
     )(student, teachers, params, w)
   kw = dict(operator=cfg.operator, axis_name=cfg.axis_name, with_grad=with_grad)
-  if xla:
+  div = dict(divergence=cfg.divergence, beta=cfg.beta)
+  if xla and cfg.divergence == "forward_kl":
     return _xla_kd(student, teachers, params, w, **kw)
+  if xla:
+    return _xla_div(student, teachers, params, w, **kw, **div)
   return _pallas_kd.pallas_kd(
-    student, teachers, params, w, block_sizes=cfg.block_sizes, interpret=cfg.interpret, **kw
-  )
+    student, teachers, params, w, block_sizes=cfg.block_sizes, interpret=cfg.interpret, **kw,
+    **div,
+  )  # fmt: skip
 
 
-def _p_minus_q(cfg, res):
-  return _xla_p_minus_q(*res) if cfg.implementation == "xla" else res
+def _dlogits(cfg, res):
+  """∂D/∂u [B, V] (u = z_S / T_S) from `_kd`'s residuals."""
+  if cfg.implementation != "xla":
+    return res
+  if cfg.divergence == "forward_kl":
+    return _xla_p_minus_q(*res)
+  return _xla_div_grad(*res, divergence=cfg.divergence, beta=cfg.beta)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -308,8 +360,9 @@ def _kd_loss_fwd(cfg, student, teachers, params, w):
 
 def _kd_loss_bwd(cfg, res, g):
   res, ts, like = res
-  # ∂KL/∂z_S = (p_S − q)/T_S. Teachers, temperatures and weights are frozen: None cotangents.
-  d = _p_minus_q(cfg, res).astype(jnp.float32)
+  # ∂D/∂z_S = (∂D/∂u)/T_S (forward KL: (p_S − q)/T_S). Teachers, temperatures and weights
+  # are frozen: None cotangents.
+  d = _dlogits(cfg, res).astype(jnp.float32)
   student_ct = ((g / ts)[:, None] * d).astype(like.dtype)
   return student_ct, None, None, None
 
@@ -382,13 +435,19 @@ def fused_kd_loss(
   interpret=None,
   axis_name=None,
   where=None,
+  divergence="forward_kl",
+  beta=0.5,
   _mesh=None,
 ):
-  """Per-row T_S² · KL(q ‖ softmax(z_S / T_S)) with q the tempered teacher mixture, fused.
+  """Per-row T_S² · D(q, softmax(z_S / T_S)) with q the tempered teacher mixture, fused.
 
   q is Σ_k w_k softmax(z_k / T_k) ("linear") or softmax(Σ_k w_k z_k / T_k) ("geometric").
-  Differentiable in `student_logits` (analytic custom_vjp, ∂/∂z_S = T_S (p_S − q) with
-  scaling, (p_S − q) / T_S without); teachers, temperatures and weights get no gradient.
+  D is KL(q ‖ p_S) ("forward_kl", mass-covering), KL(p_S ‖ q) ("reverse_kl", mode-seeking)
+  or JSD_β = β·KL(q ‖ m) + (1 − β)·KL(p_S ‖ m), m = β·q + (1 − β)·p_S ("jsd", GKD).
+  Differentiable in `student_logits` (analytic custom_vjp; with u = z_S / T_S,
+  ∂D/∂u = p_S − q (forward), p_S ⊙ (log p_S − log q − KL(p_S ‖ q)) (reverse),
+  (1 − β)·p_S ⊙ (log p_S − log m − KL(p_S ‖ m)) (jsd), and ∂/∂z_S = T_S·∂D/∂u with the T_S²
+  scaling, ∂D/∂u / T_S without); teachers, temperatures and weights get no gradient.
 
   Args:
     student_logits: [..., V], f32 or bf16 (accumulated in f32; gradient in this dtype).
@@ -406,6 +465,9 @@ def fused_kd_loss(
     axis_name: mesh axis over which V is sharded, when called inside `shard_map`; the row
       statistics are combined with pmax/psum and the returned loss is the global one.
     where: optional boolean mask [...] (False -> loss 0 and no gradient), as in losses.
+    divergence: "forward_kl", "reverse_kl" or "jsd". The reverse KL is +inf where q = 0 and
+      p_S > 0 (e.g. a token every teacher masks with −inf).
+    beta: β ∈ (0, 1) of the JSD.
 
   Returns:
     [...] float32 per-row loss.
@@ -418,7 +480,7 @@ def fused_kd_loss(
   student_logits, teacher_logits = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
   _check_inputs(
     student_logits, teacher_logits, temperatures, weights, operator, implementation,
-    student_temperature,
+    student_temperature, divergence, beta,
   )  # fmt: skip
   impl, interp = _resolve(implementation, interpret)
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
@@ -427,7 +489,9 @@ def fused_kd_loss(
     teacher_logits, temperatures, weights, student_temperature, student_logits
   )
   scale = jnp.asarray(student_temperature, jnp.float32) ** 2 if temperature_sq_scaling else 1.0
-  cfg = _Config(operator, impl, block_sizes, bool(interp), axis_name, _mesh)
+  cfg = _Config(
+    operator, impl, block_sizes, bool(interp), axis_name, _mesh, divergence, float(beta)
+  )
   if implementation == "auto" and impl == "pallas" and not interp:
     cfg = _auto_implementation(cfg, student, teachers, params, w)
   stop = jax.lax.stop_gradient
@@ -533,13 +597,20 @@ def fused_kd_loss_reference(
   student_temperature=1.0,
   operator="linear",
   temperature_sq_scaling=True,
+  divergence="forward_kl",
+  beta=0.5,
 ):
-  """Plain-jnp T_S² · KL(q ‖ softmax(z_S / T_S)) per row [...]; autodiff gives the gradient."""
+  """Plain-jnp T_S² · D(q, softmax(z_S / T_S)) per row [...]; autodiff gives the gradient."""
   log_q = fused_mixture_reference(
     teacher_logits, temperatures=temperatures, weights=weights, operator=operator
   )
   ts = jnp.asarray(student_temperature, jnp.float32)
   log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / ts, axis=-1)
-  q = jnp.exp(log_q)
-  kl = jnp.sum(jnp.where(q > 0, q * (jnp.where(q > 0, log_q, 0.0) - log_p), 0.0), axis=-1)
+  if divergence == "forward_kl":
+    q = jnp.exp(log_q)
+    kl = jnp.sum(jnp.where(q > 0, q * (jnp.where(q > 0, log_q, 0.0) - log_p), 0.0), axis=-1)
+  elif divergence == "reverse_kl":
+    kl = kl_divergence(log_p, log_q)
+  else:
+    kl = generalized_jsd(log_q, log_p, beta)
   return kl * ts**2 if temperature_sq_scaling else kl

@@ -68,3 +68,90 @@ DIVERGENCES = {
   "reverse_kl": reverse_kl,
   "hellinger": squared_hellinger,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergences of the KD objective: target q against the tempered student, times T_S².
+# ---------------------------------------------------------------------------------------------
+
+KD_DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+def check_kd_divergence(divergence, beta):
+  """Raises ValueError for an unknown KD divergence name or β outside (0, 1)."""
+  if divergence not in KD_DIVERGENCES:
+    raise ValueError(f"divergence must be one of {KD_DIVERGENCES}; got {divergence=!r}")
+  if not isinstance(beta, jax.core.Tracer) and not 0.0 < float(beta) < 1.0:
+    raise ValueError(f"beta must be in (0, 1); got {beta=} (shape {jnp.shape(beta)})")
+
+
+def generalized_jsd(log_q: jax.Array, log_p: jax.Array, beta=0.5, axis: int = -1) -> jax.Array:
+  """JSD_β(q, p) = β·KL(q ‖ m) + (1 − β)·KL(p ‖ m), m = β·q + (1 − β)·p (GKD, Agarwal et al.).
+
+  Bounded by −β log β − (1 − β) log(1 − β) ≤ log 2. JSD_β / β → KL(q ‖ p) as β → 0
+  (mass-covering) and JSD_β / (1 − β) → KL(p ‖ q) as β → 1 (mode-seeking).
+
+  Args:
+    log_q: `[..., V]` log-probabilities of the target.
+    log_p: `[..., V]` log-probabilities of the student.
+    beta: β in (0, 1).
+    axis: the vocabulary axis.
+
+  Returns:
+    `[...]` per-row divergences.
+  """
+  log_m = jnp.logaddexp(jnp.log(beta) + log_q, jnp.log1p(-beta) + log_p)
+  return beta * kl_divergence(log_q, log_m, axis=axis) + (1.0 - beta) * kl_divergence(
+    log_p, log_m, axis=axis
+  )
+
+
+def kd_divergence(
+  log_q: jax.Array,
+  student_logits: jax.Array,
+  *,
+  divergence: str = "forward_kl",
+  beta=0.5,
+  student_temperature=1.0,
+) -> jax.Array:
+  """T_S² · D(q, p_S) per row, p_S = softmax(z_S / T_S); composed, differentiated by autodiff.
+
+    forward_kl:  KL(q ‖ p_S)                        mass-covering (the usual KD loss)
+    reverse_kl:  KL(p_S ‖ q)                        mode-seeking (on-policy distillation)
+    jsd:         β·KL(q ‖ m) + (1 − β)·KL(p_S ‖ m),  m = β·q + (1 − β)·p_S, β ∈ (0, 1)
+
+  The fused kernels (`mtkd_jax.kernels`) compute the same values with analytic gradients; for
+  the JSD, ∂/∂z_S = (1 − β)·T_S·p_S ⊙ (log p_S − log m − KL(p_S ‖ m)).
+
+  Args:
+    log_q: `[..., V]` target log-probabilities (any aggregation operator's output).
+    student_logits: `[..., V]` student logits z_S.
+    divergence: one of `KD_DIVERGENCES`.
+    beta: β of the JSD (ignored otherwise, but must be in (0, 1)).
+    student_temperature: T_S > 0.
+
+  Returns:
+    `[...]` per-row losses (float32, or float64 for float64 inputs).
+
+  >>> log_q = jnp.log(jnp.array([0.5, 0.5]))
+  >>> kd_divergence(log_q, jnp.zeros(2), divergence="jsd").round(4)
+  Array(0., dtype=float32)
+  """
+  check_kd_divergence(divergence, beta)
+  if jnp.shape(log_q) != jnp.shape(student_logits):
+    raise ValueError(
+      f"log_q and student_logits must have the same shape; got {jnp.shape(log_q)=}, "
+      f"{jnp.shape(student_logits)=}"
+    )
+  # At least float32 (bf16 logits are upcast); float64 stays float64 (under jax.enable_x64).
+  dtype = jnp.promote_types(jnp.result_type(student_logits, log_q), jnp.float32)
+  ts = jnp.asarray(student_temperature, dtype)
+  log_p = jax.nn.log_softmax(jnp.asarray(student_logits, dtype) / ts, axis=-1)
+  log_q = jnp.asarray(log_q, dtype)
+  if divergence == "forward_kl":
+    d = kl_divergence(log_q, log_p)
+  elif divergence == "reverse_kl":
+    d = kl_divergence(log_p, log_q)
+  else:
+    d = generalized_jsd(log_q, log_p, beta)
+  return ts**2 * d

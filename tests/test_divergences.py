@@ -130,3 +130,80 @@ def test_finite_gradients_with_masked_target():
     log_p
   )
   assert np.all(np.isfinite(np.asarray(g_h)))
+
+
+# ---------------------------------------------------------------------------------------------
+# KD divergences (forward KL, reverse KL, generalised JSD), composed.
+# ---------------------------------------------------------------------------------------------
+
+
+def np_kd(log_q, z, div, beta, ts):
+  """Float64 NumPy T_S²·D(q, softmax(z / T_S)) per row."""
+  q = np.exp(np.asarray(log_q, np.float64))
+  u = np.asarray(z, np.float64) / ts
+  p = np.exp(u - u.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  if div == "forward_kl":
+    d = np_kl(q, p)
+  elif div == "reverse_kl":
+    d = np_kl(p, q)
+  else:
+    m = beta * q + (1 - beta) * p
+    d = beta * np_kl(q, m) + (1 - beta) * np_kl(p, m)
+  return ts**2 * d
+
+
+@pytest.mark.parametrize("div", divergences.KD_DIVERGENCES)
+@pytest.mark.parametrize("ts", [0.5, 1.0, 3.0])
+def test_kd_divergence_matches_float64_numpy(div, ts):
+  log_q, _ = random_dists(3, (4, 7))
+  z = np.random.default_rng(4).normal(size=(4, 7)) * 2
+  out = divergences.kd_divergence(log_q, z, divergence=div, beta=0.3, student_temperature=ts)
+  np.testing.assert_allclose(out, np_kd(log_q, z, div, 0.3, ts), rtol=2e-5, atol=1e-6)
+  assert np.all(np.asarray(out) >= 0)
+
+
+def test_jsd_gradient_is_the_analytic_formula():
+  """∂/∂z_S T_S²·JSD_β = (1 − β)·T_S·p ⊙ (log p − log m − KL(p ‖ m)), in float64."""
+  log_q = np.asarray(random_dists(5, (3, 6))[0], np.float64)
+  z = np.random.default_rng(6).normal(size=(3, 6))
+  beta, ts = 0.8, 1.7
+  with jax.enable_x64(True):
+    f = lambda z: jnp.sum(
+      divergences.kd_divergence(jnp.asarray(log_q, jnp.float64), z, divergence="jsd",
+                                beta=beta, student_temperature=ts)
+    )  # fmt: skip
+    g = np.asarray(jax.grad(f)(jnp.asarray(z, jnp.float64)))
+  u = z / ts
+  p = np.exp(u - u.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  log_m = np.log(beta * np.exp(log_q) + (1 - beta) * p)
+  kl_pm = np.sum(p * (np.log(p) - log_m), -1, keepdims=True)
+  np.testing.assert_allclose(g, (1 - beta) * ts * p * (np.log(p) - log_m - kl_pm), atol=1e-12)
+
+
+def test_jsd_bounds_and_limits():
+  """0 ≤ JSD_β ≤ h(β) (binary entropy, reached on disjoint supports); JSD_β/β → KL(q ‖ p) as
+  β → 0; JSD_β/(1 − β) → KL(p ‖ q) as β → 1."""
+  one_hot = jnp.log(jnp.array([[1.0, 0.0], [0.0, 1.0]]))
+  for beta in (0.1, 0.5, 0.9):
+    h = -beta * np.log(beta) - (1 - beta) * np.log(1 - beta)
+    np.testing.assert_allclose(divergences.generalized_jsd(one_hot[0], one_hot[1], beta), h,
+                               rtol=1e-6)  # fmt: skip
+  log_q, log_p = random_dists(7, (5,))
+  with jax.enable_x64(True):
+    lq, lp = jnp.asarray(log_q, jnp.float64), jnp.asarray(log_p, jnp.float64)
+    small = divergences.generalized_jsd(lq, lp, 1e-6) / 1e-6
+    large = divergences.generalized_jsd(lq, lp, 1 - 1e-6) / 1e-6
+    np.testing.assert_allclose(small, np_kl(np.exp(log_q), np.exp(log_p)), rtol=1e-4)
+    np.testing.assert_allclose(large, np_kl(np.exp(log_p), np.exp(log_q)), rtol=1e-4)
+
+
+def test_kd_divergence_bad_inputs():
+  log_q = jnp.log(jnp.full((2, 4), 0.25))
+  with pytest.raises(ValueError, match="divergence must be one of"):
+    divergences.kd_divergence(log_q, jnp.zeros((2, 4)), divergence="kl")
+  with pytest.raises(ValueError, match=r"beta must be in \(0, 1\)"):
+    divergences.kd_divergence(log_q, jnp.zeros((2, 4)), divergence="jsd", beta=1.0)
+  with pytest.raises(ValueError, match="same shape"):
+    divergences.kd_divergence(log_q, jnp.zeros((2, 5)))
