@@ -7,8 +7,12 @@ of the losses (paper §IV-B) and of the barycenter operator (paper §III), which
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+from mtkd_jax import registry
 
 
 def _safe_exp_and_finite(log_x):
@@ -155,3 +159,32 @@ def kd_divergence(
   else:
     d = generalized_jsd(log_q, log_p, beta)
   return ts**2 * d
+
+
+@dataclasses.dataclass(frozen=True)
+class KDDivergence:
+  """A KD divergence chosen by name (`registry.get("divergence", "jsd(beta=0.9)")`).
+
+  Calling it is `kd_divergence(log_q, student_logits, divergence=name, beta=beta, ...)`;
+  `objectives.mixture(..., divergence=...)` passes name and β to the fused kernel.
+  """
+
+  name: str
+  beta: float = 0.5
+
+  def __post_init__(self):
+    check_kd_divergence(self.name, self.beta)
+
+  def __call__(self, log_q, student_logits, *, student_temperature=1.0) -> jax.Array:
+    return kd_divergence(
+      log_q,
+      student_logits,
+      divergence=self.name,
+      beta=self.beta,
+      student_temperature=student_temperature,
+    )
+
+
+registry.register("divergence", "forward_kl", factory=True)(lambda: KDDivergence("forward_kl"))
+registry.register("divergence", "reverse_kl", factory=True)(lambda: KDDivergence("reverse_kl"))
+registry.register("divergence", "jsd", factory=True)(lambda beta=0.5: KDDivergence("jsd", beta))

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from mtkd_jax import losses, operators, registry, sparse, theory
+from mtkd_jax import divergences, losses, operators, registry, sparse, theory
 from mtkd_jax import temperature as temperature_lib
 from mtkd_jax import weighting as weighting_lib
 
@@ -124,16 +124,34 @@ def distill_metrics(
   }
 
 
+def _divergence(divergence) -> divergences.KDDivergence:
+  if isinstance(divergence, divergences.KDDivergence):
+    return divergence
+  if isinstance(divergence, str):
+    return registry.get("divergence", divergence)
+  raise ValueError(f"divergence: a spec like 'jsd(beta=0.9)' or a KDDivergence, got {divergence!r}")
+
+
 @registry.register("objective", "mixture_kd", factory=True)
 def mixture(
-  operator: Callable, *, temperatures, student_temperature=1.0, implementation: str = "auto"
+  operator: Callable,
+  *,
+  temperatures,
+  student_temperature=1.0,
+  divergence="forward_kl",
+  implementation: str = "auto",
 ) -> Objective:
-  """L_mix = T_S² · KL(q ‖ p_{S,T_S}) with q = operator(teachers; T, w), per example.
+  """L_mix = T_S² · D(q, p_{S,T_S}) with q = operator(teachers; T, w), per example.
+
+  D is the KD divergence (`divergences.kd_divergence`): "forward_kl" KL(q ‖ p_S), mass-covering
+  (the usual KD loss); "reverse_kl" KL(p_S ‖ q), mode-seeking; "jsd(beta=β)" the generalised
+  Jensen–Shannon divergence β·KL(q ‖ m) + (1 − β)·KL(p_S ‖ m), m = β·q + (1 − β)·p_S.
 
   Args:
     operator: `op(teacher_log_probs, *, temperatures, weights) -> log_q` (`mtkd_jax.operators`).
     temperatures: [K] teacher temperatures T_k > 0.
     student_temperature: T_S > 0.
+    divergence: a spec ("forward_kl", "reverse_kl", "jsd(beta=0.9)") or a `KDDivergence`.
     implementation: "auto" (the fused kernel for `operators.linear`/`operators.geometric`,
       composed otherwise), "composed", or the kernel's "xla"/"pallas" (fusable operators only).
 
@@ -149,6 +167,7 @@ def mixture(
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation: must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
   temperatures = _check(temperatures, student_temperature)
+  div = _divergence(divergence)
   fused = _FUSED.get(operator) if implementation != "composed" else None
   if implementation in ("xla", "pallas") and fused is None:
     raise ValueError(
@@ -170,12 +189,15 @@ def mixture(
         weights=weights,
         student_temperature=student_temperature,
         operator=fused,
+        divergence=div.name,
+        beta=div.beta,
         implementation=implementation,
       )
     log_q = operator(teacher_logits, temperatures=temperatures, weights=weights)  # [B, ..., V]
-    return losses.mixture_kd(
-      student_logits, jax.lax.stop_gradient(log_q), student_temperature=student_temperature
-    )
+    log_q = jax.lax.stop_gradient(log_q)
+    if div.name == "forward_kl":
+      return losses.mixture_kd(student_logits, log_q, student_temperature=student_temperature)
+    return div(log_q, student_logits, student_temperature=student_temperature)
 
   return Objective(loss, _metrics(operator, temperatures, student_temperature), len(temperatures))
 
@@ -186,14 +208,17 @@ def sum_of_kls(
   *,
   temperatures,
   student_temperature=1.0,
+  divergence="forward_kl",
   implementation: str = "auto",
 ) -> Objective:
   """L_multi = T_S² · Σ_k w_k KL(p_{k,T_k} ‖ p_{S,T_S}), per example (λ = w).
 
   `operator` only gives the logged target q (`kl_q_student`); `implementation` is accepted for
-  a config's sake and unused (L_multi has no fused kernel).
+  a config's sake and unused (L_multi has no fused kernel); only the forward KL is defined.
   """
   del implementation
+  if _divergence(divergence).name != "forward_kl":
+    raise ValueError(f"divergence: sum_of_kls is a sum of forward KLs, got {divergence!r}")
   temperatures = _check(temperatures, student_temperature)
 
   def loss(student_logits, teacher_logits, weights):

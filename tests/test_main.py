@@ -56,7 +56,8 @@ def test_default_config_is_valid():
     ({"operator": "power(alpha=__import__('os'))"}, "config.operator"),  # literals only
     ({"weighting": "confidence(tua=0.5)"}, "config.weighting"),
     ({"weighting": "entropy"}, "config.weighting"),
-    ({"batch_size": 0}, "config.batch_size"),
+    ({"divergence": "jsd(beta=2)"}, "config.loss"),
+    ({"divergence": "tv"}, "config.loss"),
     ({"num_steps": -1}, "config.num_steps"),
     ({"log_every": 0}, "config.log_every"),
     ({"keep_checkpoints": 0}, "config.keep_checkpoints"),

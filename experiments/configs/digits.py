@@ -39,7 +39,8 @@ def get_config(arg=None):
   c.operator = "linear"  # aggregation operator spec, e.g. "power(alpha=0.5)"
   c.compare_operators = ("geometric",)  # further multi-teacher students, one per operator spec
   c.single_teacher_students = True  # also distil one student from each teacher alone
-  c.loss = "mixture_kd"  # "mixture_kd" (KL(q‖p_S), fused kernel) or "sum_of_kls"
+  c.loss = "mixture_kd"  # "mixture_kd" (D(q, p_S), fused kernel) or "sum_of_kls"
+  c.divergence = "forward_kl"  # D of mixture_kd: "forward_kl", "reverse_kl" or "jsd(beta=0.5)"
   c.temperatures = (1.0, 1.0, 1.0)  # teacher temperatures T_k
   c.weights = (1 / 3, 1 / 3, 1 / 3)  # teacher weights w_k, summing to one
   c.student_temperature = 1.0  # T_S

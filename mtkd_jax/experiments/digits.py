@@ -60,7 +60,11 @@ def validate_config(config) -> None:
     ),
   )
   check_loss = lambda: registry.check(
-    "objective", config.loss, operator=operators.linear, temperatures=config.temperatures
+    "objective",
+    config.loss,
+    operator=operators.linear,
+    temperatures=config.temperatures,
+    divergence=config.divergence,
   )
   common.check_field("loss", check_loss)
   common.check_field("weights", lambda: operators.check_weights(config.weights, (k, 1)))
@@ -150,6 +154,7 @@ def run(config, workdir: str) -> dict:
       operator=operator,
       temperatures=temperatures[ks],
       student_temperature=config.student_temperature,
+      divergence=config.divergence,
       implementation=config.implementation,
     )
     step = train.make_train_step(
