@@ -11,6 +11,7 @@ registry names (paper §VI's practical design).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -143,8 +144,8 @@ def make_train_step(
       jax.lax.stop_gradient(student_logits), teacher_logits, batch["y"], w
     )
     metrics.update(loss=loss_value, grad_norm=optax.tree.norm(grads))
-    if trainable:
-      metrics["gate_loss"] = gate_loss
+    if trainable:  # the gate's gradient is the gate loss's alone (the student sees w as data)
+      metrics.update(gate_loss=gate_loss, gate_grad_norm=optax.tree.norm(grads["weighting"]))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -469,8 +470,21 @@ def train_seeds(
         ]
       )
     )  # [T, B]
+  key = (train_step, init_params, optimizer, num_steps, None if metrics is None else tuple(metrics))
+  try:
+    fn = _seeds_fn(*key)
+  except TypeError:  # an unhashable step or optimizer: compile this once, uncached
+    fn = _seeds_fn.__wrapped__(*key)
+  params, logged = fn(keys, arrays, rows)
+  return params, jax.tree.map(np.asarray, logged)
 
-  def one_seed(key, arrays):
+
+@functools.lru_cache(maxsize=16)
+def _seeds_fn(train_step, init_params, optimizer, num_steps, metrics):
+  """The jitted loop of `train_seeds`, kept per (step, init, optimizer, steps, metrics): a chain
+  of generations that trains with the same step compiles it once, not once per generation."""
+
+  def one_seed(key, arrays, rows):
     params = init_params(key)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
@@ -482,8 +496,7 @@ def train_seeds(
     state, logged = jax.lax.scan(body, state, rows, length=num_steps)
     return state.params, logged
 
-  params, logged = jax.jit(jax.vmap(one_seed, in_axes=(0, None)))(keys, arrays)
-  return params, jax.tree.map(np.asarray, logged)
+  return jax.jit(jax.vmap(one_seed, in_axes=(0, None, None)))
 
 
 def _take(arrays, idx):
