@@ -38,6 +38,8 @@ def get_config(arg=None):
   # ---- Recursion -----------------------------------------------------------------------------
   c.alphas = (0.0, 0.2, 0.5, 0.8)  # anchor weights α (0: plain recursive self-distillation)
   c.num_generations = 6  # generations t = 1..T after the hard-label student S_0
+  # generation-0 students whose chains are compared (the fixed point; each runs every α)
+  c.starts = ("hard_label", "uniform", "random_network", "adversarial")
 
   # ---- Students --------------------------------------------------------------------------------
   c.student_hidden = (64,)  # hidden widths of every student MLP
