@@ -15,9 +15,14 @@ import style
 
 
 def plot(results: dict, path: str) -> None:
-  """Four panels: accuracy and log-loss per scheme; weights by class; safety weights; p_S(u)."""
+  """Four panels: accuracy and log-loss per scheme; weights by class; safety weights; p_S(u);
+  and, when the results have them, the learned gate's objective and gradient norm per
+  learning rate."""
   plt = style.pyplot()
-  fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+  gate = "gate_convergence" in results
+  fig, axes = plt.subplots(2, 3 if gate else 2, figsize=(18 if gate else 12, 8.5))
+  if gate:
+    _plot_gate(results["gate_convergence"], axes[:, 2])
   names = list(results["schemes"])
   r = results["schemes"]
   ax = axes[0, 0]
@@ -115,3 +120,31 @@ def plot(results: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def _plot_gate(runs: dict, axes) -> None:
+  """Per learning rate: the gate's minibatch objective and gradient norm (mean over seeds, band:
+  min to max), and the full-batch gradient norm at the start and the end (markers)."""
+  colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+  for i, (lr, r) in enumerate(runs.items()):
+    color = colors[i % len(colors)]
+    steps = np.asarray(r["steps"])
+    for ax, key in zip(axes, ("gate_loss", "gate_grad_norm"), strict=True):
+      v = np.asarray(r[key])  # [S, windows]
+      ax.plot(steps, v.mean(0), color=color, label=f"lr {lr}")
+      ax.fill_between(steps, v.min(0), v.max(0), color=color, alpha=0.2)
+    ratio = np.mean(r["grad_norm_ratio"])
+    axes[1].plot(
+      [0, steps[-1]],
+      [np.mean(r["full_grad_norm_init"]), np.mean(r["full_grad_norm_final"])],
+      "s",
+      color=color,
+      label=f"full batch, end/start = {ratio:.2f}",
+    )
+  axes[0].set_title("learned gate: its objective (minibatch)")
+  axes[0].set_ylabel("gate log-loss")
+  axes[1].set_yscale("log")
+  axes[1].set_title("learned gate: ‖∇_φ gate loss‖ (squares: full batch)")
+  for ax in axes:
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
