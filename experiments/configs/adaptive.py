@@ -9,10 +9,10 @@ T = 2). One student per weighting scheme (static, confidence, label_aware, learn
 hierarchical), linear operator, 3 seeds each (vmapped); then static / confidence / label_aware /
 hierarchical with and without `safety_floor` (floor 0.5 on inputs of classes 3 and 5); then the
 learned gate again at three learning rates (its objective and gradient norm along training).
-Runtime: about 1 min on 2 CPU cores (small: about 35 s). Writes results.json (test accuracy and
-log-loss per scheme, the safety teacher's weights and the unsafe mass, the gate's convergence
-per learning rate), metrics.jsonl and the
-teachers' checkpoints to the workdir; experiments/plots/adaptive.py draws the figure.
+Runtime: about 1 min on 2 free CPU cores (15 min measured on busy shared ones). Writes
+results.json (test accuracy and log-loss per scheme, the safety teacher's weights and the unsafe
+mass, the gate's convergence per learning rate), metrics.jsonl and the teachers' checkpoints to
+the workdir; experiments/plots/adaptive.py draws the figure.
 """
 
 import ml_collections
