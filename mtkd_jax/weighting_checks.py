@@ -309,7 +309,7 @@ def check(
     return report
   passed, counterexample, cell = stability.stability_property(
     ev,
-    stability._Jacobian(scheme),
+    stability.Jacobian(scheme),
     _sample,
     bounds=stability_bounds or (lambda k: (None, None)),
     num_teachers=num_teachers,

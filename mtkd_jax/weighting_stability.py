@@ -82,7 +82,7 @@ def gate_lipschitz(gate_params, tau: float = 1.0) -> float:
 # ---------------------------------------------------------------------------------------------
 # Property 5 of the weighting checks: the measured constant against the bound.
 # ---------------------------------------------------------------------------------------------
-class _Jacobian:
+class Jacobian:
   """Jᵀu of a scheme in (log-probs, features), jitted and vmapped over trials."""
 
   def __init__(self, scheme: Callable):
@@ -149,7 +149,7 @@ def stability_property(ev, jac, sample, *, bounds, num_teachers, vocab_size, tri
 
   Args:
     ev: the jitted, vmapped scheme (`weighting_checks._Evaluator`).
-    jac: its `_Jacobian`.
+    jac: its `Jacobian`.
     sample: the trial sampler of the weighting checks.
     bounds: `bounds(k) -> (bound in log-probs, bound in features)`, None where there is no
       analytic bound (then the constant must stay ≤ `UNBOUNDED_LIMIT`).
