@@ -1,7 +1,7 @@
 """The engine behind the executable property checks of operators and weightings (paper §II-B).
 
 `mtkd_jax.axioms` (the paper's five axioms, for aggregation operators) and
-`mtkd_jax.weighting_checks` (four properties of adaptive weighting schemes, paper §VI) are both
+`mtkd_jax.weighting_checks` (five properties of adaptive weighting schemes, paper §VI) are both
 numbered lists of property checks run by this engine:
 
 - a trial sampler draws a batch of random and adversarial inputs at one size (K, V), cycling
@@ -53,6 +53,7 @@ class Report:
   name: str
   passed: dict[int, bool]
   counterexamples: dict[int, Counterexample | None]
+  values: dict[int, str] = dataclasses.field(default_factory=dict)  # measured, shown with ✓/✗
 
   @property
   def all_passed(self) -> bool:
@@ -181,10 +182,16 @@ def format_table(
   kind: str,
   counterexamples: bool = True,
 ) -> str:
-  """Subject × property table (✓ held on every input tried, ✗ counterexample found), followed
-  by one line per counterexample."""
+  """Subject × property table (✓ held on every input tried, ✗ counterexample found, · not
+  checked; a report's `values` follow the mark), followed by one line per counterexample."""
   header = [subject] + [f"{n}. {a}" for n, a in properties.items()]
-  rows = [[r.name] + ["✓" if r.passed[n] else "✗" for n in properties] for r in reports]
+
+  def mark(r, n):  # "·": not checked
+    if n not in r.passed:
+      return "·"
+    return ("✓" if r.passed[n] else "✗") + (f" {r.values[n]}" if n in r.values else "")
+
+  rows = [[r.name] + [mark(r, n) for n in properties] for r in reports]
   widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
   line = lambda cells: "| " + " | ".join(map(str.ljust, cells, widths)) + " |"
   out = [line(header), "|" + "|".join("-" * (wd + 2) for wd in widths) + "|"]

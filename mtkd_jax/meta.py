@@ -16,6 +16,7 @@ With α = 0 (no anchor) nothing contracts: each generation copies the previous o
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -125,3 +126,78 @@ def recursive_distillation(
     out["geometric_bound_holds"].append(bool(jnp.all(kl_target <= geometric + 1e-5)))
     out["geometric_bound_holds_mean"].append(bool(kl_target.mean() <= geometric.mean() + 1e-6))
   return {k: np.asarray(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The fixed point: chains from different starting students.
+# ---------------------------------------------------------------------------------------------
+def mean_kl(log_p, log_q) -> float:
+  """Mean over examples of KL(p ‖ q) (float64, from log-probabilities [N, V])."""
+  log_p, log_q = np.asarray(log_p, np.float64), np.asarray(log_q, np.float64)
+  return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), -1)))
+
+
+def mean_tv(log_p, log_q) -> float:
+  """Mean over examples of the total variation ½ ‖p − q‖₁."""
+  return float(np.mean(0.5 * np.abs(np.exp(log_p) - np.exp(log_q)).sum(-1)))
+
+
+def fixed_point_agreement(alpha: float, log_q_base, by_start: dict) -> dict:
+  """Do chains from different starting students reach one fixed point, and how fast?
+
+  Args:
+    alpha: the anchor weight of the chains.
+    log_q_base: `[N, V]` the anchor.
+    by_start: start name -> (targets [log q_1..q_T], students [log p_{S_0}..p_{S_T}]), each
+      `[N, V]`, the chains of one α from different generation-0 students.
+
+  Returns:
+    `student_distance[t]`: the largest mean TV between two chains' students at generation t;
+    `target_distance[t]`: the same for their targets (t ≥ 1); `max_kl_final_targets` /
+    `max_kl_final_students` / `max_kl_initial_students`: the largest mean KL between two chains'
+    last targets, last students, and starts; `contraction_rate`: the measured per-generation
+    factor (student_distance[T] / student_distance[0])^{1/T}, against `rate_bound` = 1 − α
+    (with exact students two chains' targets differ by (1 − α)^t (p_{S_0}^a − p_{S_0}^b), so
+    their distance shrinks by exactly 1 − α per generation; α = 0 does not contract at all);
+    `rate_per_generation`, and `final_kl_student_base` per start.
+
+  >>> lq = jnp.log(jnp.array([[0.5, 0.5]])); starts = {"a": [0.9, 0.1], "b": [0.1, 0.9]}
+  >>> chains = {n: ([], [jnp.log(jnp.array([p]))]) for n, p in starts.items()}
+  >>> chains = {n: ([anchored_target(lq, s[0], 0.5)], [s[0], anchored_target(lq, s[0], 0.5)])
+  ...           for n, (_, s) in chains.items()}
+  >>> round(fixed_point_agreement(0.5, lq, chains)["contraction_rate"], 3)
+  0.5
+  """
+  names = list(by_start)
+  pairs = [(a, b) for a in names for b in names if a != b]
+  students = {n: s for n, (_, s) in by_start.items()}
+  targets = {n: t for n, (t, _) in by_start.items()}
+  num_generations = len(students[names[0]]) - 1
+  dist = [
+    max((mean_tv(students[a][t], students[b][t]) for a, b in pairs), default=0.0)
+    for t in range(num_generations + 1)
+  ]
+  target_dist = [float("nan")] + [
+    max((mean_tv(targets[a][t], targets[b][t]) for a, b in pairs), default=0.0)
+    for t in range(num_generations)
+  ]
+  rate = (dist[-1] / dist[0]) ** (1.0 / num_generations) if dist[0] > 0 else float("nan")
+  per_generation = [b / a if a > 0 else float("nan") for a, b in itertools.pairwise(dist)]
+  return {
+    "starts": names,
+    "student_distance": dist,
+    "target_distance": target_dist,
+    "max_kl_final_targets": max(
+      (mean_kl(targets[a][-1], targets[b][-1]) for a, b in pairs), default=0.0
+    ),
+    "max_kl_final_students": max(
+      (mean_kl(students[a][-1], students[b][-1]) for a, b in pairs), default=0.0
+    ),
+    "max_kl_initial_students": max(
+      (mean_kl(students[a][0], students[b][0]) for a, b in pairs), default=0.0
+    ),
+    "contraction_rate": float(rate),
+    "rate_per_generation": per_generation,
+    "rate_bound": 1.0 - alpha,
+    "final_kl_student_base": {n: mean_kl(students[n][-1], log_q_base) for n in names},
+  }

@@ -144,8 +144,8 @@ def make_train_step(
       jax.lax.stop_gradient(student_logits), teacher_logits, batch["y"], w
     )
     metrics.update(loss=loss_value, grad_norm=optax.tree.norm(grads))
-    if trainable:
-      metrics["gate_loss"] = gate_loss
+    if trainable:  # the gate's gradient is the gate loss's alone (the student sees w as data)
+      metrics.update(gate_loss=gate_loss, gate_grad_norm=optax.tree.norm(grads["weighting"]))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -470,7 +470,6 @@ def train_seeds(
         ]
       )
     )  # [T, B]
-
   if rows is None:  # full batch: the data are constants of the compiled loop (XLA folds them)
     fit = jax.jit(
       jax.vmap(
@@ -481,7 +480,11 @@ def train_seeds(
     )
     params, logged = fit(keys)
   else:  # minibatches: data and rows are arguments, so a refit on new targets reuses the program
-    fit = _minibatch_fitter(train_step, init_params, optimizer, metrics, num_steps)
+    args = (train_step, init_params, optimizer, None if metrics is None else tuple(metrics))
+    try:
+      fit = _minibatch_fitter(*args, num_steps)
+    except TypeError:  # an unhashable step or optimizer: compiled for this call only
+      fit = _minibatch_fitter.__wrapped__(*args, num_steps)
     params, logged = fit(keys, arrays, rows)
   return params, jax.tree.map(np.asarray, logged)
 

@@ -12,6 +12,11 @@ reports, per property, whether it held and the smallest counterexample found:
    by a coarse walk and bisection of the largest step, as for the operators.
 4. Safety monotonicity: as the sensitivity s of every position rises from 0 to 1, the safety
    teacher's weight never drops, and it is ≥ the floor wherever s ≥ the threshold.
+5. Stability: the largest ‖Δw‖₁ / ‖Δℓ‖_∞ found over random and adversarial perturbations of
+   the teachers' log-probabilities ℓ (and ‖Δw‖₁ / ‖Δf‖_∞ of the features, for schemes that read
+   them) is at most the scheme's analytic bound, or `weighting_stability.UNBOUNDED_LIMIT` where
+   it has none; the table shows the measured constant against the bound
+   (`mtkd_jax.weighting_stability` states the bounds).
 
 A scheme under test is a function of one batch of B positions,
 
@@ -38,9 +43,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtkd_jax import checks, weighting
+from mtkd_jax import weighting_stability as stability
 from mtkd_jax.checks import Counterexample, log_softmax
 
-PROPERTIES = {1: "normalisation", 2: "boundedness", 3: "continuity", 4: "safety monotonicity"}
+PROPERTIES = {
+  1: "normalisation",
+  2: "boundedness",
+  3: "continuity",
+  4: "safety monotonicity",
+  5: "stability ‖Δw‖₁/‖Δℓ‖∞ ≤ bound",
+}
 _KINDS = ("random", "peaked", "flat", "near_tie", "label_excluded", "sparse_prior")
 _EXTREME_KINDS = (
   "huge_logits",
@@ -244,8 +256,10 @@ def check(
   floor: float = 0.3,
   threshold: float = 0.5,
   name: str | None = None,
+  stability_bounds: Callable | None = None,
+  only: tuple[int, ...] = tuple(PROPERTIES),
 ) -> WeightingReport:
-  """Checks the four properties of a weighting scheme numerically and returns the report.
+  """Checks the five properties of a weighting scheme numerically and returns the report.
 
   Sizes (K, V) run from (2, 2) up to (num_teachers, vocab_size); the first size with a violation
   gives the counterexample (the largest violation at that size).
@@ -261,9 +275,12 @@ def check(
     safety_teacher, floor, threshold: what property 4 demands: w_{safety_teacher} ≥ floor
       where the sensitivity is ≥ threshold, and never lower at a higher sensitivity.
     name: the scheme's name in the report.
+    stability_bounds: `bounds(K) -> (bound in log-probs, bound in features)` of property 5,
+      None entries where there is no analytic bound (None: no bound at all).
+    only: the properties to check (all by default).
 
   Returns:
-    A `WeightingReport`.
+    A `WeightingReport`; `values[5]` holds the measured constants against the bounds.
   """
   checks.check_arguments(num_teachers, vocab_size, trials)
   ev = _Evaluator(scheme)
@@ -276,16 +293,36 @@ def check(
     3: (_continuity, _KINDS),
     4: (safety, _KINDS),
   }
+  properties = {n: p for n, p in properties.items() if n in only}
 
   def find(fn, kinds):
     return lambda rng, k, v: fn(ev, checks.trials(_sample, rng, k, v, trials, kinds), tol)
 
-  return checks.search(
+  report = checks.search(
     {number: find(fn, kinds) for number, (fn, kinds) in properties.items()},
     name=name or getattr(scheme, "__name__", repr(scheme)),
     num_teachers=num_teachers,
     vocab_size=vocab_size,
     seed=seed,
+  )
+  if 5 not in only:
+    return report
+  passed, counterexample, cell = stability.stability_property(
+    ev,
+    stability.Jacobian(scheme),
+    _sample,
+    bounds=stability_bounds or (lambda k: (None, None)),
+    num_teachers=num_teachers,
+    vocab_size=vocab_size,
+    trials=trials,
+    kinds=_KINDS,
+    seed=seed,
+  )
+  return checks.Report(
+    report.name,
+    {**report.passed, 5: passed},
+    {**report.counterexamples, 5: counterexample},
+    {5: cell},
   )
 
 
@@ -309,15 +346,25 @@ def _hierarchical(epsilon):
   return scheme
 
 
+def _gate(k):
+  """The fixed random gate of the table's learned scheme for K teachers: (apply, params)."""
+  gate = weighting.make_gate(NUM_FEATURES, k, hidden=8)
+  params = gate.init(jax.random.key(k))  # a fixed random gate per K
+  return gate.apply, jax.tree.map(lambda p: 3.0 * p, params)  # sharper than at init
+
+
 def _learned():
   def scheme(lp, y, f, s, prior):
-    k = lp.shape[0]
-    gate = weighting.make_gate(NUM_FEATURES, k, hidden=8)
-    params = gate.init(jax.random.key(k))  # a fixed random gate per K
-    params = jax.tree.map(lambda p: 3.0 * p, params)  # sharper than at init
-    return weighting.learned(gate.apply, params, f)
+    apply, params = _gate(lp.shape[0])
+    return weighting.learned(apply, params, f)
 
   return scheme
+
+
+def _argmax_switch(lp, y, f, s, prior):
+  """All weight on the most confident teacher: confidence at τ → 0, a hard switch at ties."""
+  c = weighting.confidence(lp, tau=1.0)  # [K, B]
+  return jax.nn.one_hot(jnp.argmax(c, 0), lp.shape[0], axis=0)
 
 
 def _floored(base, floor, threshold, safety_teacher=0):
@@ -415,7 +462,32 @@ def builtin_schemes(*, floor: float = 0.3, threshold: float = 0.5) -> dict[str, 
     "naive: switched floor": _naive_switch_floor(floor, threshold),
     "naive: floor inside a product": _naive_floor_inside(floor, threshold),
     "naive: sharpened by sensitivity": _naive_sharpened(floor, threshold),
+    "naive: argmax switch": _argmax_switch,
   }
+
+
+def builtin_bounds() -> dict[str, Callable]:
+  """Property 5's analytic bounds of `builtin_schemes`: name -> `bounds(K) -> (in log-probs,
+  in features)`, None where there is none (see `mtkd_jax.weighting_stability`)."""
+  entropy = stability.softmax_bound(2.0, 0.5)  # confidence, τ = 0.5 (and the product's token)
+  gate = lambda k: stability.gate_lipschitz(_gate(k)[1])
+  bounds = {
+    "static": lambda k: (0.0, 0.0),
+    "confidence": lambda k: (entropy, 0.0),
+    "confidence(max_prob)": lambda k: (stability.softmax_bound(1.0, 1.0), 0.0),
+    "confidence(standardized)": lambda k: (None, 0.0),
+    "label_aware": lambda k: (stability.softmax_bound(1.0, 1.0), 0.0),
+    "label_aware(domains)": lambda k: (stability.softmax_bound(1.0, 1.0), 0.0),
+    "learned": lambda k: (0.0, gate(k)),
+    "hierarchical": lambda k: (entropy, 0.0),
+    "hierarchical(ε=0.05)": lambda k: (entropy, 0.0),
+  }
+  # The floor at most doubles an ℓ₁ change.
+  doubled = lambda base: lambda k: tuple(2 * b for b in base(k))
+  bounds["safety_floor(label_aware)"] = doubled(bounds["label_aware"])
+  bounds["safety_floor(learned)"] = doubled(bounds["learned"])
+  bounds["safety_floor(hierarchical(ε))"] = doubled(bounds["hierarchical(ε=0.05)"])
+  return bounds
 
 
 def format_table(reports: list[WeightingReport], *, counterexamples: bool = True) -> str:
@@ -431,21 +503,28 @@ def format_table(reports: list[WeightingReport], *, counterexamples: bool = True
 
 def check_builtin(**kwargs) -> list[WeightingReport]:
   """Reports of every scheme of `builtin_schemes` (kwargs go to `check`)."""
-  reports = []
+  reports, bounds = [], builtin_bounds()
   for name, scheme in builtin_schemes().items():
     print(f"checking weighting {name} ...", file=sys.stderr, flush=True)
-    reports.append(check(scheme, name=name, **kwargs))
+    reports.append(check(scheme, name=name, stability_bounds=bounds.get(name), **kwargs))
   return reports
 
 
+def builtin_text() -> str:
+  """The scheme × property table, then the hierarchical product's degenerate case."""
+  product = stability.format_product(stability.product_degenerate_case())
+  return format_table(check_builtin()) + "\n\n" + product
+
+
 def main(argv: list[str] | None = None) -> int:
-  """Prints the weighting-scheme × property table."""
+  """Prints the weighting-scheme × property table and the product's degenerate case."""
   return checks.main(
     argv,
-    [lambda: format_table(check_builtin())],
+    [builtin_text],
     prog="python -m mtkd_jax.weighting_checks",
-    description="Checks the built-in weighting schemes against four properties and prints the "
-    "table with the smallest counterexample found.",
+    description="Checks the built-in weighting schemes against five properties and prints the "
+    "table with the smallest counterexample found, then the hierarchical product's degenerate "
+    "case.",
   )
 
 

@@ -33,6 +33,7 @@ def _config(name, arg=""):
     ("unsafe_class", 3),  # a sensitive class
     ("safety_floor", 1.5),
     ("confidence_tau", 0.0),
+    ("gate_learning_rates", (1e-3, 0.0)),
   ],
 )
 def test_adaptive_config_errors_name_the_field(field, value):

@@ -88,3 +88,26 @@ def test_no_anchor_does_not_contract():
   out = meta.recursive_distillation(lambda t, log_q: log_q, lq, lp0, alpha=0.0, num_generations=3)
   np.testing.assert_allclose(out["kl_target_base"][1:], _kl(lp0, lq).mean(), rtol=1e-4)
   assert float(jnp.asarray(meta.geometric_bound(2.0, 0.0, 3))) == 2.0
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.7])
+def test_exact_chains_from_different_starts_merge_at_rate_one_minus_alpha(alpha):
+  """Exact students: two chains' students differ by (1 − α)^t (p_0^a − p_0^b)."""
+  r = np.random.default_rng(2)
+  lq = _log_softmax(r.normal(size=(16, 4))).astype(np.float32)
+  chains = {}
+  for name, scale in (("a", 3.0), ("b", 0.1), ("c", 6.0)):
+    lp0 = _log_softmax(r.normal(size=(16, 4)) * scale).astype(np.float32)
+    targets, students = [], [lp0]
+    for _ in range(5):
+      targets.append(np.asarray(meta.anchored_target(lq, students[-1], alpha)))
+      students.append(targets[-1])  # the student fits its target exactly
+    chains[name] = (targets, students)
+  out = meta.fixed_point_agreement(alpha, lq, chains)
+  assert out["contraction_rate"] == pytest.approx(1 - alpha, abs=1e-4)
+  np.testing.assert_allclose(out["rate_per_generation"], 1 - alpha, atol=1e-4)
+  assert out["rate_bound"] == 1 - alpha
+  if alpha > 0:
+    assert out["max_kl_final_students"] < out["max_kl_initial_students"] * (1 - alpha) ** 4
+  else:  # no anchor: the chains never meet
+    assert out["max_kl_final_students"] == pytest.approx(out["max_kl_initial_students"], rel=1e-4)

@@ -478,3 +478,84 @@ def test_gate_loss_value_gradient_and_mask_shape():
   z = np.random.default_rng(0).normal(size=(2, 3, 6)).astype(np.float32)
   with pytest.raises(ValueError, match=r"where.*\(3, 1\)"):
     weighting.gate_loss(w, z, np.array([0, 1, 2]), where=np.ones((3, 1), bool))
+
+
+# ---- property 5: stability under perturbed teachers; the product's degenerate case -------------
+def test_stability_measured_within_the_bounds_and_the_argmax_switch_fails():
+  from mtkd_jax import weighting_stability
+
+  schemes, bounds = weighting_checks.builtin_schemes(), weighting_checks.builtin_bounds()
+  for name in ("label_aware", "confidence(max_prob)", "learned"):
+    r = weighting_checks.check(
+      schemes[name], name=name, stability_bounds=bounds[name], only=(5,), **FAST
+    )
+    assert r.passed[5] and r.counterexamples[5] is None, (name, r.values)
+    assert "≤" in r.values[5]
+  label_aware = weighting_checks.check(
+    schemes["label_aware"], stability_bounds=bounds["label_aware"], only=(5,), **FAST
+  )
+  assert float(label_aware.values[5].split(" ≤")[0]) > 0.5  # the bound 1/τ is nearly reached
+  r = weighting_checks.check(schemes["naive: argmax switch"], name="argmax", only=(5,), **FAST)
+  assert not r.passed[5]
+  c = r.counterexamples[5]
+  assert c.axiom == 5 and c.value > weighting_stability.UNBOUNDED_LIMIT
+  moved = np.abs(c.inputs["other_weights"] - c.inputs["weights"]).sum(0).max()
+  delta = np.abs(c.inputs["other_teacher_log_probs"] - c.inputs["teacher_log_probs"]).max()
+  assert moved > 1.9 and delta < 1e-2  # weights 2 apart in ℓ₁ for a tiny perturbation
+  assert "✗" in weighting_checks.format_table([r], counterexamples=False)
+
+
+def test_a_scheme_over_its_claimed_bound_fails():
+  schemes = weighting_checks.builtin_schemes()
+  claimed = lambda k: (0.1, 0.0)  # label_aware reaches 1/τ = 1
+  r = weighting_checks.check(schemes["label_aware"], stability_bounds=claimed, only=(5,), **FAST)
+  assert not r.passed[5] and r.counterexamples[5].value > 0.1
+
+
+def test_gate_lipschitz_bounds_finite_differences():
+  from mtkd_jax import weighting_stability
+
+  gate = weighting.make_gate(4, 3, hidden=8)
+  params = jax.tree.map(lambda p: 3.0 * p, gate.init(jax.random.key(0)))
+  bound = weighting_stability.gate_lipschitz(params, tau=0.5)
+  r = np.random.default_rng(0)
+  f = r.normal(size=(256, 4)).astype(np.float32)
+  d = (1e-2 * np.sign(r.normal(size=f.shape))).astype(np.float32)
+  w = lambda x: np.asarray(weighting.learned(gate.apply, params, x, tau=0.5))
+  ratio = np.abs(w(f + d) - w(f)).sum(0) / 1e-2
+  assert 0 < ratio.max() <= bound
+
+
+def test_product_degenerate_case_is_defined_and_epsilon_bounds_it():
+  from mtkd_jax import weighting_stability
+
+  r = weighting_stability.product_degenerate_case()
+  np.testing.assert_allclose(r["0"]["corner_weights"], [0.5, 0.5])  # defined: uniform
+  assert r["0"]["bound"] is None and not r["0"]["holds"]
+  assert r["0"]["weight_change_l1"] > 0.9 and r["0"]["constant"] > 1e5  # the counterexample
+  for eps in ("0.01", "0.05", "0.2"):
+    np.testing.assert_allclose(r[eps]["corner_weights"], [0.5, 0.5])
+    assert r[eps]["holds"] and r[eps]["constant"] > 0.2 * r[eps]["bound"], r[eps]
+  assert "no finite bound" in weighting_stability.format_product(r)
+
+
+def test_train_step_logs_the_gate_gradient_norm():
+  from mtkd_jax import objectives, operators, train
+
+  model, batch = _step_problem()
+  gate = weighting.get("learned", num_features=5 + 6, num_teachers=3, hidden=8)
+  opt = optax.sgd(0.0)
+  params = train.init_params(model.init, gate)(jax.random.key(0))
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
+  objective = objectives.mixture(operators.linear, temperatures=[1.0] * 3)
+  step = train.make_train_step(
+    model.apply, opt, objective=objective, weights=[1 / 3] * 3, weighting=gate
+  )
+  _, m = step(state, batch)
+  z = model.apply(params["student"], batch["x"])
+  loss = lambda phi: gate.loss(
+    gate(phi, batch["teacher_logits"], batch, z), batch["teacher_logits"], batch
+  ).mean()
+  np.testing.assert_allclose(
+    m["gate_grad_norm"], optax.tree.norm(jax.grad(loss)(params["weighting"])), rtol=1e-5
+  )

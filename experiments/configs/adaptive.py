@@ -7,10 +7,12 @@ Three teachers, each trained only on its own (overlapping) class subset, and a c
 safety teacher (trained without the unsafe class 9, which it gives probability 0, tempered at
 T = 2). One student per weighting scheme (static, confidence, label_aware, learned gate,
 hierarchical), linear operator, 3 seeds each (vmapped); then static / confidence / label_aware /
-hierarchical with and without `safety_floor` (floor 0.5 on inputs of classes 3 and 5).
-Runtime: about 45 s on 2 CPU cores (small: about 25 s). Writes results.json (test accuracy and
-log-loss per scheme, the safety teacher's weights and the unsafe mass), metrics.jsonl and the
-teachers' checkpoints to the workdir; experiments/plots/adaptive.py draws the figure.
+hierarchical with and without `safety_floor` (floor 0.5 on inputs of classes 3 and 5); then the
+learned gate again at three learning rates (its objective and gradient norm along training).
+Runtime: about 1 min on 2 free CPU cores (15 min measured on busy shared ones). Writes
+results.json (test accuracy and log-loss per scheme, the safety teacher's weights and the unsafe
+mass, the gate's convergence per learning rate), metrics.jsonl and the teachers' checkpoints to
+the workdir; experiments/plots/adaptive.py draws the figure.
 """
 
 import ml_collections
@@ -39,6 +41,8 @@ def get_config(arg=None):
   c.hierarchical_epsilon = 0.01  # ε-smoothing of each scale in the hierarchical product
   c.gate_hidden = 32  # hidden width of the learned gate (on student input + probabilities)
   c.gate_loss_weight = 1.0  # weight of the gate's log-loss in the total loss
+  # learned gate re-run at these joint learning rates: its objective and gradient norm
+  c.gate_learning_rates = (1e-3, 3e-3, 1e-2)
 
   # ---- Safety scenario -----------------------------------------------------------------------
   c.safety_schemes = ("static", "confidence", "label_aware", "hierarchical")  # ± safety_floor

@@ -13,6 +13,11 @@ classes have sensitivity 1. Each stateless scheme is run with and without `safet
 report the safety teacher's smallest weight on sensitive training inputs (≥ the floor?), the
 Cor IV.12 bound q(u) ≤ (1 − w*) max_{k≠k*} p_k(u) + w* p_{k*}(u) on them, and the student's
 probability of the unsafe class on sensitive test inputs.
+
+Gate convergence: the learned gate (trained jointly with the student on the log-loss of its
+mixture) is re-run at each of `gate_learning_rates`; per seed we record its objective and the
+norm of its gradient along training, and the full-batch gradient norm at initialisation and at
+the end — how close to stationary the gate gets.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import models, objectives, operators, theory, train
@@ -31,6 +37,7 @@ from mtkd_jax.experiments.tables import mean_std
 
 SCHEMES = ("static", "confidence", "label_aware", "learned", "hierarchical")
 LOGGED = ("loss", "effective_num_teachers", "weight_entropy", "kl_q_student")
+GATE_LOGGED = ("gate_loss", "gate_grad_norm")  # logged by a learned gate's step only
 _MASKED = -30.0  # logit of the class the safety teacher never outputs (probability ≈ 0)
 
 
@@ -63,6 +70,8 @@ def validate_config(config) -> None:
       raise ValueError(f"config.{field}: must be > 0, got {config[field]}")
   if config.num_seeds < 1 or config.num_steps < 1:
     raise ValueError("config.num_seeds and config.num_steps: must be ≥ 1")
+  if any(not lr > 0 for lr in config.gate_learning_rates):
+    raise ValueError(f"config.gate_learning_rates: must be > 0, got {config.gate_learning_rates}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,10 +130,11 @@ def make_hook(
   return weighting_lib.get(name, **kwargs, **safety)
 
 
-def _distil(config, hook, arrays, temperatures, student, x_test):
+def _distil(config, hook, arrays, temperatures, student, x_test, learning_rate=None):
   """One student per seed; returns (params [S, ...], metrics [S, T], test logits [S, N, V])."""
+  lr = config.learning_rate if learning_rate is None else learning_rate
   schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
-  optimizer = train.make_optimizer(config.learning_rate, config.num_steps, **schedule)
+  optimizer = train.make_optimizer(lr, config.num_steps, **schedule)
   objective = objectives.mixture(operators.linear, temperatures=temperatures)
   uniform = np.ones(len(temperatures)) / len(temperatures)
   targets = {"objective": objective, "weights": uniform, "weighting": hook}
@@ -134,7 +144,7 @@ def _distil(config, hook, arrays, temperatures, student, x_test):
   loop = {"num_steps": config.num_steps, "batch_size": config.batch_size, "data_seed": config.seed}
   init = train.init_params(student.init, hook)
   params, metrics = train.train_seeds(
-    step, init, optimizer, arrays, keys=keys, metrics=LOGGED, **loop
+    step, init, optimizer, arrays, keys=keys, metrics=LOGGED + GATE_LOGGED, **loop
   )
   apply_all = jax.jit(jax.vmap(student.apply, in_axes=(0, None)))
   return params, metrics, np.asarray(apply_all(params["student"], x_test))
@@ -149,6 +159,49 @@ def _weights_on(hook, arrays, params, student):
     z = student.apply(first["student"], batch["x"])
     return np.asarray(hook(first["weighting"], teacher_logits, batch, z))
   return np.asarray(jax.jit(hook)(teacher_logits, batch))
+
+
+def _gate_gradient(hook, arrays, student):
+  """Full-batch gate loss and ‖∇_φ gate loss‖ at params with a leading seed axis: [S] each."""
+  batch = {k: jnp.asarray(v) for k, v in arrays.items()}
+
+  def one(params):
+    z = student.apply(params["student"], batch["x"])
+    t = batch["teacher_logits"]  # [K, N, V]
+    loss = lambda phi: hook.loss(hook(phi, t, batch, z), t, batch).mean()
+    value, grad = jax.value_and_grad(loss)(params["weighting"])
+    return value, optax.tree.norm(grad)
+
+  return jax.jit(jax.vmap(one))
+
+
+def _gate_convergence(config, make_learned, arrays, temps, student, x_test, y_test):
+  """The learned gate trained jointly with the student at each of `config.gate_learning_rates`:
+  its objective and gradient norm along training (per seed, averaged over windows of steps) and
+  the full-batch gradient norm at initialisation and at the end (the stationarity reached)."""
+  out = {}
+  window = max(1, config.num_steps // 40)
+  keys = jax.vmap(jax.random.key)(jnp.asarray([config.seed + s for s in range(config.num_seeds)]))
+  for lr in config.gate_learning_rates:
+    hook = make_learned()
+    params, metrics, test_z = _distil(config, hook, arrays, temps, student, x_test, lr)
+    grad_at = _gate_gradient(hook, arrays, student)
+    loss0, grad0 = grad_at(jax.vmap(train.init_params(student.init, hook))(keys))
+    loss_t, grad_t = grad_at(params)
+    n = config.num_steps // window * window
+    mean_windows = lambda m, n=n: m[:, :n].reshape(m.shape[0], -1, window).mean(-1).tolist()
+    out[f"{lr:g}"] = {
+      "steps": (np.arange(n // window) * window + window).tolist(),  # end of each window
+      "gate_loss": mean_windows(metrics["gate_loss"]),  # [S, windows], minibatch
+      "gate_grad_norm": mean_windows(metrics["gate_grad_norm"]),  # [S, windows], minibatch
+      "full_gate_loss_init": np.asarray(loss0).tolist(),  # [S]
+      "full_gate_loss_final": np.asarray(loss_t).tolist(),
+      "full_grad_norm_init": np.asarray(grad0).tolist(),
+      "full_grad_norm_final": np.asarray(grad_t).tolist(),
+      "grad_norm_ratio": (np.asarray(grad_t) / np.asarray(grad0)).tolist(),
+      "test_accuracy": _summary(test_z, y_test)["per_seed_accuracy"],
+    }
+  return out
 
 
 def _summary(test_logits, y):
@@ -220,6 +273,22 @@ def run(config, workdir: str) -> dict:
     }
     bar.update()
   results["weights_by_class"] = weights_by_class
+  if config.gate_learning_rates:
+    results["gate_convergence"] = _gate_convergence(
+      config,
+      lambda: make_hook(
+        "learned",
+        config,
+        train_acc,
+        temperatures=temps,
+        num_features=data_lib.NUM_PIXELS + data_lib.NUM_CLASSES,
+      ),
+      arrays,
+      temps,
+      student,
+      test_split.x,
+      y_test,
+    )
 
   # ---- Part 2: safety — the conservative teacher with and without the floor ----------------
   temps4 = np.array([1.0] * k_spec + [config.safety_temperature], np.float32)

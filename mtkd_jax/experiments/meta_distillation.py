@@ -21,6 +21,8 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import losses, meta, models, objectives, operators, train
 from mtkd_jax.experiments import common, digits, tables
 
+STARTS = ("hard_label", "uniform", "random_network", "adversarial")
+
 
 def validate_config(config) -> None:
   """Raises ValueError("config.<field>: ...") for the first invalid field."""
@@ -34,6 +36,46 @@ def validate_config(config) -> None:
       raise ValueError(f"config.{field}: need one entry per teacher (K={k}), got {config[field]}")
   if config.num_steps < 1 or config.s0_steps < 1:
     raise ValueError("config.num_steps and config.s0_steps: must be ≥ 1")
+  for name in config.starts:
+    if name not in STARTS:
+      raise ValueError(f"config.starts: unknown start {name!r}; valid: {STARTS}")
+  if len(set(config.starts)) != len(config.starts):
+    raise ValueError(f"config.starts: duplicates in {config.starts}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The fixed point: several starting students, their chains compared.
+# ---------------------------------------------------------------------------------------------
+def _starting_students(config, student, x, log_p0, log_q_base) -> dict[str, np.ndarray]:
+  """Log-probabilities [N, V] of the generation-0 students named in `config.starts`.
+
+  hard_label: S_0 trained on the labels; uniform: 1/V everywhere; random_network: a randomly
+  initialised student, its logits × 5 so that it is confidently arbitrary; adversarial: 0.9 on
+  the class q_base finds least likely, the rest spread evenly (about the largest KL to q_base).
+  """
+  n, v = log_q_base.shape
+  random_params = student.init(jax.random.key(config.seed + 1000))
+  adversarial = np.full((n, v), 0.1 / (v - 1))
+  adversarial[np.arange(n), np.argmin(log_q_base, -1)] = 0.9
+  every = {
+    "hard_label": log_p0,
+    "uniform": np.full((n, v), -np.log(v)),
+    "random_network": jax.nn.log_softmax(5.0 * student.apply(random_params, x), -1),
+    "adversarial": np.log(adversarial),
+  }
+  return {name: np.asarray(every[name], np.float32) for name in config.starts}
+
+
+def _start_record(log_q_base, targets, students) -> dict:
+  """Per generation t (index 0: the start): KL(p_{S_t} ‖ q_base) and the drift KL(p_{S_0} ‖
+  p_{S_t}); per t ≥ 1 the fitting error KL(q_t ‖ p_{S_t}) and its running sum."""
+  fit = [meta.mean_kl(q, p) for q, p in zip(targets, students[1:], strict=True)]
+  return {
+    "kl_student_base": [meta.mean_kl(p, log_q_base) for p in students],
+    "kl_start_student": [meta.mean_kl(students[0], p) for p in students],
+    "kl_target_student": [float("nan"), *fit],
+    "cumulative_fit_error": [0.0, *np.cumsum(fit).tolist()],
+  }
 
 
 def _fit_one(config, step, init, optimizer, arrays, num_steps):
@@ -76,7 +118,7 @@ def run(config, workdir: str) -> dict:
   objective = objectives.mixture(operators.linear, temperatures=[1.0])
   step = train.make_train_step(student.apply, opt, objective=objective, weights=[1.0])
   init = train.init_params(student.init)
-  total = len(config.alphas) * config.num_generations
+  total = len(config.alphas) * config.num_generations * len({*config.starts, "hard_label"})
   bar = tqdm(total=total, desc="meta-distillation", file=sys.stderr, disable=not config.progress)
   test_of = lambda params: train.evaluate(np.asarray(predict(params, test_split.x)), test_split.y)
   results = {
@@ -88,23 +130,54 @@ def run(config, workdir: str) -> dict:
     },
     "chains": {},
   }
-  for alpha in config.alphas:
-    tests = [results["base"]["test_s0"]]
 
-    def train_student(t, log_q_t, tests=tests):
+  def chain(alpha, log_start, tests):
+    """One chain from `log_start`: the record, and the targets and students per generation."""
+    targets, students = [], [np.asarray(log_start)]
+
+    def train_student(t, log_q_t):
       arrays = {**xy, "teacher_logits": np.asarray(log_q_t)[None]}  # [1, N, V]
       params = _fit_one(config, step, init, opt, arrays, config.num_steps)["student"]
       tests.append(test_of(params))
       bar.update()
-      return jax.nn.log_softmax(predict(params, train_split.x), -1)
+      targets.append(np.asarray(log_q_t))
+      students.append(np.asarray(jax.nn.log_softmax(predict(params, train_split.x), -1)))
+      return students[-1]
 
     record = meta.recursive_distillation(
-      train_student, log_q_base, log_p0, alpha=float(alpha), num_generations=config.num_generations
+      train_student,
+      log_q_base,
+      log_start,
+      alpha=float(alpha),
+      num_generations=config.num_generations,
     )
-    chain = {key: np.asarray(v).tolist() for key, v in record.items()}
-    chain["test_accuracy"] = [r["accuracy"] for r in tests]
-    chain["test_log_loss"] = [r["log_loss"] for r in tests]
-    results["chains"][f"{alpha:g}"] = chain
+    return record, targets, students
+
+  finals = {}  # alpha -> start -> (targets, students)
+  for alpha in config.alphas:
+    tests = [results["base"]["test_s0"]]
+    record, targets, students = chain(alpha, log_p0, tests)
+    finals[f"{alpha:g}"] = {"hard_label": (targets, students)}
+    chain_record = {key: np.asarray(v).tolist() for key, v in record.items()}
+    chain_record["test_accuracy"] = [r["accuracy"] for r in tests]
+    chain_record["test_log_loss"] = [r["log_loss"] for r in tests]
+    results["chains"][f"{alpha:g}"] = chain_record
+
+  # ---- The fixed point: the same chains from other starting students ------------------------
+  starts = _starting_students(config, student, train_split.x, log_p0, log_q_base)
+  results["starts"] = {}
+  for name, log_start in starts.items():
+    results["starts"][name] = {}
+    for alpha in config.alphas:
+      if name == "hard_label":
+        targets, students = finals[f"{alpha:g}"]["hard_label"]
+      else:
+        _, targets, students = chain(alpha, log_start, [])
+        finals[f"{alpha:g}"][name] = (targets, students)
+      results["starts"][name][f"{alpha:g}"] = _start_record(log_q_base, targets, students)
+  results["fixed_point"] = {
+    a: meta.fixed_point_agreement(float(a), log_q_base, by_start) for a, by_start in finals.items()
+  }
   bar.close()
   return results
 
@@ -136,4 +209,26 @@ def format_table(results: dict) -> str:
     for t in range(1, len(c["kl_target_base"]))
   ]
   header = [("α", ">5"), ("t", ">2")] + [(h, spec) for h, (_, spec) in columns.items()]
-  return "\n".join(lines + tables.lines(header, rows, indent="", rule=True))
+  lines += tables.lines(header, rows, indent="", rule=True)
+  if "fixed_point" in results:
+    starts = ", ".join(next(iter(results["fixed_point"].values()))["starts"])
+    lines += [
+      "",
+      f"Fixed point: chains from {starts}; TV between chains' students (max over pairs) per",
+      "generation, the measured per-generation contraction against 1 − α, and the largest KL",
+      "between two chains' final targets and students (and between their starts).",
+      f"{'α':>5} {'TV_0':>7} {'TV_T':>8} {'rate':>6} {'1−α':>5} {'KL q_T':>9} {'KL S_T':>9} "
+      f"{'KL S_0':>8}  drift KL(S_0‖S_T) per start",
+      "-" * 100,
+    ]
+    for alpha, f in results["fixed_point"].items():
+      drift = ", ".join(
+        f"{n} {results['starts'][n][alpha]['kl_start_student'][-1]:.3f}" for n in f["starts"]
+      )
+      lines.append(
+        f"{alpha:>5} {f['student_distance'][0]:>7.4f} {f['student_distance'][-1]:>8.5f} "
+        f"{f['contraction_rate']:>6.3f} {f['rate_bound']:>5.2f} "
+        f"{f['max_kl_final_targets']:>9.2e} {f['max_kl_final_students']:>9.2e} "
+        f"{f['max_kl_initial_students']:>8.3f}  {drift}"
+      )
+  return "\n".join(lines)
