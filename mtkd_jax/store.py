@@ -197,7 +197,8 @@ def _cross_check(directory: str, manifest: dict) -> dict[str, ts.TensorStore]:
     got_dtype = arr.dtype.name
     if list(arr.shape) != shape or got_dtype != dtype:
       raise ManifestError(
-        f"{MANIFEST} says {label} is {dtype}{shape}, the array {rel} is {got_dtype}{list(arr.shape)}"
+        f"{MANIFEST} says {label} is {dtype}{shape}, "
+        f"the array {rel} is {got_dtype}{list(arr.shape)}"
       )
     if arr.chunk_layout.read_chunk.shape[0] != manifest["rows_per_chunk"]:
       raise ManifestError(f"{MANIFEST}: field 'rows_per_chunk' does not match the array {rel}")
