@@ -171,7 +171,7 @@ def _read_manifest(directory: str) -> dict:
   return manifest
 
 
-def _cross_check(directory: str, manifest: dict) -> dict[str, ts.TensorStore]:
+def _cross_check(directory: str, manifest: dict, context=None) -> dict[str, ts.TensorStore]:
   """Opens every array (metadata only) and checks it against the manifest; returns them."""
   v = manifest["vocab_size"]
   for j, t in enumerate(manifest["teachers"]):
@@ -191,7 +191,8 @@ def _cross_check(directory: str, manifest: dict) -> dict[str, ts.TensorStore]:
   arrays = {}
   for label, rel, shape, dtype in _array_layout(manifest):
     try:
-      arr = ts.open(_spec(os.path.join(directory, rel)), open=True, read=True).result()
+      spec = _spec(os.path.join(directory, rel))
+      arr = ts.open(spec, open=True, read=True, context=context).result()
     except Exception as e:
       raise CorruptChunkError(f"{label}: array metadata {rel}/zarr.json unreadable ({e})") from None
     got_dtype = arr.dtype.name
@@ -478,7 +479,8 @@ class Column:
       block = self._decode(block)
     return block[..., : self._k] if self._k is not None and block.ndim == 3 else block
 
-  def take(self, rows, axis=0):
+  def take(self, rows, axis=0, out=None, mode="raise"):
+    del out, mode  # np.take passes them; rows out of range raise in tensorstore
     if axis != 0:
       raise ValueError(f"{self.label}: a store column is indexed along rows (axis 0), {axis=}")
     return self._get(np.asarray(rows))
@@ -658,15 +660,15 @@ class _Shifted:
   def _cut(self, w):
     return w[:, self._offset : self._offset + self.shape[1]].astype(np.int32)
 
-  def take(self, rows, axis=0):
-    return self._cut(self._tokens.take(rows, axis))
+  def take(self, rows, axis=0, out=None, mode="raise"):
+    return self._cut(self._tokens.take(rows, axis, out, mode))
 
   def __array__(self, dtype=None, copy=None):
     out = self._cut(np.asarray(self._tokens))
     return out if dtype is None else out.astype(dtype)
 
 
-def open_store(directory: str, *, verify: bool = False) -> TeacherStore:
+def open_store(directory: str, *, verify: bool = False, cache_bytes: int = 1 << 30) -> TeacherStore:
   """Opens a v2 store reading metadata only: the manifest (its own SHA-256 checked) and every
   array's zarr.json, cross-checked; `verify=True` also reads every chunk (`TeacherStore.verify`).
 
@@ -676,7 +678,8 @@ def open_store(directory: str, *, verify: bool = False) -> TeacherStore:
   """
   manifest = _read_manifest(directory)
   try:
-    arrays = _cross_check(directory, manifest)
+    context = ts.Context({"cache_pool": {"total_bytes_limit": int(cache_bytes)}})
+    arrays = _cross_check(directory, manifest, context)
   except KeyError as e:
     raise ManifestError(f"{MANIFEST}: field {e} is missing") from None
   store = TeacherStore(directory, manifest, arrays)

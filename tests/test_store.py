@@ -165,6 +165,7 @@ def test_corrupted_chunk_is_named_when_read(store_dir, tmp_path, where):
   s = store.open_store(bad)  # metadata only: opens
   rows_in_chunk_0 = np.arange(4)
   s.log_probs[1].take(rows_in_chunk_0)  # other chunks read fine
+  np.take(s.arrays(4)["teacher_log_probs_1"], rows_in_chunk_0, axis=0)  # as get_batch reads
   with pytest.raises(store.CorruptChunkError, match=r"teacher 'b' log_probs: chunk 2 is corrupt"):
     s.log_probs[1].take(np.array([1, 9]))
   with pytest.raises(store.CorruptChunkError, match=r"teacher 'b' log_probs: chunk 2"):
