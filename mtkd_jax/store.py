@@ -328,8 +328,8 @@ def write_store(
         with open(intent_path) as f:
           previous = json.load(f)
       if previous != intent:
-        for name in os.listdir(directory):
-          if name not in ("dump.lock",):
+        for name in os.listdir(directory):  # a store's own entries only (v2, or v1 shards)
+          if name in (MANIFEST, "dump.json", "tokens", "tokens.bin") or name.startswith("teacher_"):
             p = os.path.join(directory, name)
             shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
         with open(intent_path + ".tmp", "w") as f:
