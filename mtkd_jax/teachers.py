@@ -8,25 +8,17 @@ Stores are written in format v2 (`mtkd_jax.store`: compressed zarr v3 arrays wit
 chunk, written in parallel and resumably; docs/store.md). `open_store` reads v2 and, through the
 same interface, the v1 format below (`write_store_v1` still writes it, for tests).
 
-v1 format:
-
 `dump` asks the experiment named by `config.experiment` for its teachers and input windows
 (`teacher_source(config, workdir)` of `mtkd_jax.experiments.<name>`, training or restoring the
 teachers in `workdir`, by default `DIR/teachers_workdir`) and writes the store of the config's
-`store.*` settings:
+`store.*` settings; in a multi-process run every process writes its own chunks. `verify` reads
+every chunk (v2) or shard (v1) and names the first that fails.
 
-    DIR/tokens.bin       the input windows [N, L + 1] (x = w[:, :-1], y = w[:, 1:])
-    DIR/teacher_<j>.bin  teacher j's shard: int32 indices [N, L, k], then its log-probs
-                         [N, L, k] in bfloat16 or float16, top-k sorted by decreasing probability
-    DIR/manifest.json    shapes, dtypes, byte offsets, each teacher's generation temperature and
-                         a SHA-256 checksum per shard (written last: a store without it is
-                         incomplete)
-
-The reader (`open_store`) checks every shard's size and checksum before mapping it, and names
-the shard in the error. Arrays are `np.memmap`s: the trainer's batch iterator
-(`data.get_batch` with this process's `rows`) reads only the rows this process feeds, so the
-store is sharded per process by construction. The dump itself runs in one process
-(in a multi-process `dump`, process 0 writes).
+The v1 format: `DIR/tokens.bin` (the input windows [N, L + 1]), `DIR/teacher_<j>.bin` (int32
+indices [N, L, k], then log-probs [N, L, k] in bfloat16, float16 or float32) and
+`DIR/manifest.json` (format `mtkd_jax.teachers/1`: shapes, dtypes, byte offsets, generation
+temperatures and a SHA-256 per shard); its reader checks every shard's size and checksum before
+memory-mapping it.
 """
 
 from __future__ import annotations
