@@ -152,6 +152,49 @@ def batch_indices(num_examples: int, batch_size: int, *, seed: int, step: int) -
   return perm[i * batch_size : (i + 1) * batch_size]
 
 
+def _feistel(x: np.ndarray, bits: int, keys: np.ndarray) -> np.ndarray:
+  """A bijection of [0, 2^bits), bits even: a balanced Feistel network (one round per key,
+  splitmix64 round function) on uint64 values."""
+  half = np.uint64(bits // 2)
+  mask = np.uint64((1 << (bits // 2)) - 1)
+  left, right = x >> half, x & mask
+  for key in keys:
+    z = (right ^ key) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(32)
+    left, right = right, (left ^ z) & mask
+  return (left << half) | right
+
+
+def shuffled_indices(
+  num_examples: int, batch_size: int, *, seed: int, step: int, rows: slice = slice(None)
+) -> np.ndarray:
+  """This process's `rows` of the global batch at `step`, in O(batch), without a permutation
+  of all N examples.
+
+  Epoch e = step // (N // B) permutes [0, N) by a keyed Feistel bijection of [0, 2^b) ⊇ [0, N)
+  (keys from (seed, e)), walking out of range values back in ("cycle walking", at most ~4
+  steps on average since 2^b < 4N); the last partial batch of an epoch is dropped, as
+  `batch_indices`. A pure function of (seed, step): a resumed run sees the same batches.
+
+  >>> shuffled_indices(10, 4, seed=0, step=0).shape
+  (4,)
+  >>> sorted(np.concatenate([shuffled_indices(8, 2, seed=1, step=s) for s in range(4)]).tolist())
+  [0, 1, 2, 3, 4, 5, 6, 7]
+  """
+  if not 0 < batch_size <= num_examples:
+    raise ValueError(f"batch_size: must be in [1, {num_examples}], got {batch_size}")
+  epoch, i = divmod(step, num_examples // batch_size)
+  bits = max(2, int(num_examples - 1).bit_length())
+  bits += bits % 2  # balanced halves
+  keys = np.random.default_rng([seed, epoch, 0xFE15]).integers(0, 2**63, 4, dtype=np.uint64)
+  x = np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.uint64)[rows]
+  x = _feistel(x, bits, keys)
+  while (out := x >= num_examples).any():  # cycle walking: stays a bijection of [0, N)
+    x[out] = _feistel(x[out], bits, keys)
+  return x.astype(np.int64)
+
+
 def get_batch(
   arrays: dict[str, np.ndarray],
   batch_size: int,

@@ -1,26 +1,24 @@
-"""Offline teacher store: top-k outputs per teacher in memory-mapped, checksummed shards.
+"""Offline teacher store: the `dump` and `verify` commands, and the v1 store reader.
 
     python -m mtkd_jax.teachers dump --config=experiments/configs/stdlib_lm.py[:small] \
         --out=DIR [--workdir=W]
     python -m mtkd_jax.teachers verify --out=DIR
 
+Stores are written in format v2 (`mtkd_jax.store`: compressed zarr v3 arrays with a CRC-32C per
+chunk, written in parallel and resumably; docs/store.md). `open_store` reads v2 and, through the
+same interface, the v1 format below (`write_store_v1` still writes it, for tests).
+
 `dump` asks the experiment named by `config.experiment` for its teachers and input windows
 (`teacher_source(config, workdir)` of `mtkd_jax.experiments.<name>`, training or restoring the
 teachers in `workdir`, by default `DIR/teachers_workdir`) and writes the store of the config's
-`store.*` settings:
+`store.*` settings; in a multi-process run every process writes its own chunks. `verify` reads
+every chunk (v2) or shard (v1) and names the first that fails.
 
-    DIR/tokens.bin       the input windows [N, L + 1] (x = w[:, :-1], y = w[:, 1:])
-    DIR/teacher_<j>.bin  teacher j's shard: int32 indices [N, L, k], then its log-probs
-                         [N, L, k] in bfloat16 or float16, top-k sorted by decreasing probability
-    DIR/manifest.json    shapes, dtypes, byte offsets, each teacher's generation temperature and
-                         a SHA-256 checksum per shard (written last: a store without it is
-                         incomplete)
-
-The reader (`open_store`) checks every shard's size and checksum before mapping it, and names
-the shard in the error. Arrays are `np.memmap`s: the trainer's batch iterator
-(`data.get_batch` with this process's `rows`) reads only the rows this process feeds, so the
-store is sharded per process by construction. The dump itself runs in one process
-(in a multi-process `dump`, process 0 writes).
+The v1 format: `DIR/tokens.bin` (the input windows [N, L + 1]), `DIR/teacher_<j>.bin` (int32
+indices [N, L, k], then log-probs [N, L, k] in bfloat16, float16 or float32) and
+`DIR/manifest.json` (format `mtkd_jax.teachers/1`: shapes, dtypes, byte offsets, generation
+temperatures and a SHA-256 per shard); its reader checks every shard's size and checksum before
+memory-mapping it.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ import numpy as np
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import sparse
+from mtkd_jax import store as store_v2
 
 FORMAT = "mtkd_jax.teachers/1"
 MANIFEST = "manifest.json"
@@ -49,21 +48,7 @@ class CorruptShardError(ValueError):
   """A shard is missing, truncated or fails its checksum."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TeacherSource:
-  """What `dump` needs from an experiment.
-
-  Attributes:
-    names: K teacher names.
-    tokens: int [N, L + 1] input windows.
-    logits_fn: `logits_fn(x int32 [B, L]) -> [K, B, L, V]` teacher logits.
-    vocab_size: V.
-  """
-
-  names: tuple[str, ...]
-  tokens: np.ndarray
-  logits_fn: Callable[[np.ndarray], jax.Array]
-  vocab_size: int
+TeacherSource = store_v2.TeacherSource
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +70,7 @@ def _shard_layout(num_rows, row_shape, k, dtype_name):
   return shape, idx_bytes, lp_bytes
 
 
-def write_store(
+def write_store_v1(
   directory: str,
   source: TeacherSource,
   *,
@@ -95,7 +80,7 @@ def write_store(
   batch_size: int = 32,
   progress: bool = False,
 ) -> dict:
-  """Runs the teachers over `source.tokens` and writes their top-k to `directory`.
+  """Runs the teachers over `source.tokens` and writes their top-k to `directory` (format v1).
 
   Args:
     directory: output directory (created; existing shards are overwritten).
@@ -277,7 +262,7 @@ class TeacherStore:
     return apply
 
 
-def open_store(directory: str, *, verify: bool = True) -> TeacherStore:
+def _open_store_v1(directory: str, *, verify: bool = True) -> TeacherStore:
   """Opens a store after checking every shard's size and (if `verify`) SHA-256 checksum.
 
   Raises:
@@ -307,6 +292,31 @@ def open_store(directory: str, *, verify: bool = True) -> TeacherStore:
         )
       )
   return TeacherStore(directory, manifest, tokens, tuple(indices), tuple(log_probs))
+
+
+write_store = store_v2.write_store
+
+
+def open_store(directory: str, *, verify: bool | None = None):
+  """Opens a v2 store (metadata only; chunks are checked as they are read, everything when
+  `verify`) or a v1 store (every shard's SHA-256 checked unless `verify=False`); both give
+  `names`, `k`, `manifest`, `tokens`, `arrays(k)`, `batch(...)` and `teacher_apply()`.
+
+  Raises:
+    ValueError (`store.ManifestError`, `store.CorruptChunkError`, `CorruptShardError`) naming
+    what is missing, damaged or inconsistent.
+  """
+  path = os.path.join(directory, MANIFEST)
+  fmt = None
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        fmt = json.load(f).get("format")
+    except ValueError:
+      pass
+  if fmt == FORMAT:
+    return _open_store_v1(directory, verify=True if verify is None else verify)
+  return store_v2.open_store(directory, verify=bool(verify))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,9 +349,7 @@ def dump(config, out: str, workdir: str | None = None, *, progress: bool = True)
     raise ValueError(f"config.experiment: {config.experiment!r} defines no teacher_source")
   workdir = os.path.join(out, "teachers_workdir") if workdir is None else workdir
   source = module.teacher_source(config, workdir)
-  if jax.process_index() != 0:
-    return {}
-  return write_config_store(out, source, config.store, progress=progress)
+  return write_config_store(out, source, config.store, progress=progress)  # every process
 
 
 def _main(argv):
@@ -358,10 +366,12 @@ def _main(argv):
     if argv[1] == "dump":
       manifest = dump(flags.FLAGS.config, out, flags.FLAGS.workdir)
     else:
-      manifest = open_store(out).manifest
-  except ValueError as e:
+      manifest = open_store(out, verify=True).manifest
+  except (ValueError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if not manifest:
+    return 0  # not process 0
   shards = ", ".join(f"{t['name']} ({t['bytes'] / 2**20:.1f} MiB)" for t in manifest["teachers"])
   print(
     f"{out}: {manifest['num_rows']} rows of {manifest['row_shape']}, top-{manifest['k']} "

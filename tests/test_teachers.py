@@ -1,4 +1,4 @@
-"""Tests for mtkd_jax.teachers: the top-k store round-trips exactly and refuses bad shards."""
+"""Tests for mtkd_jax.teachers: v2 by default; v1 stores still read exactly, refuse bad shards."""
 
 import os
 import subprocess
@@ -26,7 +26,7 @@ def _source(seed=0):
 def store_dir(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("store"))
   source, _ = _source()
-  teachers.write_store(out, source, k=5, generation_temperatures=[1.0, 2.0, 0.5], batch_size=4)
+  teachers.write_store_v1(out, source, k=5, generation_temperatures=[1.0, 2.0, 0.5], batch_size=4)
   return out
 
 
@@ -34,7 +34,7 @@ def store_dir(tmp_path_factory):
 def test_store_round_trips_exactly(tmp_path, dtype):
   source, table = _source(1)
   t_g = np.array([1.0, 2.0, 0.5], np.float32)
-  manifest = teachers.write_store(
+  manifest = teachers.write_store_v1(
     str(tmp_path), source, k=5, generation_temperatures=t_g, dtype=dtype, batch_size=3
   )
   store = teachers.open_store(str(tmp_path))
@@ -124,3 +124,18 @@ def test_dump_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr[-2000:]
+
+
+def test_write_store_writes_v2_and_verify_cli_names_the_bad_chunk(tmp_path):
+  source, _ = _source()
+  out = str(tmp_path / "v2")
+  teachers.write_store(out, source, k=5, generation_temperatures=1.0, batch_size=4)
+  store = teachers.open_store(out)
+  assert store.manifest["format"] == "mtkd_jax.teachers/2" and store.k == 5
+  cmd = [sys.executable, "-m", "mtkd_jax.teachers", "verify", f"--out={out}"]
+  ok = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert ok.returncode == 0 and "shards ok" in ok.stdout, ok.stderr
+  with open(os.path.join(out, "teacher_0", "indices", "c", "1", "0", "0"), "r+b") as f:
+    f.write(b"\x00\x00\x00")
+  bad = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert bad.returncode == 2 and "teacher 'a' indices: chunk 1" in bad.stderr, bad.stderr

@@ -61,12 +61,16 @@ class SparseTeacherOutputs:
     log_probs: `[K, ..., k]` log p_{k,T_g}(i) normalised over all V tokens (bf16/f16/f32).
     generation_temperatures: `[K]` the temperatures T_g the log-probs were produced at.
     vocab_size: V (static).
+    missing_log_mass: optional `[K, ...]` log of the mass outside the listed tokens, as a store
+      holds it (computed from the logits); when None it is log(1 − Σ p), which loses a tail
+      below float rounding of the listed mass.
   """
 
   indices: jax.Array
   log_probs: jax.Array
   generation_temperatures: jax.Array
   vocab_size: int = flax.struct.field(pytree_node=False)
+  missing_log_mass: jax.Array | None = None
 
   @property
   def num_teachers(self) -> int:
@@ -80,7 +84,13 @@ class SparseTeacherOutputs:
     """The top-`k` prefix (outputs are stored sorted by decreasing probability)."""
     if not 1 <= k <= self.k:
       raise ValueError(f"k must be in [1, {self.k}], got {k=}")
-    return self.replace(indices=self.indices[..., :k], log_probs=self.log_probs[..., :k])
+    missing = self.missing_log_mass
+    if missing is not None and k < self.k:  # the dropped listed tokens join the tail
+      lp = self.log_probs.astype(jnp.float32)
+      missing = jnp.logaddexp(missing, jax.nn.logsumexp(lp[..., k:], axis=-1))
+    return self.replace(
+      indices=self.indices[..., :k], log_probs=self.log_probs[..., :k], missing_log_mass=missing
+    )
 
 
 @flax.struct.dataclass
@@ -238,7 +248,9 @@ def retemper(outputs: SparseTeacherOutputs, temperatures, *, tail_mode: str = "u
   if tail_mode == "drop" or num_unlisted == 0:
     log_z, token = lse_support, jnp.full_like(lse_support, _NEG_INF)
   else:
-    token = beta * (missing_log_mass(lp) - math.log(num_unlisted))  # [K, ...] unnormalised
+    stored = outputs.missing_log_mass
+    missing = missing_log_mass(lp) if stored is None else stored.astype(lp.dtype)
+    token = beta * (missing - math.log(num_unlisted))  # [K, ...] unnormalised
     log_z = jnp.logaddexp(lse_support, math.log(num_unlisted) + token)
     token = token - log_z
   tail = token + (math.log(num_unlisted) if num_unlisted else 0.0)
