@@ -65,14 +65,20 @@ import warnings
 # `python <args>` from the repo root, and writes <workdir>/results.json.
 E2E_JOBS = {
   "digits": [
-    "-m", "mtkd_jax.main", "--config=experiments/configs/digits.py:small", "--workdir={workdir}",
+    "-m",
+    "mtkd_jax.main",
+    "--config=experiments/configs/digits.py:small",
+    "--workdir={workdir}",
     "--config.progress=False",
   ],
   "stdlib_lm_small": [
-    "-m", "mtkd_jax.main", "--config=experiments/configs/stdlib_lm.py:small", "--workdir={workdir}",
+    "-m",
+    "mtkd_jax.main",
+    "--config=experiments/configs/stdlib_lm.py:small",
+    "--workdir={workdir}",
     "--config.progress=False",
   ],
-}  # fmt: skip
+}
 # Appended with --cpu: the same jobs, shorter.
 E2E_CPU_OVERRIDES = {"digits": ["--config.teacher_steps=4", "--config.num_steps=4"]}
 
@@ -301,8 +307,11 @@ def _check_linear_kd(kernels, interpret):
     h = jax.random.normal(ks[0], (n, d)).astype(dtype)
     head = (jax.random.normal(ks[1], (d, v)) / 8).astype(dtype)
     zt = (3 * jax.random.normal(ks[2], (k, n, v))).astype(dtype)
-    kw = dict(temperatures=jnp.array([1.0, 2.0, 0.5]), weights=jnp.array([0.2, 0.3, 0.5]),
-              student_temperature=1.5)  # fmt: skip
+    kw = dict(
+      temperatures=jnp.array([1.0, 2.0, 0.5]),
+      weights=jnp.array([0.2, 0.3, 0.5]),
+      student_temperature=1.5,
+    )
 
     def vg(fn, kw=kw):
       return jax.jit(jax.value_and_grad(lambda x, m, t: fn(x, m, t, **kw).sum(), argnums=(0, 1)))
@@ -398,10 +407,11 @@ def _bench_case(kind, k, cpu):
     args, argnums = (zs, zt), 0
     cases = {  # ascending expected peak: the peak of the process can only grow
       "pallas": lambda s, t: kernels.fused_kd_loss(
-        s, t, implementation="pallas", interpret=cpu, **kw),
+        s, t, implementation="pallas", interpret=cpu, **kw
+      ),
       "xla": lambda s, t: kernels.fused_kd_loss(s, t, implementation="xla", **kw),
       "naive": lambda s, t: kernels.fused_kd_loss_reference(s, t, **kw),
-    }  # fmt: skip
+    }
     bytes_once = (k + 2) * n * v * 2  # K + 1 inputs read, one [N, V] gradient written
     flops = 0
   else:
@@ -410,9 +420,10 @@ def _bench_case(kind, k, cpu):
     args, argnums = (h, head, zt), (0, 1)
     cases = {
       "pallas": lambda h, w, t: kernels.fused_linear_kd_loss(
-        h, w, t, implementation="pallas", interpret=cpu, **kw),
+        h, w, t, implementation="pallas", interpret=cpu, **kw
+      ),
       "naive": lambda h, w, t: kernels.fused_linear_kd_loss_reference(h, w, t, **kw),
-    }  # fmt: skip
+    }
     bytes_once = k * n * v * 2 + 2 * 2 * (n * d + d * v)  # teachers, h and W read, grads out
     flops = 3 * 2 * n * d * v  # logits, ∂/∂h, ∂/∂W
   jax.block_until_ready(args)
@@ -435,8 +446,18 @@ def _bench_case(kind, k, cpu):
         row["peak_exact"] = before is None or peak > before  # else: ≤, set by an earlier case
     except Exception as e:
       row.update(error=_error(e), traceback=traceback.format_exc()[-3000:])
-  return dict(kind=kind, K=k, N=n, V=v, d=d if kind == "linear" else None, dtype="bfloat16",
-              bytes_once=bytes_once, flops=flops, input_bytes=inputs, cases=rows)  # fmt: skip
+  return dict(
+    kind=kind,
+    K=k,
+    N=n,
+    V=v,
+    d=d if kind == "linear" else None,
+    dtype="bfloat16",
+    bytes_once=bytes_once,
+    flops=flops,
+    input_bytes=inputs,
+    cases=rows,
+  )
 
 
 def _run_python(argv, timeout, env=None):
@@ -482,8 +503,10 @@ def run_bench(args, kernels):
           if res["flops"]:
             row["matmul_floor_ms"] = 1e3 * res["flops"] / matmul
       results.append(res)
-      print(f"[bench {time.perf_counter() - args.t0:5.0f}s] {kind} K={k}: {_bench_line(res)}",
-            file=sys.stderr)  # fmt: skip
+      print(
+        f"[bench {time.perf_counter() - args.t0:5.0f}s] {kind} K={k}: {_bench_line(res)}",
+        file=sys.stderr,
+      )
   return dict(
     copy_bandwidth_bytes_per_s=bandwidth,
     matmul_flops_per_s=matmul,
@@ -551,8 +574,10 @@ def run_e2e(args):
       row["output_tail"] = out[-3000:]
     rows.append(row)
     status = "ok" if row["ok"] else f"FAILED rc={rc}"
-    print(f"[e2e {time.perf_counter() - args.t0:5.0f}s] {name}: {status} ({secs:.0f} s)",
-          file=sys.stderr)  # fmt: skip
+    print(
+      f"[e2e {time.perf_counter() - args.t0:5.0f}s] {name}: {status} ({secs:.0f} s)",
+      file=sys.stderr,
+    )
   return rows
 
 
@@ -578,10 +603,14 @@ def _worst(row, prefix):
 
 def summary_table(report):
   lines = [f"# device check: {report['device']} ({report['backend']}), jax {report['jax']}"]
-  lines += ["", "errors: max |ours − reference| / tolerance (≤ 1 passes); Pallas calls: kernels "
-            "in the compiled module (0: interpreted)", "",
-            "| kernel check | ok | fwd err | grad err | compile s | Pallas calls |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+  lines += [
+    "",
+    "errors: max |ours − reference| / tolerance (≤ 1 passes); Pallas calls: kernels "
+    "in the compiled module (0: interpreted)",
+    "",
+    "| kernel check | ok | fwd err | grad err | compile s | Pallas calls |",
+    "|---|---|---|---|---|---|",
+  ]
   for r in report.get("kernels", []):
     if "skipped" in r:
       lines.append(f"| {r['name']} | skipped: {r['skipped']} | | | | |")
@@ -683,8 +712,10 @@ def main(argv=None):
     return 0
   backend = devices[0].platform
   if backend == "cpu" and not args.cpu:
-    print(f"no accelerator: jax {jax.__version__} sees only {len(devices)} CPU device(s); "
-          "nothing to check (--cpu runs the script itself at tiny shapes)")  # fmt: skip
+    print(
+      f"no accelerator: jax {jax.__version__} sees only {len(devices)} CPU device(s); "
+      "nothing to check (--cpu runs the script itself at tiny shapes)"
+    )
     return 0
 
   from mtkd_jax import kernels

@@ -247,9 +247,22 @@ def _fused_kernel(p_ref, t_ref, s_ref, w_ref, kl_out, *g_out, k, op, div, beta):
 
 
 def _grid_calls(
-  params, teachers, student, w_t, *, op, bs, with_grad, interpret, fused, stats,
-  div="forward_kl", beta=0.5, mode="kl", r=None,
-):  # fmt: skip
+  params,
+  teachers,
+  student,
+  w_t,
+  *,
+  op,
+  bs,
+  with_grad,
+  interpret,
+  fused,
+  stats,
+  div="forward_kl",
+  beta=0.5,
+  mode="kl",
+  r=None,
+):
   """Runs one grid kernel; returns its outputs. w_t is [B, K]; r [B, 1] for mode "g"."""
   k, b, v = teachers.shape
   bm = b if b <= bs.block_rows else bs.block_rows  # a full dim is always a legal block
@@ -310,9 +323,21 @@ def _grid_calls(
 
 
 def _grid_kd(
-  params, teachers, student, w, *, op, bs, with_grad, interpret, combine, sharded,
-  div="forward_kl", beta=0.5, row_psum=lambda x: x,
-):  # fmt: skip
+  params,
+  teachers,
+  student,
+  w,
+  *,
+  op,
+  bs,
+  with_grad,
+  interpret,
+  combine,
+  sharded,
+  div="forward_kl",
+  beta=0.5,
+  row_psum=lambda x: x,
+):
   w_t = w.T  # [B, K]: rows on the sublane axis
   kw = dict(op=op, bs=bs, with_grad=with_grad, interpret=interpret, div=div, beta=beta)
   if teachers.shape[-1] <= bs.block_vocab and not sharded:
@@ -407,9 +432,20 @@ def _gpu_loss_kernel(p_ref, t_ref, s_ref, w_ref, st_ref, *refs, k, op, v, bv, di
 
 
 def _gpu_kd(
-  params, teachers, student, w, *, op, bs, with_grad, combine, interpret=False,
-  div="forward_kl", beta=0.5, row_psum=lambda x: x,
-):  # fmt: skip
+  params,
+  teachers,
+  student,
+  w,
+  *,
+  op,
+  bs,
+  with_grad,
+  combine,
+  interpret=False,
+  div="forward_kl",
+  beta=0.5,
+  row_psum=lambda x: x,
+):
   """Triton row kernels (stats, then loss and gradient; reverse KL / JSD: stats, loss and R,
   then gradient); interpret=True only for tests."""
   k, b, v = teachers.shape
@@ -488,9 +524,19 @@ def _combiner(axis_name):
 
 
 def pallas_kd(
-  student, teachers, params, w, *, operator, axis_name, with_grad, block_sizes, interpret,
-  divergence="forward_kl", beta=0.5,
-):  # fmt: skip
+  student,
+  teachers,
+  params,
+  w,
+  *,
+  operator,
+  axis_name,
+  with_grad,
+  block_sizes,
+  interpret,
+  divergence="forward_kl",
+  beta=0.5,
+):
   """(loss [B], ∂loss/∂u [B, V] or None, u = z_S / T_S) with a Pallas kernel for the platform.
 
   params is [T_1..T_K, T_S]; w is [K, B]; teachers [K, B, V]; student [B, V]. The loss is
@@ -545,8 +591,10 @@ def pallas_mixture(teachers, params, w, *, operator, axis_name, block_sizes, int
     )
     return pooled - shift[0][:, None] - log_se[0][:, None]
   q = sum(
-    w[i][:, None] * jnp.exp(_log_p(teachers[i].astype(jnp.float32), temps[i],
-                                   shift[i][:, None], log_se[i][:, None]))
+    w[i][:, None]
+    * jnp.exp(
+      _log_p(teachers[i].astype(jnp.float32), temps[i], shift[i][:, None], log_se[i][:, None])
+    )
     for i in range(k)
-  )  # fmt: skip
+  )
   return jnp.log(q)

@@ -48,9 +48,16 @@ _IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
 def _check_inputs(
-  student_logits, teacher_logits, temperatures, weights, operator, impl, student_temperature=1.0,
-  divergence="forward_kl", beta=0.5,
-):  # fmt: skip
+  student_logits,
+  teacher_logits,
+  temperatures,
+  weights,
+  operator,
+  impl,
+  student_temperature=1.0,
+  divergence="forward_kl",
+  beta=0.5,
+):
   """Raises ValueError naming the offending argument and its shape."""
   check_kd_divergence(divergence, beta)
   if operator not in _OPERATORS:
@@ -332,9 +339,15 @@ def _kd(cfg, student, teachers, params, w, with_grad):
   if xla:
     return _xla_div(student, teachers, params, w, **kw, **div)
   return _pallas_kd.pallas_kd(
-    student, teachers, params, w, block_sizes=cfg.block_sizes, interpret=cfg.interpret, **kw,
+    student,
+    teachers,
+    params,
+    w,
+    block_sizes=cfg.block_sizes,
+    interpret=cfg.interpret,
+    **kw,
     **div,
-  )  # fmt: skip
+  )
 
 
 def _dlogits(cfg, res):
@@ -479,9 +492,16 @@ def fused_kd_loss(
   """
   student_logits, teacher_logits = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
   _check_inputs(
-    student_logits, teacher_logits, temperatures, weights, operator, implementation,
-    student_temperature, divergence, beta,
-  )  # fmt: skip
+    student_logits,
+    teacher_logits,
+    temperatures,
+    weights,
+    operator,
+    implementation,
+    student_temperature,
+    divergence,
+    beta,
+  )
   impl, interp = _resolve(implementation, interpret)
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise ValueError(f"block_sizes must be a BlockSizes; got {type(block_sizes)=}")
@@ -499,8 +519,9 @@ def fused_kd_loss(
   loss = (scale * kl).reshape(student_logits.shape[:-1])
   if where is not None:
     if np.shape(where) != loss.shape:
-      raise ValueError(f"where must have shape {loss.shape} (= student_logits.shape[:-1]); "
-                       f"got {np.shape(where)=}")  # fmt: skip
+      raise ValueError(
+        f"where must have shape {loss.shape} (= student_logits.shape[:-1]); got {np.shape(where)=}"
+      )
     loss = jnp.where(where, loss, 0.0)
   return loss
 

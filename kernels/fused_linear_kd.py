@@ -242,8 +242,9 @@ def _check(student_hidden, student_head, teachers, student_bias, where, token_ch
   if student_bias is not None and np.shape(student_bias) != (v,):
     raise ValueError(f"student_bias must be [V={v}]; got {np.shape(student_bias)=}")
   if where is not None and np.shape(where) != batch:
-    raise ValueError(f"where must have shape {batch} (= student_hidden.shape[:-1]); "
-                     f"got {np.shape(where)=}")  # fmt: skip
+    raise ValueError(
+      f"where must have shape {batch} (= student_hidden.shape[:-1]); got {np.shape(where)=}"
+    )
   if token_chunk is not None and (not isinstance(token_chunk, int) or token_chunk < 1):
     raise ValueError(f"token_chunk must be a positive int or None; got {token_chunk=}")
   if _is_pairs(teachers):
@@ -349,9 +350,16 @@ def fused_linear_kd_loss(
   batch = student_hidden.shape[:-1]
   # Temperatures, weights, operator, implementation, divergence: checked as the fused loss does.
   fused_kd._check_inputs(
-    None, jax.ShapeDtypeStruct((k, *batch, v), jnp.float32), temperatures, weights, operator,
-    implementation, student_temperature, divergence, beta,
-  )  # fmt: skip
+    None,
+    jax.ShapeDtypeStruct((k, *batch, v), jnp.float32),
+    temperatures,
+    weights,
+    operator,
+    implementation,
+    student_temperature,
+    divergence,
+    beta,
+  )
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise ValueError(f"block_sizes must be a BlockSizes; got {type(block_sizes)=}")
   impl, interp = fused_kd._resolve(implementation, interpret)
@@ -423,8 +431,16 @@ def fused_linear_kd_loss_reference(
     )  # [K, ..., V]
   else:
     zt = jnp.asarray(teachers).astype(ct)  # [K, ..., V]
-  loss = _reference_loss(z, jax.lax.stop_gradient(zt), temperatures, weights, student_temperature,
-                         operator, divergence, beta)  # fmt: skip
+  loss = _reference_loss(
+    z,
+    jax.lax.stop_gradient(zt),
+    temperatures,
+    weights,
+    student_temperature,
+    operator,
+    divergence,
+    beta,
+  )
   return loss if where is None else jnp.where(where, loss, 0.0)
 
 

@@ -111,8 +111,10 @@ class Checkpointer:
         problem = self._verify(step, state)
       if problem is None:
         if problems:
-          print(f"warning: {name}: restored step {step}; newer steps: {'; '.join(problems)}",
-                file=sys.stderr)  # fmt: skip
+          print(
+            f"warning: {name}: restored step {step}; newer steps: {'; '.join(problems)}",
+            file=sys.stderr,
+          )
         return state
       problems.append(f"step {step} in {self.directory} is {problem}")
       print(f"warning: {name}: checkpoint {problems[-1]}; trying an older one", file=sys.stderr)
@@ -160,8 +162,10 @@ def check_workdir(workdir: str, config: Mapping) -> None:
   if not workdir:
     raise ValueError("workdir: needs a directory (--workdir=...)")
   if any(c in workdir for c in _GLOB):
-    raise ValueError(f"workdir {workdir!r}: characters {_GLOB!r} are not allowed in the path "
-                     "(orbax would write checkpoints it cannot read back)")  # fmt: skip
+    raise ValueError(
+      f"workdir {workdir!r}: characters {_GLOB!r} are not allowed in the path "
+      "(orbax would write checkpoints it cannot read back)"
+    )
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"workdir {workdir!r} exists and is not a directory")
   path = os.path.join(workdir, "config.json")

@@ -496,13 +496,10 @@ class Column:
     return out if dtype is None else out.astype(dtype)
 
 
-@dataclasses.dataclass(frozen=True)
-class TeacherStore:
-  """An opened v2 store: manifest checked, arrays opened (metadata only), nothing read yet."""
+class ManifestFields:
+  """What a store's manifest says (v1 and v2 stores alike): names, k, V, T_g."""
 
-  directory: str
   manifest: dict
-  _arrays: dict
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -519,6 +516,15 @@ class TeacherStore:
   @property
   def generation_temperatures(self) -> np.ndarray:
     return np.array([t["generation_temperature"] for t in self.manifest["teachers"]], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherStore(ManifestFields):
+  """An opened v2 store: manifest checked, arrays opened (metadata only), nothing read yet."""
+
+  directory: str
+  manifest: dict
+  _arrays: dict
 
   def _column(self, rel, k=None, tail_of=None):
     label = next(lab for lab, r, _, _ in _array_layout(self.manifest) if r == rel)

@@ -191,7 +191,7 @@ def _check_shard(path: str, expected_bytes: int, sha256: str, verify: bool) -> N
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherStore:
+class TeacherStore(store_v2.ManifestFields):
   """A verified store, memory-mapped read-only (see the module docstring)."""
 
   directory: str
@@ -199,22 +199,6 @@ class TeacherStore:
   tokens: np.ndarray  # [N, L + 1]
   indices: tuple[np.ndarray, ...]  # K × [N, L, k] int32
   log_probs: tuple[np.ndarray, ...]  # K × [N, L, k] bf16/f16
-
-  @property
-  def names(self) -> tuple[str, ...]:
-    return tuple(t["name"] for t in self.manifest["teachers"])
-
-  @property
-  def k(self) -> int:
-    return self.manifest["k"]
-
-  @property
-  def vocab_size(self) -> int:
-    return self.manifest["vocab_size"]
-
-  @property
-  def generation_temperatures(self) -> np.ndarray:
-    return np.array([t["generation_temperature"] for t in self.manifest["teachers"]], np.float32)
 
   def _check_k(self, k):
     k = self.k if k is None else int(k)

@@ -90,9 +90,17 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
   with pytest.raises(
     train.NonFiniteError, match=r"tiny: non-finite loss or gradient norm at step 2"
   ):
-    train.train("tiny", init_params=train.init_params(student.init), train_step=nan_step,
-                optimizer=bad_optimizer, arrays=arrays, num_steps=12, batch_size=32, seed=0,
-                loop=loop)  # fmt: skip
+    train.train(
+      "tiny",
+      init_params=train.init_params(student.init),
+      train_step=nan_step,
+      optimizer=bad_optimizer,
+      arrays=arrays,
+      num_steps=12,
+      batch_size=32,
+      seed=0,
+      loop=loop,
+    )
   assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints", "tiny", "5"))
   del step, optimizer
 

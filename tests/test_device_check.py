@@ -31,9 +31,13 @@ device_check = _module(SCRIPT, "device_check")
 def _run(*args, timeout=600):
   env = {k: v for k, v in os.environ.items() if k != "OUT"}  # the JSON goes to --out
   return subprocess.run(
-    [sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    [sys.executable, SCRIPT, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
     timeout=timeout,
-  )  # fmt: skip
+  )
 
 
 def test_without_accelerator_says_so_in_one_line_and_exits_0():

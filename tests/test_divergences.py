@@ -170,9 +170,10 @@ def test_jsd_gradient_is_the_analytic_formula():
   beta, ts = 0.8, 1.7
   with jax.enable_x64(True):
     f = lambda z: jnp.sum(
-      divergences.kd_divergence(jnp.asarray(log_q, jnp.float64), z, divergence="jsd",
-                                beta=beta, student_temperature=ts)
-    )  # fmt: skip
+      divergences.kd_divergence(
+        jnp.asarray(log_q, jnp.float64), z, divergence="jsd", beta=beta, student_temperature=ts
+      )
+    )
     g = np.asarray(jax.grad(f)(jnp.asarray(z, jnp.float64)))
   u = z / ts
   p = np.exp(u - u.max(-1, keepdims=True))
@@ -188,8 +189,9 @@ def test_jsd_bounds_and_limits():
   one_hot = jnp.log(jnp.array([[1.0, 0.0], [0.0, 1.0]]))
   for beta in (0.1, 0.5, 0.9):
     h = -beta * np.log(beta) - (1 - beta) * np.log(1 - beta)
-    np.testing.assert_allclose(divergences.generalized_jsd(one_hot[0], one_hot[1], beta), h,
-                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+      divergences.generalized_jsd(one_hot[0], one_hot[1], beta), h, rtol=1e-6
+    )
   log_q, log_p = random_dists(7, (5,))
   with jax.enable_x64(True):
     lq, lp = jnp.asarray(log_q, jnp.float64), jnp.asarray(log_p, jnp.float64)

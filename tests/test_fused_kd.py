@@ -197,9 +197,16 @@ def test_gpu_row_kernel_interpret(op):
   zs, zt, temps, w = _inputs(8, 3, (4,), 700)
   params = jnp.concatenate([temps, jnp.array([2.0, 1.0])])  # T_k, T_S, gscale
   kl, d = _pallas_kd._gpu_kd(
-    params, zt, zs, w, op=op, bs=BlockSizes(1, 256), with_grad=True,
-    combine=_pallas_kd._combiner(None), interpret=True,
-  )  # fmt: skip
+    params,
+    zt,
+    zs,
+    w,
+    op=op,
+    bs=BlockSizes(1, 256),
+    with_grad=True,
+    combine=_pallas_kd._combiner(None),
+    interpret=True,
+  )
   kw = dict(temperatures=temps, weights=w, student_temperature=2.0, operator=op)
   ref = lambda s: fused_kd_loss_reference(s, zt, temperature_sq_scaling=False, **kw)
   _close(kl, ref(zs), 1e-5)
@@ -473,9 +480,18 @@ def test_gpu_row_kernel_divergences_interpret(div):
   zs, zt, temps, w = _inputs(12, 2, (4,), 700)
   params = jnp.concatenate([temps, jnp.array([2.0, 1.0])])  # T_k, T_S, gscale
   kl, d = _pallas_kd._gpu_kd(
-    params, zt, zs, w, op="linear", bs=BlockSizes(1, 256), with_grad=True,
-    combine=_pallas_kd._combiner(None), interpret=True, div=div, beta=0.6,
-  )  # fmt: skip
+    params,
+    zt,
+    zs,
+    w,
+    op="linear",
+    bs=BlockSizes(1, 256),
+    with_grad=True,
+    combine=_pallas_kd._combiner(None),
+    interpret=True,
+    div=div,
+    beta=0.6,
+  )
   val, g_ref = _np_kd(zs, zt, temps, w, 2.0, "linear", div, 0.6)
   _close(kl * 4.0, val, 1e-5)  # the kernels return D unscaled and ∂D/∂u
   _close(d * 2.0, g_ref, 1e-5)
@@ -521,9 +537,14 @@ def test_vocab_parallel_divergences_equal_unsharded(div, impl):
 def _div_value_and_grad(div):
   def f(zs, zt, temps, w):
     loss = lambda s: fused_kd_loss(
-      s, zt, temperatures=temps, weights=w, divergence=div, implementation="pallas",
+      s,
+      zt,
+      temperatures=temps,
+      weights=w,
+      divergence=div,
+      implementation="pallas",
       interpret=False,
-    ).sum()  # fmt: skip
+    ).sum()
     return jax.value_and_grad(loss)(zs)
 
   return jax.jit(f)

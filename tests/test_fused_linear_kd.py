@@ -211,8 +211,9 @@ def test_teacher_bias_triples():
   _close(ga, gb, 1e-5)
   _close(a, ref.sum(), 1e-5)
   with pytest.raises(ValueError, match=r"teachers\[1\] bias must be \[V=300\]"):
-    fused_linear_kd_loss(pr["h"], pr["head"], [triples[0], (*pr["teachers"][1], biases[0][:5])],
-                         **kw)  # fmt: skip
+    fused_linear_kd_loss(
+      pr["h"], pr["head"], [triples[0], (*pr["teachers"][1], biases[0][:5])], **kw
+    )
 
 
 def kw_ref(kw):
@@ -357,10 +358,15 @@ def test_compiled_value_and_grad_has_no_nv_temporary(dtype, kind, request):
   the K + 1 hidden states to f32 before the loop), nothing of size N·V. The naive
   formulation's temporaries exceed K·N·V: the check can fail."""
   if kind == "logits" and dtype == jnp.bfloat16:
-    request.applymarker(pytest.mark.xfail(strict=True, reason=(
-      "known: XLA:CPU copies all [K, N, V] low-precision teacher logits before the chunk "
-      "loop (a bf16 copy of 4.3 GB here); teachers as pairs, or f32 logits, have no copy"
-    )))  # fmt: skip
+    request.applymarker(
+      pytest.mark.xfail(
+        strict=True,
+        reason=(
+          "known: XLA:CPU copies all [K, N, V] low-precision teacher logits before the chunk "
+          "loop (a bf16 copy of 4.3 GB here); teachers as pairs, or f32 logits, have no copy"
+        ),
+      )
+    )
   k, d, v = 4, 256, 32768
   sds = jax.ShapeDtypeStruct
 

@@ -175,8 +175,13 @@ def test_small_digits_job_gives_the_results_of_before_the_redesign(tmp_path):
 def test_one_hot_weights_train_and_weigh_the_average_teacher(tmp_path):
   """weights=(1,0,0): the single-teacher students still get weight 1 (no 0/0), and the average
   teacher is teacher 0 in both columns."""
-  r = _run_cli(tmp_path / "w", *TINY, "--config.weights=(1,0,0)", "--config.teacher_steps=10",
-               "--config.num_steps=10")  # fmt: skip
+  r = _run_cli(
+    tmp_path / "w",
+    *TINY,
+    "--config.weights=(1,0,0)",
+    "--config.teacher_steps=10",
+    "--config.num_steps=10",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   results = json.loads((tmp_path / "w" / "results.json").read_text())
   for k in range(3):

@@ -346,7 +346,7 @@ def test_errors_name_the_argument():
     sparse.sparse_outputs(np.array([[[1, 1]]]), np.log(np.full((1, 1, 2), 0.3)), vocab_size=5)
   with pytest.raises(ValueError, match="indices must be in"):
     sparse.sparse_outputs(np.array([[[1, 7]]]), np.log(np.full((1, 1, 2), 0.3)), vocab_size=5)
-  with pytest.raises(ValueError, match="unknown sparse_operator .power.; valid names"):
+  with pytest.raises(ValueError, match=r"unknown sparse_operator 'power'; valid names"):
     sparse.get("power")
 
 
