@@ -240,6 +240,7 @@ def test_where_all_masked_and_empty():
 # ----------------------------------------------------------------------------- Pallas (interpret)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("div", DIVS)
 @pytest.mark.parametrize("bv", [128, 512])  # two/three-pass kernels (V = 300 ragged); one block
 def test_pallas_interpret_matches_reference(div, bv):
@@ -286,6 +287,7 @@ def _linear_avals(n=40, d=128, v=4096 + 256, dt=jnp.bfloat16):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("div", ["forward_kl", "jsd"])
 def test_tpu_export_contains_mosaic_chunk_kernels(div):
   module = export.export(_pallas_value_and_grad(div), platforms=["tpu"])(*_linear_avals())
@@ -296,6 +298,7 @@ def test_tpu_export_contains_mosaic_chunk_kernels(div):
   assert text.count("tpu_custom_call") == 4 * per_call, text.count("tpu_custom_call")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("div", ["forward_kl", "reverse_kl"])
 def test_cuda_lowering_of_chunk_kernels(div):
   lowered = _pallas_value_and_grad(div).trace(*_linear_avals()).lower(lowering_platforms=("cuda",))
@@ -308,6 +311,7 @@ def test_cuda_lowering_of_chunk_kernels(div):
 # ----------------------------------------------------------------------------- sharding
 
 
+@pytest.mark.slow
 def test_tokens_sharded_over_data_axis_equal_unsharded():
   """Tokens sharded over 8 fake devices: (a) jit with sharded inputs, (b) inside shard_map
   (local chunks, head gradient summed over devices), both equal to one device."""
@@ -349,6 +353,7 @@ def test_tokens_sharded_over_data_axis_equal_unsharded():
 # ----------------------------------------------------------------------------- memory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("kind", ["pairs", "logits"])
 def test_compiled_value_and_grad_has_no_nv_temporary(dtype, kind, request):
