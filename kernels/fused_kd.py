@@ -16,9 +16,9 @@ block, that writes p_S − q; the backward multiplies it by the row cotangents. 
 are O(B·V). With a vocabulary sharded over a mesh axis, the row statistics are combined with
 one `pmax` and one `psum` of a [K + 1, B] array; the [B, V] data never moves.
 
-XLA:CPU note (measured; docs/benchmarks.md): a generic `sum(axis=0)` over the teacher axis fused behind a
-softmax made XLA recompute the softmax per output element (3.2 s instead of ~40 ms), so the
-teacher axis is always unrolled in Python here.
+XLA:CPU note (measured here; docs/benchmarks.md): a generic `sum(axis=0)` over the teacher
+axis fused behind a softmax made XLA recompute the softmax per output element (3.2 s instead of
+~40 ms), so the teacher axis is always unrolled in Python here.
 """
 
 from __future__ import annotations
