@@ -50,7 +50,8 @@ def test_byte_lm_is_causal():
 
 
 def test_unknown_model_name_is_a_one_line_error():
-  with pytest.raises(ValueError, match="model: unknown model name 'resnet'") as err:
+  message = r"unknown model 'resnet'; valid names: \['byte_lm', 'mlp'\]"
+  with pytest.raises(ValueError, match=message) as err:
     models.build("resnet")
   assert "\n" not in str(err.value)
 
