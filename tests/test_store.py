@@ -4,11 +4,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import _processes
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -354,39 +354,18 @@ def test_two_dumps_into_one_directory_are_refused(tmp_path):
   store.open_store(str(out), verify=True)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_write_the_same_store_as_one(store_dir, tmp_path):
-  out, port = tmp_path / "two", _free_port()
+  out, port = tmp_path / "two", _processes.free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        os.path.join(TESTS, "_store_worker.py"),
-        str(out),
-        f"--distributed={port},{i},2",
-      ],
-      env=env,
-      cwd=ROOT,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
+  commands = [
+    [
+      sys.executable,
+      os.path.join(TESTS, "_store_worker.py"),
+      str(out),
+      f"--distributed={port},{i},2",
+    ]
     for i in range(2)
   ]
-  logs = []
-  try:
-    for p in procs:
-      logs.append(p.communicate(timeout=240)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+  _processes.run_all(commands, env=env, cwd=ROOT, timeout=240)
   assert _files(str(out)) == _files(store_dir)

@@ -4,11 +4,11 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import _multiprocess_worker as tiny
+import _processes
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -353,49 +353,28 @@ def test_same_metrics_on_1_and_8_devices(one_device_run, tmp_path):
   assert history[-1]["loss"] < history[0]["loss"]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_same_metrics_in_2_processes(one_device_run, tmp_path):
-  port, out = _free_port(), tmp_path / "out.json"
+  port, out = _processes.free_port(), tmp_path / "out.json"
   env = dict(
     os.environ,
     XLA_FLAGS="--xla_force_host_platform_device_count=4",
     JAX_PLATFORMS="cpu",
     PYTHONPATH=ROOT,
   )
-  procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        os.path.join(TESTS, "_multiprocess_worker.py"),
-        str(port),
-        str(i),
-        "2",
-        str(out),
-        str(tmp_path / "w"),
-      ],
-      env=env,
-      cwd=ROOT,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
+  commands = [
+    [
+      sys.executable,
+      os.path.join(TESTS, "_multiprocess_worker.py"),
+      str(port),
+      str(i),
+      "2",
+      str(out),
+      str(tmp_path / "w"),
+    ]
     for i in range(2)
   ]
-  logs = []
-  try:
-    for p in procs:
-      logs.append(p.communicate(timeout=180)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+  _processes.run_all(commands, env=env, cwd=ROOT, timeout=180)
   result = json.loads(out.read_text())
   _history_close(result["history"], one_device_run[0])
   _tree_close(result["params"], one_device_run[1])
