@@ -93,18 +93,28 @@ class Block(nnx.Module):
 class ByteTransformerLM(nnx.Module):
   """Byte-level causal Transformer language model over V = 256 tokens.
 
-  Input int tokens [B, L] with L <= context; output next-byte logits [B, L, 256].
+  Input int tokens [B, L] with L <= context; output next-byte logits [B, L, 256]
+  (`vocab_size` other than 256: a token LM of that vocabulary, e.g. for memory benchmarks).
 
   >>> lm = ByteTransformerLM(depth=1, width=32, num_heads=2, context=16, rngs=nnx.Rngs(0))
   >>> lm(jnp.zeros((2, 8), jnp.int32)).shape
   (2, 8, 256)
   """
 
-  vocab_size = 256
+  vocab_size = 256  # bytes (the default; an instance may have another)
 
   def __init__(
-    self, *, depth: int, width: int, num_heads: int, context: int, rngs, mlp_ratio: int = 4
+    self,
+    *,
+    depth: int,
+    width: int,
+    num_heads: int,
+    context: int,
+    rngs,
+    mlp_ratio: int = 4,
+    vocab_size: int = 256,
   ):
+    self.vocab_size = vocab_size
     self.context = context
     self.depth = depth
     self.embed = nnx.Embed(self.vocab_size, width, rngs=rngs)
