@@ -29,9 +29,6 @@ def get_config(arg=None):
   c.num_random = 20000  # random problems (teachers, weights, student) in the search
   c.random_num_teachers = 3  # K of the random problems
   c.random_vocab_size = 5  # V of the random problems
-  # a workdir whose checkpoints/teacher_<k> hold this digits config's trained teachers (e.g. a
-  # log_loss_bound or digits run with the same teacher fields), or "" to train them here
-  c.teachers_from = ""
   c.progress = True  # tqdm progress bars of the digits runs
   c.digits = configs.load(os.path.join(os.path.dirname(__file__), "digits.py"))  # the digits job
   c.digits.log_every = 5  # steps between logged batch values of L_mix, L_multi, JS

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -51,26 +50,12 @@ def _digits_config(config, loss: str, specs) -> object:
   return c
 
 
-def _copy_teachers(src_workdir: str, dst_workdir: str, num_teachers: int) -> None:
-  """Copies finished teacher checkpoints `checkpoints/teacher_<k>` (the digits job layout)."""
-  for k in range(num_teachers):
-    src = os.path.join(src_workdir, "checkpoints", f"teacher_{k}")
-    dst = os.path.join(dst_workdir, "checkpoints", f"teacher_{k}")
-    if not os.path.isdir(src):
-      raise ValueError(f"config.teachers_from: no teacher checkpoint {src!r}")
-    if not os.path.exists(dst):
-      shutil.copytree(src, dst)
-
-
 def training_curves(config, workdir: str) -> dict:
   """Part 1: L_mix per operator, L_multi and JS along training; the L_mix-trained twin."""
   specs = list(config.operators)
   multi_dir, mix_dir = os.path.join(workdir, "sum_of_kls"), os.path.join(workdir, "mixture_kd")
-  if config.teachers_from:  # teachers another run of the same digits config already trained
-    _copy_teachers(config.teachers_from, multi_dir, config.digits.num_teachers)
   digits.run(_digits_config(config, "sum_of_kls", specs), multi_dir)
-  # The twin reuses the trained teachers (the digits job restores a finished checkpoint).
-  _copy_teachers(multi_dir, mix_dir, config.digits.num_teachers)
+  # The twin's teachers are the same: restored from the teacher cache, not trained again.
   digits.run(_digits_config(config, "mixture_kd", ["linear"]), mix_dir)
 
   multi = common.read_metrics(os.path.join(multi_dir, "metrics.jsonl"))

@@ -6,7 +6,7 @@ normaliser Z = Σ_i M_α(i) ≤ Σ_i M_1(i) = 1 (power means grow with α), so q
 For α > 1 the normaliser exceeds 1, and the entropic pool flattens q: neither is covered, and the
 measurements below show where they break.
 
-Part 1 (digits): the digits job's teachers (trained or restored from `<workdir>/checkpoints`)
+Part 1 (digits): the digits job's teachers (trained or restored from the teacher cache)
 on every train and test example, per operator: the fraction of examples with −log q(y) above the
 bound, the largest excess, and the mean of both sides.
 Part 2 (random): random teachers, weights and labels, the same statistics.
