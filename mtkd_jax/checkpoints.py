@@ -11,6 +11,7 @@ kept step is tried; when none is intact, `CheckpointError` names each step and w
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -21,8 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-# Fields of a config that change how a run is observed, not what it computes.
-RESUMABLE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "progress", "mesh")
+# Fields of a config that change how a run is observed or where it caches, not what it computes.
+RESUMABLE_FIELDS = (
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "progress",
+  "mesh",
+  "teacher_cache",
+)
+# Fields that may grow in a trained workdir: its runs continue from their last checkpoint.
+CONTINUABLE_FIELDS = ("num_steps",)
 _GLOB = "[]*?{}"  # orbax's OCDBT merge treats these as patterns: such a path never restores
 
 
@@ -176,12 +186,22 @@ def check_workdir(workdir: str, config: Mapping) -> None:
     with open(path) as f:
       saved = json.load(f)
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    grown = [k for k in diff if k in CONTINUABLE_FIELDS and _grows(saved.get(k), current.get(k))]
+    diff = [k for k in diff if k not in grown]
     if diff:
       shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:3])
       raise ValueError(
         f"workdir {workdir!r} holds checkpoints of an incompatible config ({shown}); "
         "use a fresh --workdir or delete it"
       )
+    if grown and jax.process_index() == 0:
+      shown = ", ".join(f"{k} {saved[k]} -> {current[k]}" for k in grown)
+      print(
+        f"note: workdir {workdir!r}: continuing its runs from their last checkpoints ({shown}); "
+        "the learning-rate schedule is the new one from there on",
+        file=sys.stderr,
+      )
+      _write_json(path, current)
     return
   if trained:
     raise ValueError(f"workdir {workdir!r} holds checkpoints but no config.json; refusing to mix")
@@ -191,6 +211,10 @@ def check_workdir(workdir: str, config: Mapping) -> None:
       _write_json(path, current)
     except OSError as e:
       raise ValueError(f"workdir {workdir!r}: cannot write there ({e.strerror})") from None
+
+
+def _grows(old, new) -> bool:
+  return isinstance(old, int) and isinstance(new, int) and new > old
 
 
 def _jsonable(x):
@@ -208,8 +232,9 @@ class WorkdirLock:
   ...   ...
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, wait: bool = False):
     self.path = os.path.join(workdir, ".lock")
+    self.wait = wait  # block until the holder is done (shared caches) instead of refusing
     self.file = None
 
   def __enter__(self):
@@ -222,10 +247,17 @@ class WorkdirLock:
     except OSError:
       self.file.seek(0)
       holder = self.file.read().strip() or "another process"
+      if self.wait:
+        print(f"waiting for {os.path.dirname(self.path)} (pid {holder})", file=sys.stderr)
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self._own()
       self.file.close()
       raise ValueError(
         f"workdir {os.path.dirname(self.path)!r} is in use by pid {holder}"
       ) from None
+    return self._own()
+
+  def _own(self):
     self.file.seek(0)
     self.file.truncate()
     self.file.write(str(os.getpid()))
@@ -236,3 +268,59 @@ class WorkdirLock:
     if self.file is not None:
       fcntl.flock(self.file, fcntl.LOCK_UN)
       self.file.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A cache of runs keyed by their own config (teachers shared by every job that trains the same).
+# --------------------------------------------------------------------------------------------
+def default_cache() -> str:
+  """`$MTKD_TEACHER_CACHE`, else `$XDG_CACHE_HOME/mtkd_jax/teachers` (~/.cache/...)."""
+  if os.environ.get("MTKD_TEACHER_CACHE"):
+    return os.environ["MTKD_TEACHER_CACHE"]
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(root, "mtkd_jax", "teachers")
+
+
+def cache_entry(root: str, name: str, key: Mapping) -> str:
+  """`<root>/<name>-<16 hex digits of sha256(key)>`, created with `key.json` (what it holds).
+
+  Two runs with equal keys (JSON-equal) share one entry; any changed field gives another.
+  """
+  text = json.dumps(key, sort_keys=True, default=_jsonable)
+  entry = os.path.join(root, f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}")
+  if any(c in entry for c in _GLOB):
+    raise ValueError(f"teacher_cache {root!r}: characters {_GLOB!r} are not allowed in the path")
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(entry, "key.json")):
+    try:
+      os.makedirs(entry, exist_ok=True)
+      _write_json(os.path.join(entry, "key.json"), json.loads(text))
+    except OSError as e:
+      raise ValueError(f"teacher_cache {root!r}: cannot write there ({e.strerror})") from None
+  return entry
+
+
+def read_rows(path: str) -> list[dict]:
+  """The rows of a `metrics.jsonl`; a cut-off line (a full disk, a kill) is skipped with a
+  warning."""
+  rows = []
+  with open(path) as f:
+    for i, line in enumerate(f):
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        print(f"warning: {path}:{i + 1}: skipping a cut-off line", file=sys.stderr)
+  return rows
+
+
+def copy_metric_rows(source: str, target: str, run: str) -> None:
+  """Appends `run`'s rows of `<source>/metrics.jsonl` to `<target>/metrics.jsonl` unless the
+  target has rows of that run already (so a cached run's curve shows in every job using it)."""
+  src, dst = os.path.join(source, "metrics.jsonl"), os.path.join(target, "metrics.jsonl")
+  if jax.process_index() != 0 or not os.path.exists(src):
+    return
+  rows = lambda path: [r for r in read_rows(path) if r.get("run") == run]
+  if os.path.exists(dst) and rows(dst):
+    return
+  os.makedirs(target, exist_ok=True)
+  with open(dst, "a") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows(src))

@@ -10,6 +10,7 @@ registry names (paper §VI's practical design).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -228,6 +229,8 @@ class Loop:
     stop_on_nonfinite: stop a run with `NonFiniteError` naming the first step whose loss or
       gradient norm is NaN or infinite (checked at each log and checkpoint step, so the last
       checkpoint saved before it is intact).
+    teacher_cache: directory of the runs cached by their own config (`cached_run`: teachers),
+      shared by every job and workdir; None: such runs are kept in the workdir like any other.
   """
 
   mesh: jax.sharding.Mesh
@@ -239,11 +242,13 @@ class Loop:
   progress: bool = False
   report: Callable[[str, int, dict], None] | None = None
   stop_on_nonfinite: bool = True
+  teacher_cache: str | None = None
 
   @classmethod
   def from_config(cls, config, workdir: str | None) -> Loop:
     """From a config's `mesh`, `partition_rules`, `checkpoint_every`, `keep_checkpoints`,
-    `log_every` and `progress` fields (defaults where a config has none)."""
+    `log_every`, `progress` and `teacher_cache` fields (defaults where a config has none; the
+    teacher cache defaults to `checkpoints.default_cache()` when there is a workdir)."""
     mesh = config.get("mesh") or {"data": -1, "model": 1}
     default = cls(mesh=None)
     return cls(
@@ -257,7 +262,38 @@ class Loop:
       log_every=config.get("log_every", default.log_every),
       progress=config.get("progress", default.progress),
       stop_on_nonfinite=config.get("stop_on_nonfinite", default.stop_on_nonfinite),
+      teacher_cache=(config.get("teacher_cache") or checkpoints.default_cache())
+      if workdir
+      else None,
     )
+
+
+# Bump when a change to the library alters what a cached run computes (batch order, optimizer,
+# models): entries written before then are not reused.
+_CACHE_VERSION = 1
+
+
+@contextlib.contextmanager
+def cached_run(loop: Loop, name: str, key: Mapping):
+  """The loop for a run cached by its own config, e.g. a teacher: `train(name, loop=...)` inside
+  the block checkpoints to `<loop.teacher_cache>/<name>-<hash of key>/`, so every job and workdir
+  whose run has the same `key` (all that determines its result: data, model, optimizer, steps,
+  seed) trains it once and restores it after. The entry is locked while in use (a second job
+  waits); on exit the run's metric rows are copied into the job's `metrics.jsonl`.
+
+  >>> with cached_run(loop, "teacher_0", {"seed": 0, ...}) as teacher_loop:  # doctest: +SKIP
+  ...   state, _ = train("teacher_0", ..., loop=teacher_loop)
+  """
+  if loop.teacher_cache is None or loop.workdir is None:
+    yield loop
+    return
+  from mtkd_jax import __version__
+
+  key = {**key, "cache": _CACHE_VERSION, "mtkd_jax": __version__, "jax": jax.__version__}
+  entry = checkpoints.cache_entry(loop.teacher_cache, name, key)
+  with checkpoints.WorkdirLock(entry, wait=True):
+    yield dataclasses.replace(loop, workdir=entry)
+  checkpoints.copy_metric_rows(entry, loop.workdir, name)
 
 
 def train(

@@ -119,3 +119,57 @@ def test_a_cut_off_metrics_row_stays_on_its_own_line(tmp_path):
   lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
   assert lines[0].startswith('{"run": "tiny", "step": 1, "lo')
   assert [json.loads(line)["step"] for line in lines[1:]] == [1, 2, 3]
+  rows = checkpoints.read_rows(os.path.join(workdir, "metrics.jsonl"))  # cut-off line skipped
+  assert [row["step"] for row in rows] == [1, 2, 3]
+
+
+def _train_cached(loop, key, num_steps=4):
+  student, optimizer, step, arrays = tiny.tiny_problem()
+  with train.cached_run(loop, "teacher", key) as cached_loop:
+    state, _ = train.train(
+      "teacher",
+      init_params=train.init_params(student.init),
+      train_step=step,
+      optimizer=optimizer,
+      arrays=dict(arrays),
+      num_steps=num_steps,
+      batch_size=32,
+      seed=0,
+      loop=cached_loop,
+    )
+  return cached_loop.workdir, state
+
+
+def test_a_cached_run_is_trained_once_per_key_and_shared_by_workdirs(tmp_path):
+  cache = str(tmp_path / "cache")
+  loop = lambda w: train.Loop(
+    mesh=_mesh(), workdir=str(tmp_path / w), log_every=2, teacher_cache=cache
+  )
+  entry_a, state_a = _train_cached(loop("a"), {"seed": 0})
+  stamp = os.path.getmtime(os.path.join(entry_a, "metrics.jsonl"))
+  entry_b, state_b = _train_cached(loop("b"), {"seed": 0})  # restored, not trained
+  assert entry_a == entry_b and os.path.getmtime(os.path.join(entry_a, "metrics.jsonl")) == stamp
+  np.testing.assert_array_equal(
+    jax.tree.leaves(state_a.params)[0], jax.tree.leaves(state_b.params)[0]
+  )
+  for w in ("a", "b"):  # the cached run's curve shows in each workdir, once
+    rows = checkpoints.read_rows(str(tmp_path / w / "metrics.jsonl"))
+    assert [r["step"] for r in rows if r["run"] == "teacher"] == [2, 4]
+  entry_c, _ = _train_cached(loop("a"), {"seed": 1})  # another key: another entry
+  assert entry_c != entry_a and json.load(open(os.path.join(entry_c, "key.json")))["seed"] == 1
+  assert not os.path.exists(tmp_path / "a" / "checkpoints")  # nothing cached in the workdir
+
+
+def test_num_steps_may_grow_in_a_trained_workdir_and_nothing_else(tmp_path, capsys):
+  workdir = str(tmp_path)
+  checkpoints.check_workdir(workdir, {"num_steps": 10, "lr": 0.1})
+  os.makedirs(os.path.join(workdir, "checkpoints"))
+  checkpoints.check_workdir(workdir, {"num_steps": 20, "lr": 0.1, "log_every": 3})
+  assert "continuing its runs from their last checkpoints (num_steps 10 -> 20)" in (
+    capsys.readouterr().err
+  )
+  assert json.load(open(os.path.join(workdir, "config.json")))["num_steps"] == 20
+  with pytest.raises(ValueError, match=r"incompatible config \(num_steps: 20 -> 15\)"):
+    checkpoints.check_workdir(workdir, {"num_steps": 15, "lr": 0.1})
+  with pytest.raises(ValueError, match=r"incompatible config \(lr: 0.1 -> 0.2\)"):
+    checkpoints.check_workdir(workdir, {"num_steps": 30, "lr": 0.2})

@@ -76,12 +76,13 @@ def test_bad_config_is_a_one_line_error_naming_the_field(overrides, field):
   assert "\n" not in message
 
 
-def _run_cli(workdir, *flags, timeout=240, config=CONFIG, devices=2):
+def _run_cli(workdir, *flags, timeout=240, config=CONFIG, devices=2, env=None):
   env = dict(
     os.environ,
     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
     JAX_PLATFORMS="cpu",
     PYTHONPATH=ROOT,
+    **(env or {}),
   )
   cmd = [sys.executable, "-m", "mtkd_jax.main", f"--config={config}", f"--workdir={workdir}"]
   return subprocess.run(
@@ -109,8 +110,9 @@ TINY = [
 
 @pytest.mark.slow
 def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
-  workdir = tmp_path / "run"
-  r = _run_cli(workdir, *TINY)
+  workdir, cache = tmp_path / "run", tmp_path / "teachers"
+  env = {"MTKD_TEACHER_CACHE": str(cache)}
+  r = _run_cli(workdir, *TINY, env=env)
   assert r.returncode == 0, f"rc={r.returncode}\n{r.stderr[-3000:]}"
   for name in (
     "teacher_0",
@@ -158,6 +160,30 @@ def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
   assert r3.returncode == 2
   assert "incompatible config (operator: 'linear' -> 'geometric')" in r3.stderr
   assert sorted(p.name for p in (workdir / "checkpoints" / "student_linear").iterdir()) == before
+
+  # A new workdir with another student config restores the cached teachers: no teacher is
+  # trained again, their curves are copied in, and their results are the same.
+  stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.name != ".lock"}
+  assert len(list(cache.glob("teacher_*/key.json"))) == 3
+  r4 = _run_cli(tmp_path / "b", *TINY, "--config.operator=geometric", env=env)
+  assert r4.returncode == 0, r4.stderr[-3000:]
+  assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.name != ".lock"} == stamps
+  other = json.loads((tmp_path / "b" / "results.json").read_text())
+  assert other["teacher_1"] == results["teacher_1"]
+  rows_b = [
+    json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+  ]
+  assert {"teacher_0", "teacher_1", "teacher_2"} <= {row["run"] for row in rows_b}
+
+  # More student steps in a trained workdir: the students continue from their last checkpoint.
+  r5 = _run_cli(workdir, *TINY[2:], "--config.teacher_steps=20", "--config.num_steps=30", env=env)
+  assert r5.returncode == 0, r5.stderr[-3000:]
+  assert "continuing its runs from their last checkpoints (num_steps 20 -> 30)" in r5.stderr
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps = [row["step"] for row in rows if row["run"] == "student_linear"]
+  assert steps == [5, 10, 15, 20, 25, 30]
+  r6 = _run_cli(workdir, *TINY, env=env)  # fewer steps than the checkpoints hold: refused
+  assert r6.returncode == 2 and "num_steps: 30 -> 20" in r6.stderr
 
 
 @pytest.mark.slow

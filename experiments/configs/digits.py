@@ -65,6 +65,7 @@ def get_config(arg=None):
   c.checkpoint_every = 100  # steps between orbax checkpoints (and always at the end)
   c.keep_checkpoints = 2  # checkpoints kept per run
   c.progress = True  # tqdm progress bar
+  c.teacher_cache = ""  # teachers cached by their own config; "": $MTKD_TEACHER_CACHE or ~/.cache
 
   if arg.small:
     c.teacher_steps = 60

@@ -1,11 +1,12 @@
 """Shared pieces of the experiments (paper §IV–V): config checks, digits teachers, searches.
 
-`train_teachers(config, loop)` trains (or restores from the workdir) the K digits teachers of a
-digits config; every digits-based experiment gets its teachers from it.
+`train_teachers(config, loop)` trains (or restores from the teacher cache) the K digits teachers
+of a digits config; every digits-based experiment gets its teachers from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 
@@ -112,8 +113,9 @@ def teacher_views(config, num_examples: int) -> list[data_lib.TeacherView]:
 
 
 def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherView] | None = None):
-  """Trains the digits teachers of `config` (a digits config) or restores them from the loop's
-  workdir (`checkpoints/teacher_<k>`).
+  """Trains the digits teachers of `config` (a digits config), or restores them from the teacher
+  cache (`train.cached_run`: each teacher keyed by its own data, model, optimizer and seed, so
+  jobs and workdirs that share a teacher train it once).
 
   Args:
     config: fields of experiments/configs/digits.py (teacher_*, batch_size, seed, data_seed, ...).
@@ -143,18 +145,29 @@ def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherVie
       num_classes=data_lib.NUM_CLASSES,
     )
     x_train = view.apply(train_split)  # [N, 64] the teacher's view of every training image
-    state, _ = train.train(
-      f"teacher_{k}",
-      init_params=model.init,
-      train_step=train.make_supervised_step(model.apply, optimizer),
-      optimizer=optimizer,
-      arrays={"x": x_train[view.train_rows], "y": train_split.y[view.train_rows]},
-      num_steps=config.teacher_steps,
-      batch_size=config.batch_size,
-      seed=config.seed + k,
-      loop=loop,
-      checkpoint_every=config.teacher_steps,  # teachers are cached, not resumed mid-way
-    )
+    arrays = {"x": x_train[view.train_rows], "y": train_split.y[view.train_rows]}
+    key = {  # all that determines the teacher: its data, model, optimizer, steps and seed
+      "data": hashlib.sha256(
+        b"".join(np.ascontiguousarray(a).data for a in arrays.values())
+      ).hexdigest(),
+      "hidden": list(config.teacher_hidden[k]),
+      **{f: config[f] for f in ("teacher_learning_rate", "teacher_steps", "weight_decay")},
+      **{f: config[f] for f in ("warmup_steps", "batch_size")},
+      "seed": config.seed + k,
+    }
+    with train.cached_run(loop, f"teacher_{k}", key) as teacher_loop:
+      state, _ = train.train(
+        f"teacher_{k}",
+        init_params=model.init,
+        train_step=train.make_supervised_step(model.apply, optimizer),
+        optimizer=optimizer,
+        arrays=arrays,
+        num_steps=config.teacher_steps,
+        batch_size=config.batch_size,
+        seed=config.seed + k,
+        loop=teacher_loop,
+        checkpoint_every=config.teacher_steps,  # teachers are cached, not resumed mid-way
+      )
     train_logits.append(train.predict(model.apply, state.params, x_train, loop.mesh))
     test_logits.append(train.predict(model.apply, state.params, view.apply(test_split), loop.mesh))
   return splits, list(views), np.stack(train_logits), np.stack(test_logits)

@@ -1,7 +1,7 @@
 """The default job: K heterogeneous digits teachers distilled into MLP students (paper §IV-B).
 
 Trains K teachers that each see another subset of pixels, noise level, part of the training set
-and width (`common.train_teachers`, cached in the workdir), then one student per operator
+and width (`common.train_teachers`, cached by their own config), then one student per operator
 (`config.operator` and `config.compare_operators`) and one per single teacher, and reports the
 test accuracy and log-loss of every model, of the aggregate q itself and of the average teacher
 (Thm IV.9, Cor IV.10). Config: experiments/configs/digits.py.
