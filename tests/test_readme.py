@@ -16,6 +16,8 @@ spans) must have a rule in `RULES`, and every rule must match a README command:
 - `Help`: too long to run here: the entry point must answer `--help` (or `--config_help`);
 - `Covered`: run elsewhere (the reason says where);
 - `NotRun`: would change the environment (installs); what it names is checked to exist.
+
+The README's ```python blocks run as written too, except the fragments listed in `FRAGMENTS`.
 """
 
 import dataclasses
@@ -25,6 +27,7 @@ import shutil
 import subprocess
 
 import _processes
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -294,3 +297,22 @@ def test_readme_command_too_long_here_exists(command, scratch):
     assert result.returncode in (0, 1), (command, result.stderr[-2000:])  # absl --help: 1
     out = result.stdout + result.stderr
     assert rule.expect in out and "Traceback" not in out, (command, out[-2000:])
+
+
+# The README's Python blocks: each runs as written unless listed here as a fragment.
+FRAGMENTS = {"fused_linear_kd_loss(": "h_s, W_s, h_1, W_1, h_2, W_2 and mask are the user's arrays"}
+
+
+def test_readme_python_blocks_run():
+  with open(README, encoding="utf-8") as f:
+    blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.M | re.S)
+  ran = 0
+  for block in blocks:
+    if any(marker in block for marker in FRAGMENTS):
+      continue
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    ran += 1
+    if "metrics" in namespace:
+      assert np.isfinite(float(namespace["metrics"]["loss"]))
+  assert ran >= 1 and len(blocks) == ran + len(FRAGMENTS), (ran, len(blocks))
