@@ -10,7 +10,7 @@ NEWEST := .venv-newest
 NEWEST_TESTS := tests/test_fused_kd.py tests/test_operators.py tests/test_train.py \
   $(wildcard tests/test_fused_linear_kd.py)
 
-.PHONY: run test test-newest lint format bench device-check figures axioms clean
+.PHONY: run test test-newest lint format bench device-check figures notebooks axioms clean
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ device-check: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) experiments/figures.py
+
+# Every notebook executed in place at full size (the outputs committed with them); its runs and
+# PNGs go to notebooks/runs/ (ignored). NOTEBOOK_SIZE=small for a quick check.
+notebooks: $(STAMP)
+	cd notebooks && for nb in *.ipynb; do MTKD_NOTEBOOK_SIZE=$(or $(NOTEBOOK_SIZE),full) \
+	  ../$(VENV)/bin/jupyter execute --inplace --timeout=-1 $$nb || exit 1; done
 
 axioms: $(STAMP)
 	$(PY) -m mtkd_jax.axioms

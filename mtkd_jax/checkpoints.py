@@ -183,8 +183,11 @@ def check_workdir(workdir: str, config: Mapping) -> None:
   current = {k: v for k, v in current.items() if k not in RESUMABLE_FIELDS}
   trained = os.path.isdir(os.path.join(workdir, "checkpoints"))
   if os.path.exists(path) and trained:
-    with open(path) as f:
-      saved = json.load(f)
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except ValueError as e:  # a damaged record: refuse rather than guess what was trained
+      raise ValueError(f"workdir {workdir!r}: config.json is unreadable ({e}); refusing") from None
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     grown = [k for k in diff if k in CONTINUABLE_FIELDS and _grows(saved.get(k), current.get(k))]
     diff = [k for k in diff if k not in grown]
@@ -303,7 +306,7 @@ def read_rows(path: str) -> list[dict]:
   """The rows of a `metrics.jsonl`; a cut-off line (a full disk, a kill) is skipped with a
   warning."""
   rows = []
-  with open(path) as f:
+  with open(path, errors="replace") as f:  # damaged bytes make a line unparsable, not the file
     for i, line in enumerate(f):
       try:
         rows.append(json.loads(line))

@@ -41,10 +41,13 @@ class MLPClassifier(nnx.Module):
       width = h
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
-  def __call__(self, x):  # [B, D] -> [B, C]
+  def features(self, x):  # [B, D] -> [B, d], the input of the head
     for i in range(self.num_hidden):
       x = jax.nn.gelu(getattr(self, f"hidden_{i}")(x))
-    return self.head(x)
+    return x
+
+  def __call__(self, x):  # [B, D] -> [B, C]
+    return self.head(self.features(x))
 
 
 class CausalSelfAttention(nnx.Module):
@@ -90,18 +93,28 @@ class Block(nnx.Module):
 class ByteTransformerLM(nnx.Module):
   """Byte-level causal Transformer language model over V = 256 tokens.
 
-  Input int tokens [B, L] with L <= context; output next-byte logits [B, L, 256].
+  Input int tokens [B, L] with L <= context; output next-byte logits [B, L, 256]
+  (`vocab_size` other than 256: a token LM of that vocabulary, e.g. for memory benchmarks).
 
   >>> lm = ByteTransformerLM(depth=1, width=32, num_heads=2, context=16, rngs=nnx.Rngs(0))
   >>> lm(jnp.zeros((2, 8), jnp.int32)).shape
   (2, 8, 256)
   """
 
-  vocab_size = 256
+  vocab_size = 256  # bytes (the default; an instance may have another)
 
   def __init__(
-    self, *, depth: int, width: int, num_heads: int, context: int, rngs, mlp_ratio: int = 4
+    self,
+    *,
+    depth: int,
+    width: int,
+    num_heads: int,
+    context: int,
+    rngs,
+    mlp_ratio: int = 4,
+    vocab_size: int = 256,
   ):
+    self.vocab_size = vocab_size
     self.context = context
     self.depth = depth
     self.embed = nnx.Embed(self.vocab_size, width, rngs=rngs)
@@ -111,12 +124,15 @@ class ByteTransformerLM(nnx.Module):
     self.ln_final = nnx.LayerNorm(width, rngs=rngs)
     self.head = nnx.Linear(width, self.vocab_size, rngs=rngs)
 
-  def __call__(self, tokens):  # [B, L] int -> [B, L, V]
+  def features(self, tokens):  # [B, L] int -> [B, L, D], the input of the head
     length = tokens.shape[-1]
     x = self.embed(tokens) + self.pos_embed[...][:length]  # [B, L, D]
     for i in range(self.depth):
       x = getattr(self, f"block_{i}")(x)
-    return self.head(self.ln_final(x))
+    return self.ln_final(x)
+
+  def __call__(self, tokens):  # [B, L] int -> [B, L, V]
+    return self.head(self.features(tokens))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +141,17 @@ class FunctionalModel:
 
   Attributes:
     init: `init(rng) -> params`, a nested dict of arrays with string keys.
-    apply: `apply(params, x) -> logits`.
+    apply: `apply(params, x) -> logits`, i.e. `h @ kernel + bias` with `h = features(params, x)`.
+    features: `features(params, x) -> h [..., d]`, the hidden states the output head reads.
+    head: `head(params) -> (kernel [d, V], bias [V] or None)`, the output projection. With
+      `features`, a distillation step can fuse the head with the loss
+      (`objectives.mixture_from_hidden`) and never build the [..., V] logits.
   """
 
   init: Callable[[jax.Array], Params]
   apply: Callable[[Params, jax.Array], jax.Array]
+  features: Callable[[Params, jax.Array], jax.Array] | None = None
+  head: Callable[[Params], tuple] | None = None
 
 
 def build(spec: str, **kwargs) -> FunctionalModel:
@@ -160,12 +182,20 @@ def _functional(cls: type[nnx.Module], **kwargs) -> FunctionalModel:
   def init(rng):
     return nnx.to_pure_dict(nnx.split(make(rng))[1])
 
-  def apply(params, x):
+  def module(params):
     state = jax.tree.map(lambda v: v, abstract_state)  # fresh container, filled below
     nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)(x)
+    return nnx.merge(graphdef, state)
 
-  return FunctionalModel(init=init, apply=apply)
+  def head(params):  # the head is a `head` nnx.Linear in every registered model
+    return params["head"]["kernel"], params["head"].get("bias")
+
+  return FunctionalModel(
+    init=init,
+    apply=lambda params, x: module(params)(x),
+    features=lambda params, x: module(params).features(x),
+    head=head,
+  )
 
 
 # Registry: configs name a model; the trainer gets (init, apply).

@@ -13,8 +13,12 @@ Temperatures, the student temperature and the operator are bound when it is buil
 - `sum_of_kls(...)`: L_multi = T_S² Σ_k w_k KL(p_{k,T_k} ‖ p_{S,T_S}).
 - `sparse_mixture(sparse_operator, ...)`: L_mix against a top-k sparse target
   (`mtkd_jax.sparse`); the teacher outputs are `sparse.SparseTeacherOutputs`.
+- `mixture_from_hidden(operator, ...)`: L_mix from the student's hidden states and output head,
+  fused with the projection (`mtkd_jax.kernels.fused_linear_kd_loss`): no [B, ..., V] logits of
+  the student or of teachers given as (hidden, head) pairs.
 
-Configs name the first two as `loss = "mixture_kd"` or `"sum_of_kls"` (`mtkd_jax.registry`).
+Configs name them `loss = "mixture_kd"`, `"sum_of_kls"` or `"mixture_kd_from_hidden"`
+(`mtkd_jax.registry`).
 """
 
 from __future__ import annotations
@@ -44,11 +48,15 @@ class Objective:
       -> [B, ...]`; `teacher_outputs` is [K, B, ..., V] (logits or log-probs) or sparse.
     metrics: `metrics(student_logits, teacher_outputs, labels, weights) -> dict` of batch means.
     num_teachers: K.
+    from_hidden: the loss takes the student's `(hidden [B, ..., d], kernel [d, V], bias [V] or
+      None)` in place of its logits, and teacher outputs may be (hidden, head[, bias]) tuples
+      (`mixture_from_hidden`); the step then never builds the [B, ..., V] logits.
   """
 
   loss: Callable
   metrics: Callable
   num_teachers: int
+  from_hidden: bool = False
 
   def __call__(self, student_logits, teacher_outputs, weights):
     return self.loss(student_logits, teacher_outputs, weights)
@@ -249,3 +257,65 @@ def sparse_mixture(sparse_operator: Callable, *, temperatures, student_temperatu
 
   metrics = _metrics(sparse_operator, temperatures, student_temperature, sparse.distill_metrics)
   return Objective(loss, metrics, len(temperatures))
+
+
+@registry.register("objective", "mixture_kd_from_hidden", factory=True)
+def mixture_from_hidden(
+  operator: Callable | str = "linear",
+  *,
+  temperatures,
+  student_temperature=1.0,
+  divergence="forward_kl",
+  token_chunk: int | None = None,
+  implementation: str = "auto",
+) -> Objective:
+  """L_mix = T_S² · D(q, p_{S,T_S}) computed from the student's hidden states: the output
+  projection is fused with the loss, token chunk by token chunk, so neither the student's
+  [B, ..., V] logits nor those of teachers given as (hidden, head) pairs are materialised.
+
+  The step (`train.make_train_step`) needs a student `models.FunctionalModel` with `features`
+  and `head`; the loss is `loss((hidden, kernel, bias), teacher_outputs, weights)` with teacher
+  outputs [K, B, ..., V] logits or K (hidden [B, ..., d_k], head [d_k, V][, bias [V]]) tuples.
+  Equal to `mixture(operator, ...)` on the logits `hidden @ kernel + bias` (tested to 1e-5).
+
+  Args:
+    operator: `operators.linear`/`operators.geometric` or their names (the fused kernel's two).
+    temperatures, student_temperature, divergence, implementation: as in `mixture`.
+    token_chunk: rows per chunk (None: `kernels.fused_linear_kd.default_token_chunk`).
+  """
+  name = _FUSED.get(operator, operator) if callable(operator) else operator
+  if name not in ("linear", "geometric"):
+    raise ValueError(
+      f"operator: the fused projection implements 'linear' and 'geometric', got {operator!r}"
+    )
+  if implementation not in ("auto", "xla", "pallas"):
+    raise ValueError(f"implementation: must be 'auto', 'xla' or 'pallas', got {implementation!r}")
+  temperatures = _check(temperatures, student_temperature)
+  div = _divergence(divergence)
+  from mtkd_jax.kernels import fused_linear_kd_loss  # Pallas: imported only where it is used
+
+  def loss(student, teacher_outputs, weights):
+    hidden, kernel, bias = student
+    if not isinstance(teacher_outputs, list | tuple):
+      teacher_outputs = jax.lax.stop_gradient(teacher_outputs)
+    return fused_linear_kd_loss(
+      hidden,
+      kernel,
+      teacher_outputs,
+      temperatures=temperatures,
+      weights=weights,
+      student_temperature=student_temperature,
+      operator=name,
+      divergence=div.name,
+      beta=div.beta,
+      student_bias=bias,
+      token_chunk=token_chunk,
+      implementation=implementation,
+    )
+
+  def metrics(student, teacher_outputs, labels, weights):
+    del student, teacher_outputs, labels  # each diagnostic would need the [B, ..., V] logits
+    w = jnp.asarray(weights, jnp.float32)
+    return {"effective_num_teachers": theory.effective_num_teachers(w, axis=0).mean()}
+
+  return Objective(loss, metrics, len(temperatures), from_hidden=True)

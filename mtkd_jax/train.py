@@ -77,14 +77,17 @@ def make_train_step(
   optionally blended with hard-label cross-entropy: (1 − a)·KD + a·CE.
 
   Args:
-    student_apply: `apply(params, x) -> logits [B, ..., V]`.
+    student_apply: `apply(params, x) -> logits [B, ..., V]`, or a `models.FunctionalModel`
+      (needed, with its `features` and `head`, by an objective `from_hidden`, which fuses the
+      output projection with the loss and never builds the student's logits).
     optimizer: an optax transformation.
     objective: an `objectives.Objective`, e.g.
       `objectives.mixture(operators.linear, temperatures=[1.0, 2.0])`.
     weights: [K] teacher weights summing to one (used when `weighting` is None).
     label_weight: a ∈ [0, 1] weight of the hard-label cross-entropy.
     teacher_apply: `teacher_apply(teacher_params, batch) -> [K, B, ..., V]` frozen teachers run
-      inside the step; if None, the batch carries `teacher_logits` [K, B, ..., V] (K first,
+      inside the step (with an objective `from_hidden`, it may instead return K (hidden, head
+      [, bias]) tuples); if None, the batch carries `teacher_logits` [K, B, ..., V] (K first,
       as everywhere in the library; logits or log-probabilities).
     weighting: adaptive weighting (`mtkd_jax.weighting`): a hook `weighting(teacher_logits,
       batch) -> weights [K] or [K, B, ...]`, or a trainable `weighting.Learned` gate whose
@@ -106,6 +109,20 @@ def make_train_step(
       f"objective: must be an objectives.Objective (e.g. objectives.mixture(op, "
       f"temperatures=...)), got {objective!r}"
     )
+  features = head = None
+  if not callable(student_apply) and hasattr(student_apply, "apply"):  # a FunctionalModel
+    features, head, student_apply = student_apply.features, student_apply.head, student_apply.apply
+  if objective.from_hidden:
+    if features is None or head is None:
+      raise ValueError(
+        "student_apply: an objective from hidden states needs a models.FunctionalModel with "
+        f"features and head (e.g. models.build('byte_lm', ...)), got {student_apply!r}"
+      )
+    if label_weight or weighting is not None:
+      raise ValueError(
+        "label_weight, weighting: not available with an objective from hidden states (each "
+        "needs the student's or the teachers' full logits); use objectives.mixture"
+      )
   num_teachers = objective.num_teachers
   weights = operators.check_weights(weights, (num_teachers, 1), name="weights")[:, 0]  # [K]
   if not 0.0 <= label_weight <= 1.0:
@@ -118,12 +135,15 @@ def make_train_step(
     # Teachers are frozen: their outputs are data, never differentiated.
     if teacher_apply is None:
       teacher_logits = _teacher_logits(batch, num_teachers)  # [K, B, ..., V]
-    else:
-      teacher_logits = teacher_apply(teacher_params, batch)  # [K, B, ..., V]
-    teacher_logits = jax.lax.stop_gradient(teacher_logits)
+    else:  # [K, B, ..., V]; from hidden states, also K (hidden, head[, bias]) tuples
+      teacher_logits = teacher_apply(teacher_params, batch)
+    teacher_logits = jax.tree.map(jax.lax.stop_gradient, teacher_logits)
     fixed_w = weights if weighting is None or trainable else weighting(teacher_logits, batch)
 
     def loss_fn(params):
+      if objective.from_hidden:  # (hidden [B, ..., d], kernel [d, V], bias): no student logits
+        student = (features(params["student"], batch["x"]), *head(params["student"]))
+        return objective(student, teacher_logits, fixed_w).mean(), (student, fixed_w, 0.0)
       student_logits = student_apply(params["student"], batch["x"])  # [B, ..., V]
       w, gate_loss = fixed_w, 0.0  # [K] or [K, B, ...]
       if trainable:  # the gate reads the student; the student sees the gate's weights as data
