@@ -49,7 +49,7 @@ def test_flax_teachers_run_inside_the_step(tmp_path):
   assert len(teachers) == 3 and all(float(a) > 0.7 for a in teachers), out
   student = re.search(
     r"^student \(from all 3 teachers, 100 steps on 8 devices\): "
-    r"test accuracy (\S+), log-loss (\S+);",
+    r"test accuracy (\S+), log-loss (\S+)$",
     out,
     re.M,
   )
