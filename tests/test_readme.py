@@ -303,6 +303,7 @@ def test_readme_command_too_long_here_exists(command, scratch):
 FRAGMENTS = {"fused_linear_kd_loss(": "h_s, W_s, h_1, W_1, h_2, W_2 and mask are the user's arrays"}
 
 
+@pytest.mark.slow  # about 28 s at load 10 (a jit of the step)
 def test_readme_python_blocks_run():
   with open(README, encoding="utf-8") as f:
     blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.M | re.S)
