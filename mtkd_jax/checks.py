@@ -12,7 +12,7 @@ numbered lists of property checks run by this engine:
 - continuity is found by walking straight paths and bisecting the largest step
   (`walk_and_bisect`): a continuous function's step shrinks with the interval, a jump does not;
 - `format_table` writes subject × property tables (✓ held on every input tried, ✗ a
-  counterexample was found).
+  counterexample was found, n/a not applicable by design, with the reason) and their legend.
 
 A checker only finds what it samples: "passed" means no violation was found, not a proof.
 
@@ -54,6 +54,8 @@ class Report:
   passed: dict[int, bool]
   counterexamples: dict[int, Counterexample | None]
   values: dict[int, str] = dataclasses.field(default_factory=dict)  # measured, shown with ✓/✗
+  # Properties that do not apply by design (not checked), with the reason shown in the table.
+  not_applicable: dict[int, str] = dataclasses.field(default_factory=dict)
 
   @property
   def all_passed(self) -> bool:
@@ -182,11 +184,14 @@ def format_table(
   kind: str,
   counterexamples: bool = True,
 ) -> str:
-  """Subject × property table (✓ held on every input tried, ✗ counterexample found, · not
-  checked; a report's `values` follow the mark), followed by one line per counterexample."""
+  """Subject × property table (✓ held on every input tried, ✗ counterexample found, n/a (reason)
+  not applicable by design, · not checked; a report's `values` follow the mark), its legend,
+  then one line per counterexample."""
   header = [subject] + [f"{n}. {a}" for n, a in properties.items()]
 
-  def mark(r, n):  # "·": not checked
+  def mark(r, n):
+    if n in r.not_applicable:
+      return f"n/a ({r.not_applicable[n]})"
     if n not in r.passed:
       return "·"
     return ("✓" if r.passed[n] else "✗") + (f" {r.values[n]}" if n in r.values else "")
@@ -196,6 +201,12 @@ def format_table(
   line = lambda cells: "| " + " | ".join(map(str.ljust, cells, widths)) + " |"
   out = [line(header), "|" + "|".join("-" * (wd + 2) for wd in widths) + "|"]
   out += [line(r) for r in rows]
+  legend = ["✓ held on every input tried (not a proof)", "✗ a counterexample was found"]
+  if any(r.not_applicable for r in reports):
+    legend.append("n/a (reason) does not apply by design, not checked")
+  if any(n not in r.passed and n not in r.not_applicable for r in reports for n in properties):
+    legend.append("· not checked")
+  out += ["", "; ".join(legend) + "."]
   if counterexamples:
     out.append("")
     for r in reports:

@@ -421,6 +421,51 @@ def train(
   return state, host_metrics
 
 
+def restore(
+  name: str,
+  *,
+  init_params: Callable[[jax.Array], Any],
+  optimizer: optax.GradientTransformation,
+  loop: Loop,
+) -> TrainState:
+  """The newest intact checkpoint of run `name` in `loop.workdir`, e.g. a trained student.
+
+  The state is placed on `loop.mesh` by `loop.partition_rules`, as `train` places it; its
+  `params["student"]` goes to `student.apply` (or `predict`). `init_params` and `optimizer` are
+  those the run was trained with (only their shapes are used: nothing is initialised).
+
+  Raises:
+    ValueError: `loop.workdir` holds no checkpoint of `name`.
+    checkpoints.CheckpointError: checkpoints exist but none is intact.
+
+  >>> state = restore("student", init_params=init, optimizer=opt, loop=loop)  # doctest: +SKIP
+  >>> logits = predict(student.apply, state.params["student"], x_test, loop.mesh)  # doctest: +SKIP
+  """
+  directory = os.path.join(loop.workdir or "", "checkpoints", name)
+  if loop.workdir is None or not os.path.isdir(directory):
+    raise ValueError(f"{name}: no checkpoints in {directory!r} (train it with a workdir first)")
+  abstract = jax.eval_shape(
+    lambda: _init_state(init_params, optimizer, jax.random.key(0))
+  )  # shapes only
+  shardings = sharding_lib.tree_shardings(loop.mesh, loop.partition_rules, abstract)
+  target = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
+  checkpointer = checkpoints.Checkpointer(directory, every=1, keep=loop.keep_checkpoints)
+  try:
+    state = checkpointer.restore(target, name)
+  finally:
+    checkpointer.manager.close()
+  if state is None:
+    raise ValueError(f"{name}: no checkpoints in {directory!r} (train it with a workdir first)")
+  return state
+
+
+def _init_state(init_params, optimizer, rng) -> TrainState:
+  params = init_params(rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
 class NonFiniteError(FloatingPointError):
   """The loss or gradient norm of a run became NaN or infinite."""
 

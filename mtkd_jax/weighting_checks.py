@@ -24,8 +24,9 @@ A scheme under test is a function of one batch of B positions,
            prior [2, K]) -> weights [K, B]
 
 (`prior` holds two static-scale weight vectors for schemes that compose them). "Passed" means
-no violation was found on the inputs tried, not a proof. Plain schemes ignore the sensitivity,
-so they fail property 4 by having no floor: that is the reason for `weighting.safety_floor`.
+no violation was found on the inputs tried, not a proof. Plain schemes ignore the sensitivity:
+they have no floor by design, so property 4 does not apply to them and the table marks it
+"n/a (no floor)" (checked anyway, each fails it: that is the reason for `weighting.safety_floor`).
 
 The samplers, the continuity search, the report and the table are `mtkd_jax.checks`'s, shared
 with `mtkd_jax.axioms`. `python -m mtkd_jax.weighting_checks` prints the scheme × property table
@@ -34,9 +35,10 @@ with `mtkd_jax.axioms`. `python -m mtkd_jax.weighting_checks` prints the scheme 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -258,6 +260,7 @@ def check(
   name: str | None = None,
   stability_bounds: Callable | None = None,
   only: tuple[int, ...] = tuple(PROPERTIES),
+  not_applicable: Mapping[int, str] | None = None,
 ) -> WeightingReport:
   """Checks the five properties of a weighting scheme numerically and returns the report.
 
@@ -278,11 +281,15 @@ def check(
     stability_bounds: `bounds(K) -> (bound in log-probs, bound in features)` of property 5,
       None entries where there is no analytic bound (None: no bound at all).
     only: the properties to check (all by default).
+    not_applicable: `{property: reason}` of properties that do not apply to the scheme by
+      design (e.g. `{4: "no floor"}`): not checked, shown as "n/a (reason)" in the table.
 
   Returns:
     A `WeightingReport`; `values[5]` holds the measured constants against the bounds.
   """
   checks.check_arguments(num_teachers, vocab_size, trials)
+  not_applicable = dict(not_applicable or {})
+  only = tuple(n for n in only if n not in not_applicable)
   ev = _Evaluator(scheme)
   safety = functools.partial(
     _safety, safety_teacher=safety_teacher, floor=floor, threshold=threshold
@@ -305,6 +312,7 @@ def check(
     vocab_size=vocab_size,
     seed=seed,
   )
+  report = dataclasses.replace(report, not_applicable=not_applicable)
   if 5 not in only:
     return report
   passed, counterexample, cell = stability.stability_property(
@@ -323,6 +331,7 @@ def check(
     {**report.passed, 5: passed},
     {**report.counterexamples, 5: counterexample},
     {5: cell},
+    not_applicable,
   )
 
 
@@ -466,6 +475,27 @@ def builtin_schemes(*, floor: float = 0.3, threshold: float = 0.5) -> dict[str, 
   }
 
 
+def builtin_not_applicable() -> dict[str, dict[int, str]]:
+  """The properties of `builtin_schemes` that do not apply by design: name -> {property: why}.
+
+  Only schemes with a safety floor (`weighting.safety_floor` and the naive floors) promise
+  property 4; every other scheme ignores the sensitivity and has no floor to keep.
+  """
+  plain = (
+    "static",
+    "confidence",
+    "confidence(max_prob)",
+    "confidence(standardized)",
+    "label_aware",
+    "label_aware(domains)",
+    "learned",
+    "hierarchical",
+    "hierarchical(ε=0.05)",
+    "naive: argmax switch",
+  )
+  return {name: {4: "no floor"} for name in plain}
+
+
 def builtin_bounds() -> dict[str, Callable]:
   """Property 5's analytic bounds of `builtin_schemes`: name -> `bounds(K) -> (in log-probs,
   in features)`, None where there is none (see `mtkd_jax.weighting_stability`)."""
@@ -491,7 +521,8 @@ def builtin_bounds() -> dict[str, Callable]:
 
 
 def format_table(reports: list[WeightingReport], *, counterexamples: bool = True) -> str:
-  """Scheme × property table (✓ held on every input tried, ✗ counterexample found)."""
+  """Scheme × property table (✓ held on every input tried, ✗ counterexample found, n/a (reason)
+  not applicable by design), its legend, then the counterexamples."""
   return checks.format_table(
     reports,
     properties=PROPERTIES,
@@ -503,10 +534,17 @@ def format_table(reports: list[WeightingReport], *, counterexamples: bool = True
 
 def check_builtin(**kwargs) -> list[WeightingReport]:
   """Reports of every scheme of `builtin_schemes` (kwargs go to `check`)."""
-  reports, bounds = [], builtin_bounds()
+  reports, bounds, not_applicable = [], builtin_bounds(), builtin_not_applicable()
   for name, scheme in builtin_schemes().items():
     print(f"checking weighting {name} ...", file=sys.stderr, flush=True)
-    reports.append(check(scheme, name=name, stability_bounds=bounds.get(name), **kwargs))
+    report = check(
+      scheme,
+      name=name,
+      stability_bounds=bounds.get(name),
+      not_applicable=not_applicable.get(name),
+      **kwargs,
+    )
+    reports.append(report)
   return reports
 
 

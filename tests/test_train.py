@@ -395,6 +395,27 @@ def test_resume_from_checkpoint_equals_uninterrupted(one_device_run, tmp_path):
   _tree_close(params3, params, rtol=0, atol=0)
 
 
+def test_restore_loads_the_trained_student_from_the_workdir(tmp_path):
+  mesh = sharding.make_mesh(4, 2)
+  workdir = str(tmp_path / "w")
+  _, params = tiny.run_tiny(mesh, workdir=workdir)
+  student, optimizer, _, _ = tiny.tiny_problem()
+  loop = train.Loop(mesh=mesh, partition_rules=sharding.DEFAULT_RULES, workdir=workdir)
+  kw = dict(init_params=train.init_params(student.init), optimizer=optimizer, loop=loop)
+  state = train.restore("tiny", **kw)
+  assert int(state.step) == tiny.NUM_STEPS
+  restored = jax.device_get(state.params["student"])
+  for layer, arrays in params.items():
+    for n, a in arrays.items():
+      np.testing.assert_array_equal(restored[layer][n], np.asarray(a, np.float32))
+  kernel = state.params["student"]["hidden_0"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")  # as train places it
+  with pytest.raises(ValueError, match="no checkpoints"):
+    train.restore("other_run", **kw)
+  with pytest.raises(ValueError, match="no checkpoints"):
+    train.restore("tiny", **dict(kw, loop=train.Loop(mesh=mesh)))  # no workdir
+
+
 def test_workdir_with_incompatible_config_is_refused(tmp_path):
   workdir = str(tmp_path)
   checkpoints.check_workdir(workdir, {"operator": "linear", "num_steps": 10, "log_every": 5})

@@ -368,6 +368,37 @@ def test_checker_passes_floored_schemes_and_catches_the_naive_ones():
   assert "naive: sharpened by sensitivity" in table and "lowered the safety teacher" in table
 
 
+def test_no_floor_by_design_is_not_applicable_not_a_failure():
+  schemes, not_applicable = (
+    weighting_checks.builtin_schemes(),
+    weighting_checks.builtin_not_applicable(),
+  )
+  # Only the schemes with a floor promise property 4; the naive floors are checked (and fail).
+  assert {n for n in schemes if n not in not_applicable} == {
+    "safety_floor(label_aware)",
+    "safety_floor(learned)",
+    "safety_floor(hierarchical(ε))",
+    "naive: renormalised floor",
+    "naive: switched floor",
+    "naive: floor inside a product",
+    "naive: sharpened by sensitivity",
+  }
+  assert not_applicable["label_aware"] == {4: "no floor"}
+  plain = weighting_checks.check(
+    schemes["label_aware"], name="label_aware", not_applicable={4: "no floor"}, **FAST
+  )
+  assert 4 not in plain.passed and plain.all_passed and plain.not_applicable == {4: "no floor"}
+  naive = weighting_checks.check(
+    schemes["naive: renormalised floor"], name="naive: renormalised floor", **FAST
+  )
+  table = weighting_checks.format_table([plain, naive])
+  rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
+  assert rows["label_aware"].count("n/a (no floor)") == 1 and "✗" not in rows["label_aware"]
+  assert "n/a" not in rows["naive: renormalised floor"] and "✗" in rows["naive: renormalised floor"]
+  assert "n/a (reason) does not apply by design, not checked" in table
+  assert "✗ a counterexample was found" in table
+
+
 def test_checker_catches_unnormalised_and_overflowing_schemes():
   def unnormalised(lp, y, f, s, prior):
     return weighting.confidence(lp) * 1.01

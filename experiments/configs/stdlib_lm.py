@@ -11,9 +11,9 @@ once to an offline store (bf16 log-probs + int32 indices, checksummed shards; th
 Students with the teachers' architecture, the same initialisation and the same batches are
 distilled from the dense teachers (run inside the step) and from the stored top-k for
 k ∈ {4, 16, 64} under each tail mode (drop / uniform / bucket), plus a hard-label baseline.
-Runtime: 11-14 min on 2 CPU cores (small: about 25 s). Writes results.json (held-out bits per
-byte of every teacher, the average teacher, the teachers' mixture and every student, overall and
-per family), the store, metrics.jsonl and checkpoints to the workdir;
+Runtime: 11-14 min on 2 CPU cores (small, a smoke test: 3.5 min). Writes results.json
+(held-out bits per byte of every teacher, the average teacher, the teachers' mixture and every
+student, overall and per family), the store, metrics.jsonl and checkpoints to the workdir;
 experiments/plots/stdlib_lm.py draws the figure (docs/figures/sparse_teachers.png).
 """
 
