@@ -4,8 +4,6 @@ Teachers and students are drawn on separate panels, since they optimise differen
 (the teachers' cross-entropy on labels; the students' T_S²·KL(q ‖ p_S) to the target).
 """
 
-from __future__ import annotations
-
 import json
 import os
 import sys

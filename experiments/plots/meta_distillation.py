@@ -1,9 +1,4 @@
-"""Anchored recursive meta-distillation: KL to q_base per generation against (1 − α)^t KL_0.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.meta_distillation`.
-"""
-
-from __future__ import annotations
+"""Anchored recursive meta-distillation: KL to q_base per generation against (1 − α)^t KL_0."""
 
 import os
 import sys

@@ -1,7 +1,5 @@
 """Shared figure style: the Agg backend and one fixed colour per operator in every figure."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 from mtkd_jax.experiments.common import DEFAULT_OPERATORS
