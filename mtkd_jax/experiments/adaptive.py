@@ -197,12 +197,6 @@ def _summary(test_logits, y):
   return {**common.seed_summary(evals), **per_seed}
 
 
-def _right_teacher_weight(w, y, config):
-  """Per example: the total weight on teachers whose class subset contains the label."""
-  covers = np.array([[c in s for c in range(10)] for s in config.class_subsets])  # [K, V]
-  return (w * covers[:, y]).sum(0)
-
-
 def run(config, workdir: str) -> dict:
   """Trains the teachers, one student per scheme (and per seed), and the safety scenario."""
   from tqdm import tqdm
@@ -242,6 +236,7 @@ def run(config, workdir: str) -> dict:
     name, config, train_acc, temperatures=temps, num_features=features
   )
   weights_by_class, average = {}, {}
+  covers = np.array([[c in s for c in range(10)] for s in config.class_subsets])  # [K, V]
   for name in config.schemes:
     hook = hook_of(name)
     params, metrics, test_z = _distil(config, hook, arrays, temps, student, test_split.x)
@@ -253,7 +248,7 @@ def run(config, workdir: str) -> dict:
       **_summary(test_z, y_test),
       "train_effective_num_teachers": float(metrics["effective_num_teachers"][:, -20:].mean()),
       "train_weight_entropy": float(metrics["weight_entropy"][:, -20:].mean()),
-      "weight_on_right_teacher": float(np.mean(_right_teacher_weight(w, y_train, config))),
+      "weight_on_right_teacher": float(np.mean((w * covers[:, y_train]).sum(0))),
     }
     bar.update()
   results["weights_by_class"] = weights_by_class
@@ -297,13 +292,9 @@ def run(config, workdir: str) -> dict:
       }
       bar.update()
   bar.close()
-  results["config"] = {
-    "floor": config.safety_floor,
-    "unsafe_class": u,
-    "sensitive_classes": list(config.sensitive_classes),
-    "num_seeds": config.num_seeds,
-    "num_steps": config.num_steps,
-  }
+  sizes = {"num_seeds": config.num_seeds, "num_steps": config.num_steps}
+  safety = {"floor": config.safety_floor, "unsafe_class": u}
+  results["config"] = {**safety, "sensitive_classes": list(config.sensitive_classes), **sizes}
   return results
 
 
@@ -326,10 +317,8 @@ def format_table(results: dict) -> str:
     rows[-1] += (average, beats)
   lines += tables.lines(columns, rows, indent="", rule=True)
   lines.append("(average teacher: Σ_k w_k(x) log-loss_k(x) on the test set, Cor IV.10)")
-  teachers = ", ".join(
-    f"{n} {r['accuracy']:.3f}/{r['log_loss']:.2f} on {r['classes']}"
-    for n, r in results["teachers"].items()
-  )
+  teacher = lambda n, r: f"{n} {r['accuracy']:.3f}/{r['log_loss']:.2f} on {r['classes']}"
+  teachers = ", ".join(teacher(n, r) for n, r in results["teachers"].items())
   lines += [
     "",
     f"Teachers (test): {teachers}",
