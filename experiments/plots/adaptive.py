@@ -36,8 +36,7 @@ def plot(results: dict, path: str) -> None:
     im = ax.imshow(np.concatenate(mats, 0), aspect="auto", vmin=0, vmax=1, cmap="viridis")
     ticks = [f"{n} T{j}" for n in shown for j in range(mats[0].shape[0])]
     ax.set_yticks(np.arange(len(ticks)), ticks, fontsize=7)
-    ax.set_xticks(np.arange(10))
-    ax.set_xlabel("true class")
+    ax.set(xticks=np.arange(10), xlabel="true class")
     fig.colorbar(im, ax=ax, label="mean weight")
   ax.set_title("mean teacher weight per class (training set)")
 
@@ -51,8 +50,9 @@ def plot(results: dict, path: str) -> None:
   mins = "\n".join(f"{n}: min w* = {v['min_safety_weight_sensitive']:.3f}" for n, v in s.items())
   box = {"transform": ax.transAxes, "ha": "right", "va": "bottom", "family": "monospace"}
   ax.text(0.98, 0.06, mins, fontsize=7, **box)
-  ax.set_xlabel("safety teacher weight w* on sensitive training inputs")
-  ax.set_ylabel("fraction of inputs")
+  ax.set(
+    xlabel="safety teacher weight w* on sensitive training inputs", ylabel="fraction of inputs"
+  )
   ax.set_title(f"the floor holds: w* ≥ {floor} with the floor (solid)")
   ax.legend(fontsize=7, loc="upper right")
 
@@ -82,10 +82,7 @@ def _plot_gate(runs: dict, axes) -> None:
     ends = [np.mean(r["full_grad_norm_init"]), np.mean(r["full_grad_norm_final"])]
     label = f"full batch, end/start = {np.mean(r['grad_norm_ratio']):.2f}"
     axes[1].plot([0, steps[-1]], ends, "s", color=color, label=label)
-  axes[0].set_title("learned gate: its objective (minibatch)")
-  axes[0].set_ylabel("gate log-loss")
-  axes[1].set_yscale("log")
-  axes[1].set_title("learned gate: ‖∇_φ gate loss‖ (squares: full batch)")
+  style.label(axes[0], "learned gate: its objective (minibatch)", ylabel="gate log-loss")
+  style.label(axes[1], "learned gate: ‖∇_φ gate loss‖ (squares: full batch)", yscale="log")
   for ax in axes:
-    ax.set_xlabel("step")
-    ax.legend(fontsize=7)
+    style.label(ax, legend=7, xlabel="step")

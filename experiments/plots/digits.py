@@ -33,10 +33,7 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
       if points:
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, label=name, lw=1, color=colors[name])
-    ax.set_xlabel("step")
-    ax.set_ylabel(label)
-    ax.set_yscale(scale)
-    ax.legend(fontsize=7)
+    style.label(ax, legend=7, xlabel="step", ylabel=label, yscale=scale)
   style.save(fig, png_path)
 
 

@@ -25,6 +25,15 @@ def operator_colors(specs: Sequence[str]) -> dict[str, str]:
   return {s: fixed[s] for s in specs}
 
 
+def label(ax, title=None, *, size=None, legend=None, **props) -> None:
+  """`ax.set(**props)`, the title (at font size `size`) and a legend at font size `legend`."""
+  ax.set(**props)
+  if title is not None:
+    ax.set_title(title, **({"fontsize": size} if size else {}))
+  if legend:
+    ax.legend(fontsize=legend)
+
+
 def save(fig, path: str) -> None:
   """Lays out, writes (PNG at 100 dpi) and closes `fig`."""
   import matplotlib.pyplot as plt

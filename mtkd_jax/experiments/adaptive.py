@@ -1,17 +1,10 @@
 """Adaptive teacher weighting on digits: class-specialist teachers and a safety floor (paper §VI).
 
-Each teacher trains on its own subset of the classes, so it is right there and confidently wrong
-elsewhere: fixed weights mix in the wrong teachers, adaptive ones can pick the right one per
-example. One student per scheme (static, confidence, label_aware, learned, hierarchical), linear
-operator, the same initialisations and batches, several seeds (`train.train_seeds`); test
-accuracy and log-loss, and the average teacher under each scheme's own weights (Cor IV.10).
-
-Safety: a fourth, conservative teacher (trained without the unsafe class, which it gives
-probability 0, tempered flatter); inputs of the sensitive classes have sensitivity 1. Each
-stateless scheme runs with and without `safety_floor`: the safety teacher's smallest weight on
-sensitive inputs, the Cor IV.12 bound on them and the student's unsafe mass on test inputs.
-Gate convergence: the learned gate at each of `gate_learning_rates`, its objective and gradient
-norm along training and at the end.
+Specialists are right on their own classes and confidently wrong elsewhere, so adaptive weights
+can pick the right teacher per example. One student per scheme (same operator, init and batches,
+several seeds), the average teacher under each scheme's own weights (Cor IV.10); a conservative
+safety teacher with and without `safety_floor` (Cor IV.12 on sensitive inputs); and the learned
+gate's convergence at each of `gate_learning_rates`.
 """
 
 import sys
@@ -34,7 +27,6 @@ _MASKED = -30.0  # logit of the class the safety teacher never outputs (probabil
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(
     config,
     positive_ints="teacher_hidden teacher_steps gate_hidden student_hidden num_seeds num_steps "

@@ -1,10 +1,8 @@
 """Supervisory bias attenuation (paper §VI, "Clarification on diversity and bias").
 
-Teacher k trains on all digits of its window of classes and `out_fraction` of the others, so it
-over-predicts its window. On test data a predictor's bias is b(c) = E_x[p(c | x)] − P(y = c),
-c = 0..V−1. For the linear operator b_q = Σ_k w_k b_k exactly, so ‖b_q‖ ≤ Σ_k w_k ‖b_k‖ and biases
-pointing different ways cancel; for the other operators it is measured. Accuracy, log-loss and
-Brier score are reported next to it.
+Teachers trained on class-shifted subsets over-predict their classes; a predictor's bias on test
+data is b(c) = E_x[p(c | x)] − P(y = c). For the linear operator b_q = Σ_k w_k b_k exactly, so
+‖b_q‖ ≤ Σ_k w_k ‖b_k‖ and opposite biases cancel; the other operators are measured.
 """
 
 import dataclasses
@@ -17,7 +15,6 @@ from mtkd_jax.experiments import common, digits, tables
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(config, positive_ints="window", unit="out_fraction")
   common.check_operators("operators", config.operators)
   if config.window > data_lib.NUM_CLASSES:

@@ -1,9 +1,8 @@
 """Prop V.2, finite-sample approximation: with enough capacity, KL(q ‖ p_S) → 0 on N points.
 
-N digits images get targets q = Σ_k w_k p_k from K random teachers (logits N(0, `teacher_scale`²):
-nothing to learn but memorisation). One-hidden-layer students of growing width train full-batch
-on KL(q ‖ p_S), seeds vmapped (`train.train_seeds`); the final KL should collapse once the
-parameters pass the N·(V − 1) numbers that define the targets.
+Targets q from K random teachers (nothing to learn but memorisation); one-hidden-layer students
+of growing width, full-batch, seeds vmapped; the final KL should collapse once the parameter
+count passes the N·(V − 1) numbers that define the targets.
 """
 
 import jax
@@ -16,7 +15,6 @@ from mtkd_jax.experiments import common, tables
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(
     config,
     positive_ints="widths num_points num_teachers num_steps num_seeds",

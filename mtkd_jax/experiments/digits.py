@@ -21,7 +21,6 @@ PER_TEACHER_FIELDS = (
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   import jax
 
   common.check_numbers(

@@ -21,7 +21,6 @@ BOUND_TOL = 1e-5  # L_mix − L_multi above this is a violation
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(
     config,
     positive_ints="num_random random_num_teachers random_vocab_size",

@@ -1,10 +1,7 @@
 """Thm IV.9, the log-loss bound −log q(y) ≤ −Σ_k w_k log p_k(y), on digits and on random inputs.
 
-Jensen's inequality proves it for the linear mixture; it also holds for the geometric pool and
-every power mean with α ≤ 1 (q(y) = M_α(y)/Z with M_α ≥ M_0 = Π_k p_k^{w_k} and Z ≤ 1), not for
-α > 1 (Z > 1) nor the flattening entropic pool. Part 1: the digits teachers on every train and
-test example; part 2: random teachers, weights and labels; per operator the violation rate, the
-largest excess and the mean of both sides.
+Jensen proves it for the linear mixture; it holds too for the geometric pool and power means with
+α ≤ 1 (q(y) = M_α(y)/Z, M_α ≥ Π_k p_k^{w_k}, Z ≤ 1), not for α > 1 (Z > 1) nor the entropic pool.
 """
 
 import dataclasses
@@ -18,7 +15,6 @@ TOL = 1e-5  # −log q(y) − bound above this (float32 rounding) is a violation
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(
     config,
     positive_ints="num_random random_num_teachers random_vocab_size",

@@ -1,12 +1,10 @@
 """Anchored recursive meta-distillation on digits: contraction toward q_base (paper §IX).
 
-q_base is the linear aggregate of the digits teachers. Generation 0 is a student trained on hard
-labels; generation t ≥ 1 distils a fresh student from q_t = α q_base + (1 − α) p_{S_{t−1}}
-(`mtkd_jax.meta`). Per α and generation: KL(q_t ‖ q_base), KL(p_{S_t} ‖ q_base), the fitting error
-KL(q_t ‖ p_{S_t}), the per-step bound (1 − α) KL(p_{S_{t−1}} ‖ q_base) (any student) and the
-geometric bound (1 − α)^t KL(p_{S_0} ‖ q_base) (exact students), test accuracy and log-loss; then
-the same chains from other starting students (the fixed point). Every student uses the same
-initialisation and batches.
+Generation 0 is a hard-label student; generation t distils a fresh student from q_t = α q_base +
+(1 − α) p_{S_{t−1}} (`mtkd_jax.meta`), q_base the teachers' linear aggregate. Per α and
+generation: the KLs to q_base and the fitting error against the per-step bound (1 − α)
+KL(p_{S_{t−1}} ‖ q_base) and the geometric bound (1 − α)^t KL(p_{S_0} ‖ q_base); then the same
+chains from other starts (the fixed point). All students share initialisation and batches.
 """
 
 import sys
@@ -21,7 +19,6 @@ STARTS = ("hard_label", "uniform", "random_network", "adversarial")
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(
     config,
     positive_ints="num_teachers teacher_steps num_generations s0_steps num_steps batch_size",

@@ -11,7 +11,6 @@ from mtkd_jax.experiments.tables import mean_std
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(config, non_negative_ints="seeds")
   common.check_operators("operators", config.operators)
   if not config.seeds:

@@ -1,11 +1,9 @@
 """Prop IV.11 / Cor IV.12, safety attenuation: q(unsafe) as the safety teacher's weight w* grows.
 
-Cor IV.12: q(i) ≤ (1 − w*) max_{k≠k*} p_k(i) + w* p_{k*}(i) for a safety teacher k*; Prop IV.11:
-q(i) < max_k p_k(i) when a teacher with w_k > 0 is below that max. The proofs treat q(i) as a
-convex combination (the linear operator); a normalised pool divides by Z(p, w), which can be < 1
-(geometric, power α < 1), and the entropic pool lifts small probabilities. Part 1: scenarios
-(token 0 unsafe, the last teacher the safety teacher, the others sharing 1 − w*) over w* ∈ [0, 1];
-part 2: random problems, Cor IV.12 checked on tokens with p_{k*}(i) ≤ `unsafe_threshold`.
+Cor IV.12: q(i) ≤ (1 − w*) max_{k≠k*} p_k(i) + w* p_{k*}(i); Prop IV.11: q(i) < max_k p_k(i). The
+proofs treat q(i) as a convex combination (linear); normalised pools divide by Z(p, w), which can
+be < 1, and the entropic pool lifts small probabilities. Part 1: scenarios over w* ∈ [0, 1];
+part 2: random problems (Cor IV.12 on tokens with p_{k*}(i) ≤ `unsafe_threshold`).
 """
 
 import jax.numpy as jnp
@@ -18,7 +16,6 @@ TOL = 1e-6  # q(i) − bound above this (float32 rounding) is a violation
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(
     config,
     positive_ints="num_random random_num_teachers random_vocab_size",

@@ -1,9 +1,8 @@
 """Sparse / offline teachers on a byte-level LM over the Python standard library.
 
-Three byte Transformer teachers specialise on three families of the library's `.py` files; their
-top-k outputs are dumped once to an offline store (`mtkd_jax.teachers`); students are distilled
-from the dense teachers and from the stored top-k for several k and tail modes
-(`mtkd_jax.sparse`). Every model is scored in held-out bits per byte.
+Three byte Transformer teachers, one per family of `.py` files; their top-k outputs dumped once to
+an offline store (`mtkd_jax.teachers`); students from the dense teachers and from the stored top-k
+per k and tail mode (`mtkd_jax.sparse`); every model scored in held-out bits per byte.
 """
 
 import math
@@ -20,7 +19,6 @@ from mtkd_jax.experiments import common, tables
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_numbers(
     config,
     positive_ints="seq_len eval_windows depth width num_heads teacher_steps student_steps "

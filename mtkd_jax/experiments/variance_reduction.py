@@ -68,7 +68,6 @@ def tolerance(num_seeds: int, vocab_size: int, num_sigmas: float = 4.0) -> float
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   common.check_operators("operators", config.operators)
   common.check_numbers(
     config,
