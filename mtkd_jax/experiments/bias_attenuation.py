@@ -18,9 +18,7 @@ def validate_config(config) -> None:
   common.check_numbers(config, positive_ints="window", unit="out_fraction")
   common.check_operators("operators", config.operators)
   if config.window > data_lib.NUM_CLASSES:
-    raise ValueError(
-      f"config.window: need 1 ≤ window ≤ {data_lib.NUM_CLASSES}, got {config.window}"
-    )
+    raise ValueError(f"config.window: at most {data_lib.NUM_CLASSES} classes, got {config.window}")
   digits.validate_embedded(config.digits)
 
 

@@ -63,6 +63,12 @@ def check_numbers(config, **kinds: str) -> None:
           raise ValueError(f"config.{field}: must be {what}, got {value!r}")
 
 
+def check_random_search(config, **kinds: str) -> None:
+  """`check_numbers` of a random search's seed, num_random and random_* sizes (and `kinds`)."""
+  sizes = "num_random random_num_teachers random_vocab_size"
+  check_numbers(config, positive_ints=sizes, non_negative_ints="seed", **kinds)
+
+
 def check_operators(field: str, specs: Sequence[str], *, allow_empty: bool = False) -> None:
   """Raises ValueError("config.<field>: ...") if a spec does not name an operator."""
   if not specs and not allow_empty:

@@ -21,11 +21,7 @@ BOUND_TOL = 1e-5  # L_mix − L_multi above this is a violation
 
 
 def validate_config(config) -> None:
-  common.check_numbers(
-    config,
-    positive_ints="num_random random_num_teachers random_vocab_size",
-    non_negative_ints="seed",
-  )
+  common.check_random_search(config)
   common.check_operators("operators", config.operators)
   if config.operators[0] != "linear":
     raise ValueError(f"config.operators: the first must be 'linear', got {config.operators[0]!r}")

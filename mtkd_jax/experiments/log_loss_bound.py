@@ -15,11 +15,7 @@ TOL = 1e-5  # −log q(y) − bound above this (float32 rounding) is a violation
 
 
 def validate_config(config) -> None:
-  common.check_numbers(
-    config,
-    positive_ints="num_random random_num_teachers random_vocab_size",
-    non_negative_ints="seed",
-  )
+  common.check_random_search(config)
   common.check_operators("operators", config.operators)
   digits.validate_embedded(config.digits)
 

@@ -16,12 +16,7 @@ TOL = 1e-6  # q(i) − bound above this (float32 rounding) is a violation
 
 
 def validate_config(config) -> None:
-  common.check_numbers(
-    config,
-    positive_ints="num_random random_num_teachers random_vocab_size",
-    non_negative_ints="seed",
-    unit="unsafe_threshold",
-  )
+  common.check_random_search(config, unit="unsafe_threshold")
   common.check_operators("operators", config.operators)
   for name, teachers in config.scenarios.items():
     p = np.asarray(teachers, np.float64)
