@@ -15,7 +15,7 @@ import os
 import time
 
 from mtkd_jax import configs, teachers, train
-from mtkd_jax.experiments import stdlib_lm
+from mtkd_jax.experiments import common, stdlib_lm
 
 
 def main():
@@ -54,7 +54,7 @@ def main():
     else:
       teachers.write_store(directory, source, k=k, generation_temperatures=t_g, dtype=dtype)
     store = teachers.open_store(directory)
-    optimizer = stdlib_lm._optimizer(config, config.learning_rate, config.student_steps)
+    optimizer = common.optimizer(config, config.learning_rate, config.student_steps)
     step = stdlib_lm._student_step(
       config, "sparse", args.mode, model, optimizer, store.teacher_apply()
     )

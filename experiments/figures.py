@@ -1,15 +1,11 @@
-"""Regenerates docs/figures/*.png: runs each experiment, then its plot. One command for all.
+"""Regenerates docs/figures/*.png: runs each experiment's config, then its plot.
 
-    python experiments/figures.py [--small] [--only=name,...] [--workdir=runs/figures]
+    python experiments/figures.py [--small] [--only=name,...] [--workdir=runs/figures] [--out=DIR]
 
-For each entry of `FIGURES` it loads `experiments/configs/<config>.py` (`:small` with
-`--small`), runs the experiment named by the config in `<workdir>/<config>` (trained teachers
-and students are restored from there on a rerun), writes `results.json` there, and draws the
-figure with `experiments/plots/<config>.py` from that JSON. With `--small` the figures go to
-`<workdir>/small/` unless `--out` is given, so the committed full-size figures stay untouched.
+Each run goes to `<workdir>/[small_]<config>` (a rerun restores what it trained) with its
+results.json; `experiments/plots/<config>.py` draws the figure from that JSON. With `--small` the
+figures go to `<workdir>/small/` unless `--out` is given, so the committed ones stay untouched.
 """
-
-from __future__ import annotations
 
 import argparse
 import importlib.util
@@ -21,19 +17,11 @@ import time
 from mtkd_jax import checkpoints, configs, experiments
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# (config file in experiments/configs, figure file in docs/figures)
-FIGURES = [
-  ("variance_reduction", "variance_reduction.png"),
-  ("jensen_bound", "jensen_bound.png"),
-  ("log_loss_bound", "log_loss_bound.png"),
-  ("safety_attenuation", "safety_attenuation.png"),
-  ("bias_attenuation", "bias_attenuation.png"),
-  ("capacity", "capacity.png"),
-  ("operators", "operators.png"),
-  ("adaptive", "adaptive.png"),
-  ("meta_distillation", "meta_distillation.png"),
-  ("stdlib_lm", "sparse_teachers.png"),
-]
+# Config (and plot) names in experiments/configs, in order; the figure is docs/figures/<name>.png.
+FIGURES = ("variance_reduction", "jensen_bound", "log_loss_bound", "safety_attenuation")
+FIGURES += ("bias_attenuation", "capacity", "operators", "adaptive", "meta_distillation")
+FIGURES += ("stdlib_lm",)
+PNG = {"stdlib_lm": "sparse_teachers.png"}  # figures named otherwise
 
 
 def load_plot(name: str):
@@ -41,11 +29,7 @@ def load_plot(name: str):
   path = os.path.join(HERE, "plots", f"{name}.py")
   spec = importlib.util.spec_from_file_location(f"_mtkd_plot_{name}", path)
   module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, os.path.join(HERE, "plots"))  # for `import style`
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.pop(0)
+  spec.loader.exec_module(module)
   return module
 
 
@@ -74,20 +58,16 @@ def main(argv: list[str] | None = None) -> int:
   default_out = os.path.join(os.path.dirname(HERE), "docs", "figures")
   out_dir = args.out or (os.path.join(args.workdir, "small") if args.small else default_out)
   only = {s for s in args.only.split(",") if s}
-  unknown = only - {name for name, _ in FIGURES}
+  unknown = sorted(only - set(FIGURES))
   if unknown:
-    known = [name for name, _ in FIGURES]
-    print(f"error: --only: unknown {sorted(unknown)}; known: {known}", file=sys.stderr)
+    print(f"error: --only: unknown {unknown}; known: {list(FIGURES)}", file=sys.stderr)
     return 2
   os.makedirs(out_dir, exist_ok=True)
-  for name, png in FIGURES:
-    if only and name not in only:
-      continue
-    start = time.time()
+  for name in [n for n in FIGURES if not only or n in only]:
+    start, png = time.time(), os.path.join(out_dir, PNG.get(name, f"{name}.png"))
     print(f"[figures] {name} ...", file=sys.stderr, flush=True)
-    results = run(name, small=args.small, workdir=args.workdir)
-    load_plot(name).plot(results, os.path.join(out_dir, png))
-    print(f"[figures] {os.path.join(out_dir, png)} ({time.time() - start:.0f} s)", flush=True)
+    load_plot(name).plot(run(name, small=args.small, workdir=args.workdir), png)
+    print(f"[figures] {png} ({time.time() - start:.0f} s)", flush=True)
   return 0
 
 

@@ -8,14 +8,16 @@ figures it wrote, the numbers it printed and the results against tests/data/resu
 import ast
 import json
 import os
+import re
 
 import nbformat
+import numpy as np
 import pytest
 import results_compare
 from nbclient import NotebookClient
 
-from mtkd_jax import configs
-from mtkd_jax.experiments import adaptive, meta_distillation
+from mtkd_jax import configs, train
+from mtkd_jax.experiments import adaptive, common, meta_distillation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +53,38 @@ def test_meta_config_errors_name_the_field():
   config.alphas = (0.5, 1.5)
   with pytest.raises(ValueError, match=r"config\.alphas"):
     meta_distillation.validate_config(config)
+
+
+def test_average_teacher_uses_per_example_weights():
+  """Σ_k w_k(x) ℓ_k(x) averaged over x: one-hot weights pick a teacher per example; fixed
+  weights give Σ_k w_k times each teacher's own accuracy and log-loss."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 50, 4)).astype(np.float32)  # [K, N, V]
+  y = rng.integers(0, 4, 50)
+  per_teacher = [train.evaluate(z, y) for z in logits]
+  fixed = np.array([0.2, 0.3, 0.5])
+  got = common.average_teacher(logits, y, np.repeat(fixed[:, None], 50, 1))
+  for key in ("accuracy", "log_loss"):
+    assert got[key] == pytest.approx(np.dot(fixed, [e[key] for e in per_teacher]), rel=1e-5)
+  pick = rng.integers(0, 3, 50)  # teacher of each example
+  got = common.average_teacher(logits, y, np.eye(3)[pick].T)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  assert got["log_loss"] == pytest.approx(-np.mean(log_p[pick, np.arange(50), y]), rel=1e-5)
+  assert got["accuracy"] == pytest.approx(np.mean(logits[pick, np.arange(50)].argmax(-1) == y))
+
+
+def test_average_teacher_row_follows_each_schemes_weights():
+  """In the :small results: static weights (uniform) give the mean of the specialists; adaptive
+  schemes put their weight on the right teacher, so their average teacher is far better."""
+  with open(os.path.join(ROOT, "tests", "data", "results_small", "adaptive.json")) as f:
+    results = json.load(f)
+  avg, teachers = results["average_teacher"], results["teachers"]
+  specialists = [teachers[f"teacher_{k}"] for k in range(3)]
+  for key in ("accuracy", "log_loss"):
+    assert avg["static"][key] == pytest.approx(np.mean([t[key] for t in specialists]), rel=1e-5)
+  assert avg["label_aware"]["log_loss"] < 0.5 * avg["static"]["log_loss"]
+  text = adaptive.format_table(results)  # the verdict compares with the scheme's own row
+  assert re.search(r"static .* 3\.2153 +yes", text) and re.search(r"label_aware .* NO", text)
 
 
 def _png(path):

@@ -10,6 +10,7 @@ averages V nearly independent tokens, so its estimate has relative std ≈ √(2
 check is a 4-sigma band, `variance_reduction.tolerance(n, V)`.
 """
 
+import importlib
 import importlib.util
 import json
 import math
@@ -268,6 +269,37 @@ def test_configs_load_and_validate(config_name):
     config.widths = (0,)
     with pytest.raises(ValueError, match=r"config\.widths"):
       module.validate_config(config)
+
+
+@pytest.mark.parametrize(
+  ("config_name", "field", "value"),
+  [
+    ("adaptive", "num_steps", 0),
+    ("adaptive", "gate_learning_rates", (1e-3, float("nan"))),
+    ("bias_attenuation", "out_fraction", 1.5),
+    ("capacity", "learning_rate", -1.0),
+    ("digits", "keep_checkpoints", 0),
+    ("jensen_bound", "num_random", 0),
+    ("log_loss_bound", "random_vocab_size", 0),
+    ("meta_distillation", "s0_steps", -1),
+    ("operators", "seeds", (0, -1)),
+    ("safety_attenuation", "unsafe_threshold", float("inf")),
+    ("stdlib_lm", "store.windows", 0),
+    ("variance_reduction", "skew", 0.0),
+  ],
+)
+def test_numeric_fields_are_checked_before_any_work(config_name, field, value):
+  """Every experiment refuses a bad number with a one-line `config.<field>: ...` error."""
+  config = load_config(config_name)
+  module = importlib.import_module(f"mtkd_jax.experiments.{config.experiment}")
+  *parents, leaf = field.split(".")
+  target = config
+  for key in parents:
+    target = target[key]
+  target[leaf] = value
+  with pytest.raises(ValueError) as err:
+    module.validate_config(config)
+  assert str(err.value).startswith(f"config.{field}: ") and "\n" not in str(err.value)
 
 
 def test_digits_fields_are_validated():

@@ -1,18 +1,9 @@
-"""Adaptive weighting on digits: class-specialist teachers, five schemes, and a safety floor.
+"""Adaptive weighting on digits: class-specialist teachers, five schemes, a safety floor (§VI).
 
     python -m mtkd_jax.main --config=experiments/configs/adaptive.py --workdir=runs/adaptive
 
-`--config=experiments/configs/adaptive.py:small` is the quick setting of the tests and notebook.
-Three teachers, each trained only on its own (overlapping) class subset, and a conservative
-safety teacher (trained without the unsafe class 9, which it gives probability 0, tempered at
-T = 2). One student per weighting scheme (static, confidence, label_aware, learned gate,
-hierarchical), linear operator, 3 seeds each (vmapped); then static / confidence / label_aware /
-hierarchical with and without `safety_floor` (floor 0.5 on inputs of classes 3 and 5); then the
-learned gate again at three learning rates (its objective and gradient norm along training).
-Runtime: about 1 min on 2 free CPU cores (15 min measured on busy shared ones). Writes
-results.json (test accuracy and log-loss per scheme, the safety teacher's weights and the unsafe
-mass, the gate's convergence per learning rate), metrics.jsonl and the teachers' checkpoints to
-the workdir; experiments/plots/adaptive.py draws the figure.
+`:small` is the quick setting of the tests and notebook. Runtime 1-15 min on 2 CPU cores (small:
+under a minute); writes results.json, metrics.jsonl and the teachers' checkpoints to the workdir.
 """
 
 import ml_collections
@@ -28,23 +19,19 @@ def get_config(arg=None):
   c.data_seed = 0  # seed of the train/val/test split
   c.progress = True  # tqdm progress bars on stderr
 
-  # ---- Teachers -----------------------------------------------------------------------------
   c.class_subsets = ((0, 1, 2, 3, 4), (3, 4, 5, 6, 7), (7, 8, 9, 0, 1))  # classes of teacher k
   c.teacher_hidden = (64,)  # hidden widths of every teacher's MLP
   c.teacher_steps = 300  # update steps per teacher
   c.teacher_learning_rate = 3e-3  # AdamW peak learning rate of the teachers
 
-  # ---- Weighting schemes ---------------------------------------------------------------------
   c.schemes = ("static", "confidence", "label_aware", "learned", "hierarchical")  # compared
   c.confidence_tau = 0.1  # τ of confidence weights (confidence = 1 − H(p)/log V ∈ [0, 1])
   c.label_tau = 1.0  # τ of label-aware weights (w_k ∝ p_k(y)^{1/τ})
   c.hierarchical_epsilon = 0.01  # ε-smoothing of each scale in the hierarchical product
   c.gate_hidden = 32  # hidden width of the learned gate (on student input + probabilities)
   c.gate_loss_weight = 1.0  # weight of the gate's log-loss in the total loss
-  # learned gate re-run at these joint learning rates: its objective and gradient norm
-  c.gate_learning_rates = (1e-3, 3e-3, 1e-2)
+  c.gate_learning_rates = (1e-3, 3e-3, 1e-2)  # the learned gate re-run at each (convergence)
 
-  # ---- Safety scenario -----------------------------------------------------------------------
   c.safety_schemes = ("static", "confidence", "label_aware", "hierarchical")  # ± safety_floor
   c.unsafe_class = 9  # the output the safety teacher never gives
   c.sensitive_classes = (3, 5)  # inputs of these classes have sensitivity 1 (others 0)
@@ -52,7 +39,6 @@ def get_config(arg=None):
   c.safety_threshold = 0.5  # sensitivity from which the full floor applies
   c.safety_temperature = 2.0  # temperature of the (conservative) safety teacher
 
-  # ---- Students --------------------------------------------------------------------------------
   c.student_hidden = (64,)  # hidden widths of the student MLP
   c.num_seeds = 3  # students per scheme (vmapped over initialisation seeds)
   c.num_steps = 400  # update steps per student
@@ -61,7 +47,6 @@ def get_config(arg=None):
   c.weight_decay = 1e-4  # AdamW weight decay
   c.warmup_steps = 20  # linear warm-up steps
 
-  # ---- Devices (teachers train with mtkd_jax.train.train) --------------------------------------
   c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all devices
   c.partition_rules = ((r".*", ()),)  # replicate everything (tiny models)
 

@@ -2,11 +2,8 @@
 
     python -m mtkd_jax.main --config=experiments/configs/capacity.py --workdir=runs/capacity
 
-or `--config=experiments/configs/capacity.py:small` (three widths, fewer steps and seeds).
-N = 128 digits images with random-teacher mixture targets q (no learnable structure); one hidden
-layer of width 1..256, full-batch AdamW, seeds vmapped (`train.train_seeds`). Expected: the final
-mean KL falls by orders of magnitude once the parameter count passes the N·(V − 1) numbers that
-define the targets. Writes results.json to the workdir; runtime 10 s (small) to about a minute.
+`:small` runs three widths, fewer steps and seeds. Runtime 10 s (small) to about a minute; writes
+results.json to the workdir. Expected: the KL collapses once the parameters pass N·(V − 1).
 """
 
 import ml_collections

@@ -2,14 +2,9 @@
 
     python -m mtkd_jax.main --config=experiments/configs/digits.py --workdir=runs/digits
 
-`:small` (`--config=experiments/configs/digits.py:small`) is a quick check with fewer steps.
-Trains K=3 teachers that each see a different random subset of pixels, a different noise level,
-a different part of the training set and have a different width (cached in the workdir), then
-distils one student per operator (linear, geometric) and one single-teacher student per teacher.
-Prints test accuracy and log-loss of every model and the average teacher log-loss (Cor IV.10);
-writes results.json, metrics.jsonl and checkpoints to the workdir. Runtime: see the README.
-Override any field, e.g. `--config.operator="power(alpha=0.5)"`,
-`--config.weights="(0.5,0.3,0.2)"`, `--config.mesh.model=2`.
+`:small` is a quick check with fewer steps. Runtime: see the README. Writes results.json,
+metrics.jsonl and checkpoints to the workdir. Override any field, e.g.
+`--config.operator="power(alpha=0.5)"`, `--config.weights="(0.5,0.3,0.2)"`, `--config.mesh.model=2`.
 """
 
 import ml_collections
@@ -24,7 +19,6 @@ def get_config(arg=None):
   c.seed = arg.seed  # seed of initialisations and batch order (each run offsets it by its index)
   c.data_seed = 0  # seed of the train/val/test split and of the teacher views
 
-  # ---- Teachers: heterogeneous and each imperfect ------------------------------------------
   c.num_teachers = 3  # K
   c.teacher_hidden = ((32,), (48,), (64,))  # hidden widths of teacher k's MLP
   c.teacher_keep_fractions = (0.4, 0.4, 0.4)  # fraction of pixels seen (random subset per k)
@@ -33,7 +27,6 @@ def get_config(arg=None):
   c.teacher_steps = 300  # update steps per teacher
   c.teacher_learning_rate = 3e-3  # AdamW peak learning rate of the teachers
 
-  # ---- Students -------------------------------------------------------------------------------
   c.model = "mlp"  # registry name of the student model
   c.student_hidden = (64,)  # hidden widths of the student MLP (sees all 64 pixels)
   c.operator = "linear"  # aggregation operator spec, e.g. "power(alpha=0.5)"
@@ -48,19 +41,15 @@ def get_config(arg=None):
   c.weighting = ""  # adaptive weighting spec of the K-teacher students, e.g. "confidence(tau=0.5)"
   c.implementation = "auto"  # "auto", "composed", or the fused kernel's "xla" / "pallas"
 
-  # ---- Optimisation -------------------------------------------------------------------------
   c.num_steps = 400  # update steps per student
   c.batch_size = 64  # global batch size (divisible by mesh.data)
   c.learning_rate = 3e-3  # AdamW peak learning rate of the students
   c.weight_decay = 1e-4  # AdamW weight decay
   c.warmup_steps = 20  # linear warm-up steps before the cosine decay
 
-  # ---- Devices ---------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all remaining devices
-  # (regex on "/"-joined param path, PartitionSpec dims); first match wins; opt state too.
-  c.partition_rules = ((r".*/kernel$", (None, "model")), (r".*", ()))
+  c.partition_rules = ((r".*/kernel$", (None, "model")), (r".*", ()))  # (path regex, spec dims)
 
-  # ---- Logging and checkpoints ----------------------------------------------------------------
   c.log_every = 10  # steps between host metric fetches (JSONL rows, progress bar)
   c.checkpoint_every = 100  # steps between orbax checkpoints (and always at the end)
   c.keep_checkpoints = 2  # checkpoints kept per run

@@ -3,13 +3,8 @@
     python -m mtkd_jax.main --config=experiments/configs/jensen_bound.py \
         --workdir=runs/jensen_bound
 
-or `--config=experiments/configs/jensen_bound.py:small` (three operators, shorter training).
-Trains the digits teachers, then one student per operator on L_multi (same init and batches, so
-one trajectory) logging each operator's L_mix, plus a twin trained on L_mix; then searches random
-teachers/students for violations. Expected: for linear, L_multi − L_mix equals the JS divergence
-to float32 rounding and the twin follows the same trajectory; the non-linear operators violate
-the bound on some random problems. The digits runs go to `<workdir>/sum_of_kls` and
-`<workdir>/mixture_kd`, results.json to the workdir; runtime 30 s (small) to a few minutes.
+`:small` runs three operators and shorter training. Runtime 30 s (small) to a few minutes; writes
+the digits runs to `<workdir>/sum_of_kls` and `<workdir>/mixture_kd`, results.json to the workdir.
 """
 
 import os

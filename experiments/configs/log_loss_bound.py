@@ -3,12 +3,8 @@
     python -m mtkd_jax.main --config=experiments/configs/log_loss_bound.py \
         --workdir=runs/log_loss_bound
 
-or `--config=experiments/configs/log_loss_bound.py:small` (shorter teacher training, fewer
-random problems). Trains (or restores from the workdir) the digits job's three teachers and
-checks the bound on every train and test example for every operator, then on random teachers and
-labels. Expected: no violation for linear, geometric, power(alpha=0.5) and the Hellinger
-barycenter (α ≤ 1 power means); violations for power(alpha=2) and entropic(beta=0.5). Teacher
-checkpoints and results.json go to the workdir; runtime 10-30 s.
+`:small` trains the teachers for fewer steps and draws fewer random problems. Runtime 10-30 s;
+writes the teacher checkpoints and results.json to the workdir.
 """
 
 import os

@@ -3,17 +3,9 @@
     python -m mtkd_jax.main --config=experiments/configs/meta_distillation.py \
         --workdir=runs/meta_distillation
 
-`--config=experiments/configs/meta_distillation.py:small` is the quick setting of the tests and
-notebook. q_base: the linear aggregate of the three digits teachers (the views of the digits
-job). Generation 0: a student trained on hard labels only. Generation t: a fresh student distilled
-from q_t = α q_base + (1 − α) p_{S_{t−1}}, for α in {0, 0.2, 0.5, 0.8}, 6 generations; the same
-chains again from three other starting students (uniform, a confident random network, an
-adversarially wrong one), to see whether they meet at one fixed point and how fast.
-Runtime: about 7 min on 2 busy shared CPU cores (96 students; small: 16). Writes results.json
-(per α and generation: KL(q_t ‖ q_base), KL(p_{S_t} ‖ q_base), both bounds, test accuracy and
-log-loss; per start the KL to q_base and the drift; per α the chains' distance, the measured
-contraction rate and the KL between their final targets and students), metrics.jsonl and the
-teachers' checkpoints to the workdir; experiments/plots/meta_distillation.py draws the figure.
+`:small` (16 students instead of 96) is the quick setting of the tests and notebook. Runtime about
+7 min on 2 busy CPU cores; writes results.json, metrics.jsonl and the teachers' checkpoints to
+the workdir.
 """
 
 import ml_collections
@@ -29,7 +21,6 @@ def get_config(arg=None):
   c.data_seed = 0  # seed of the split and of the teacher views
   c.progress = True  # tqdm progress bars on stderr
 
-  # ---- Teachers (as in experiments/configs/digits.py) -----------------------------------------
   c.num_teachers = 3  # K
   c.teacher_hidden = ((32,), (48,), (64,))  # hidden widths of teacher k's MLP
   c.teacher_keep_fractions = (0.4, 0.4, 0.4)  # fraction of pixels teacher k sees
@@ -38,13 +29,10 @@ def get_config(arg=None):
   c.teacher_steps = 300  # update steps per teacher
   c.teacher_learning_rate = 3e-3  # AdamW peak learning rate of the teachers
 
-  # ---- Recursion -----------------------------------------------------------------------------
   c.alphas = (0.0, 0.2, 0.5, 0.8)  # anchor weights α (0: plain recursive self-distillation)
   c.num_generations = 6  # generations t = 1..T after the hard-label student S_0
-  # generation-0 students whose chains are compared (the fixed point; each runs every α)
-  c.starts = ("hard_label", "uniform", "random_network", "adversarial")
+  c.starts = ("hard_label", "uniform", "random_network", "adversarial")  # S_0 of compared chains
 
-  # ---- Students --------------------------------------------------------------------------------
   c.student_hidden = (64,)  # hidden widths of every student MLP
   c.s0_steps = 400  # update steps of the hard-label student S_0
   c.num_steps = 400  # update steps of each generation's student
@@ -53,7 +41,6 @@ def get_config(arg=None):
   c.weight_decay = 1e-4  # AdamW weight decay
   c.warmup_steps = 20  # linear warm-up steps
 
-  # ---- Devices (teachers train with mtkd_jax.train.train) --------------------------------------
   c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all devices
   c.partition_rules = ((r".*", ()),)  # replicate everything (tiny models)
 

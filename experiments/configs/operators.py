@@ -2,11 +2,8 @@
 
     python -m mtkd_jax.main --config=experiments/configs/operators.py --workdir=runs/operators
 
-or `--config=experiments/configs/operators.py:small` (two operators, one seed, shorter
-training). Runs the digits job per seed with one student per operator family and one per single
-teacher, and reports, per operator, whether its student beats the weighted average teacher
-log-loss (Cor IV.10) and the best single-teacher student. Each seed's digits run goes to
-`<workdir>/seed_<s>`, results.json to the workdir; runtime 30 s (small) to a few minutes.
+`:small` runs two operators, one seed and shorter training. Runtime 30 s (small) to a few
+minutes; writes each seed's digits run to `<workdir>/seed_<s>`, results.json to the workdir.
 """
 
 import os

@@ -1,20 +1,10 @@
-"""Sparse / offline teachers on a real byte-level LM task: the Python standard library.
+"""Sparse / offline teachers on a byte-level LM over the Python standard library's `.py` files.
 
     python -m mtkd_jax.main --config=experiments/configs/stdlib_lm.py --workdir=runs/stdlib_lm
 
-`--config=experiments/configs/stdlib_lm.py:small` is the quick setting of the tests and notebook.
-K = 3 byte-level Transformer teachers are each trained on one family of the standard library's
-own `.py` files (the test suite, the GUI/tool packages, the core library), with a deterministic
-file-level held-out split. Their top-64 outputs on the student's training windows are dumped
-once to an offline store (bf16 log-probs + int32 indices, checksummed shards; the same as
-`python -m mtkd_jax.teachers dump --config=experiments/configs/stdlib_lm.py --out=DIR`).
-Students with the teachers' architecture, the same initialisation and the same batches are
-distilled from the dense teachers (run inside the step) and from the stored top-k for
-k ∈ {4, 16, 64} under each tail mode (drop / uniform / bucket), plus a hard-label baseline.
-Runtime: 11-14 min on 2 CPU cores (small, a smoke test: 3.5 min). Writes results.json
-(held-out bits per byte of every teacher, the average teacher, the teachers' mixture and every
-student, overall and per family), the store, metrics.jsonl and checkpoints to the workdir;
-experiments/plots/stdlib_lm.py draws the figure (docs/figures/sparse_teachers.png).
+`:small` is the smoke test of the tests and notebook. Runtime 11-14 min on 2 CPU cores (small:
+1-4 min); writes results.json, the teachers' top-k store, metrics.jsonl and checkpoints to the
+workdir (the store as `python -m mtkd_jax.teachers dump` would write it).
 """
 
 import ml_collections
@@ -29,7 +19,6 @@ def get_config(arg=None):
   c.seed = arg.seed  # seed of initialisations and batch orders
   c.data_seed = 0  # seed of the training windows
 
-  # ---- Data: byte-level corpus of the standard library's .py files ---------------------------
   # (family name, top-level packages/modules); "*" takes every file not listed elsewhere.
   tools = ("idlelib", "tkinter", "turtledemo", "turtle.py", "lib2to3", "distutils", "pydoc.py")
   tools += ("ensurepip", "venv", "curses")
@@ -39,16 +28,13 @@ def get_config(arg=None):
   c.seq_len = 128  # bytes per training/eval window (the model's context)
   c.eval_windows = 256  # held-out windows per family (evenly spaced over its test bytes)
 
-  # ---- Models: byte Transformer LMs (mtkd_jax.models "byte_lm") ------------------------------
   c.depth = 2  # Transformer blocks
   c.width = 128  # model width
   c.num_heads = 4  # attention heads
 
-  # ---- Teachers ------------------------------------------------------------------------------
   c.teacher_steps = 400  # update steps per teacher (on its own family)
   c.teacher_learning_rate = 3e-3  # AdamW peak learning rate
 
-  # ---- Offline store of the teachers' top-k outputs ----------------------------------------
   c.store = ml_collections.ConfigDict()
   c.store.k = 64  # stored top-k (smaller k are its prefixes)
   c.store.dtype = "bfloat16"  # "bfloat16" or "float16" log-probs
@@ -56,7 +42,6 @@ def get_config(arg=None):
   c.store.batch_size = 32  # rows per teacher call while dumping
   c.store.windows = 3072  # student training windows (an equal share from each family)
 
-  # ---- Students ------------------------------------------------------------------------------
   c.k_values = (4, 16, 64)  # top-k of the sparse students (≤ store.k)
   c.tail_modes = ("drop", "uniform", "bucket")  # sparse.TAIL_MODES to compare
   c.operator = "linear"  # sparse/dense aggregation: "linear" or "geometric"
@@ -68,12 +53,10 @@ def get_config(arg=None):
   c.student_steps = 400  # update steps per student (about 2 epochs of store.windows)
   c.learning_rate = 3e-3  # AdamW peak learning rate of the students
 
-  # ---- Optimisation (shared) -------------------------------------------------------------------
   c.batch_size = 16  # global batch size (windows per step; divisible by mesh.data)
   c.weight_decay = 1e-4  # AdamW weight decay
   c.warmup_steps = 20  # linear warm-up steps before the cosine decay
 
-  # ---- Devices, logging, checkpoints -----------------------------------------------------------
   c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all remaining devices
   c.partition_rules = ((r".*", ()),)  # replicate parameters (small models; data parallel)
   c.log_every = 25  # steps between host metric fetches

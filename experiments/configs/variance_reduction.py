@@ -3,13 +3,8 @@
     python -m mtkd_jax.main --config=experiments/configs/variance_reduction.py \
         --workdir=runs/variance_reduction
 
-or `--config=experiments/configs/variance_reduction.py:small` (fewer seeds, K, ρ and operators).
-Synthetic teachers p_k = p̄ + ε_k (zero-sum, bounded, ρ-correlated noise with per-token variance
-exactly σ_k², never clipped), uniform and skewed weights, equal and heterogeneous σ_k, every
-operator; seeds are vmapped. Expected: the linear operator's measured variance equals the closed
-form within the stated Monte-Carlo tolerance in every setting; the entropic pool sits well below
-it (it flattens q toward uniform). Writes results.json to the workdir; runtime 15 s (small) to
-a few minutes on a laptop CPU.
+`:small` runs fewer seeds, K, ρ and operators. Runtime 15 s (small) to a few minutes; writes
+results.json to the workdir. Expected: linear matches the closed form within the tolerance.
 """
 
 import ml_collections

@@ -1,7 +1,4 @@
-"""Supervisory bias attenuation (paper §VI): per-class bias of teachers and aggregates.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.bias_attenuation`.
-"""
+"""Supervisory bias attenuation (paper §VI): per-class bias of teachers and aggregates."""
 
 import os
 import sys

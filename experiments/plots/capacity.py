@@ -1,7 +1,4 @@
-"""Prop V.2 capacity: final KL(q ‖ p_S) against parameter count; training curves.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.capacity`.
-"""
+"""Prop V.2 capacity: final KL(q ‖ p_S) against parameter count; training curves."""
 
 import os
 import sys

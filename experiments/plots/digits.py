@@ -4,36 +4,19 @@ Teachers and students are drawn on separate panels, since they optimise differen
 (the teachers' cross-entropy on labels; the students' T_S²·KL(q ‖ p_S) to the target).
 """
 
-from __future__ import annotations
-
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import style
 
-
-def read_metrics(path: str) -> dict[str, dict[int, dict]]:
-  """metrics.jsonl -> {run: {step: row}}; a resumed run's rows overwrite its steps, and a cut-off
-  last line (a full disk, a killed process) is skipped with a warning."""
-  runs: dict[str, dict[int, dict]] = {}
-  with open(path) as f:
-    lines = f.read().splitlines()
-  for i, line in enumerate(lines):
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      print(f"warning: {path}:{i + 1}: skipping a cut-off line", file=sys.stderr)
-      continue
-    runs.setdefault(row["run"], {})[row["step"]] = row
-  return runs
+from mtkd_jax.experiments.common import read_metrics
 
 
 def plot_curves(metrics_path: str, png_path: str) -> None:
   """Loss, batch accuracy, KL(q ‖ p_S) and gradient norm per run, with labelled axes."""
   plt = style.pyplot()
-  runs = read_metrics(metrics_path)
+  runs = read_metrics(metrics_path)  # {run: {field: [value per logged step]}}
   teachers = {n: r for n, r in runs.items() if n.startswith("teacher_")}
   students = {n: r for n, r in runs.items() if not n.startswith("teacher_")}
   panels = [
@@ -45,14 +28,12 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
   fig, axes = plt.subplots(2, 2, figsize=(11, 7))
   colors = {name: f"C{i % 10}" for i, name in enumerate(runs)}
   for ax, (group, key, label, scale) in zip(axes.ravel(), panels, strict=True):
-    for name, rows in group.items():
-      steps = sorted(s for s in rows if key in rows[s])
-      if steps:
-        ax.plot(steps, [rows[s][key] for s in steps], label=name, lw=1, color=colors[name])
-    ax.set_xlabel("step")
-    ax.set_ylabel(label)
-    ax.set_yscale(scale)
-    ax.legend(fontsize=7)
+    for name, r in group.items():
+      points = [(s, v) for s, v in zip(r["step"], r.get(key, []), strict=False) if v is not None]
+      if points:
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, label=name, lw=1, color=colors[name])
+    style.label(ax, legend=7, xlabel="step", ylabel=label, yscale=scale)
   style.save(fig, png_path)
 
 

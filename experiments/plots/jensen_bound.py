@@ -1,7 +1,4 @@
-"""Thm IV.7 Jensen bound: L_mix and L_multi along training; random-problem violation rates.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.jensen_bound`.
-"""
+"""Thm IV.7 Jensen bound: L_mix and L_multi along training; random-problem violation rates."""
 
 import os
 import sys

@@ -1,7 +1,4 @@
-"""Thm IV.9 log-loss bound: −log q(y) against the bound on digits; violation rates.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.log_loss_bound`.
-"""
+"""Thm IV.9 log-loss bound: −log q(y) against the bound on digits; violation rates."""
 
 import os
 import sys

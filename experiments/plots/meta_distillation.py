@@ -1,9 +1,4 @@
-"""Anchored recursive meta-distillation: KL to q_base per generation against (1 − α)^t KL_0.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.meta_distillation`.
-"""
-
-from __future__ import annotations
+"""Anchored recursive meta-distillation: KL to q_base per generation against (1 − α)^t KL_0."""
 
 import os
 import sys
@@ -35,15 +30,10 @@ def plot(results: dict, path: str) -> None:
     axes[2].plot(t, c["test_log_loss"], "o-", color=color, label=f"α = {alpha}")
   titles = ("target: KL(q_t ‖ q_base)", "student: KL(p_{S_t} ‖ q_base)")
   for ax, title in zip(axes[:2], titles, strict=True):
-    ax.set_yscale("log")
-    ax.set_xlabel("generation t")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    style.label(ax, title, legend=8, yscale="log", xlabel="generation t")
   q_base = results["base"]["test_q_base"]["log_loss"]
   axes[2].axhline(q_base, color="k", lw=1, ls=":", label="q_base itself")
-  axes[2].set_xlabel("generation t")
-  axes[2].set_title("student test log-loss")
-  axes[2].legend(fontsize=8)
+  style.label(axes[2], "student test log-loss", legend=8, xlabel="generation t")
   if fixed:
     _plot_fixed_point(results, grid[1], colors)
   fig.suptitle(
@@ -67,14 +57,12 @@ def _plot_fixed_point(results: dict, axes, colors) -> None:
     for j, start in enumerate(f["starts"]):
       kl = results["starts"][start][alpha]["kl_student_base"]
       axes[1].plot(t, kl, styles[j % 4], color=color, label=f"{start}" if i == 0 else None)
-  axes[0].set_yscale("log")
-  axes[0].set_xlabel("generation t")
-  axes[0].set_title("chains' largest TV apart (dashed: (1 − α)^t TV_0)", fontsize=10)
-  axes[0].legend(fontsize=7)
-  axes[1].set_yscale("log")
-  axes[1].set_xlabel("generation t")
-  axes[1].set_title("KL(p_{S_t} ‖ q_base): start = line style, α = colour", fontsize=10)
-  axes[1].legend(fontsize=7)
+  titles = (
+    "chains' largest TV apart (dashed: (1 − α)^t TV_0)",
+    "KL(p_{S_t} ‖ q_base): start = line style, α = colour",
+  )
+  for ax, title in zip(axes[:2], titles, strict=True):
+    style.label(ax, title, size=10, legend=7, yscale="log", xlabel="generation t")
   no_anchor = [a for a in results["fixed_point"] if float(a) == 0.0]
   ax = axes[2]
   if no_anchor:
@@ -83,6 +71,5 @@ def _plot_fixed_point(results: dict, axes, colors) -> None:
       t = np.arange(len(r["kl_start_student"]))
       ax.plot(t, r["kl_start_student"], "o" + styles[j % 4], label=start)
       ax.plot(t, r["cumulative_fit_error"], styles[j % 4], color="0.5", lw=1)
-    ax.set_xlabel("generation t")
-    ax.set_title("α = 0: drift KL(p_S0 ‖ p_St); grey: Σ fitting errors", fontsize=10)
-    ax.legend(fontsize=7)
+    title = "α = 0: drift KL(p_S0 ‖ p_St); grey: Σ fitting errors"
+    style.label(ax, title, size=10, legend=7, xlabel="generation t")

@@ -1,7 +1,4 @@
-"""Operator families on digits: each operator's student against single-teacher students.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.operators_comparison`.
-"""
+"""Operator families on digits: each operator's student against single-teacher students."""
 
 import os
 import sys

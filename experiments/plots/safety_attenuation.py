@@ -1,7 +1,4 @@
-"""Prop IV.11 / Cor IV.12 safety attenuation: q(unsafe) vs w*; random violation rates.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.safety_attenuation`.
-"""
+"""Prop IV.11 / Cor IV.12 safety attenuation: q(unsafe) vs w*; random violation rates."""
 
 import os
 import sys

@@ -1,10 +1,4 @@
-"""Sparse teachers on the stdlib LM: held-out bits per byte against the stored top-k.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.stdlib_lm`
-(docs/figures/sparse_teachers.png).
-"""
-
-from __future__ import annotations
+"""Sparse teachers on the stdlib LM: held-out bits per byte against the stored top-k."""
 
 import os
 import sys

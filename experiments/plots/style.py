@@ -1,7 +1,5 @@
 """Shared figure style: the Agg backend and one fixed colour per operator in every figure."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 from mtkd_jax.experiments.common import DEFAULT_OPERATORS
@@ -25,6 +23,15 @@ def operator_colors(specs: Sequence[str]) -> dict[str, str]:
   others = [s for s in specs if s not in fixed]
   fixed.update({s: extra[i % len(extra)] for i, s in enumerate(others)})
   return {s: fixed[s] for s in specs}
+
+
+def label(ax, title=None, *, size=None, legend=None, **props) -> None:
+  """`ax.set(**props)`, the title (at font size `size`) and a legend at font size `legend`."""
+  ax.set(**props)
+  if title is not None:
+    ax.set_title(title, **({"fontsize": size} if size else {}))
+  if legend:
+    ax.legend(fontsize=legend)
 
 
 def save(fig, path: str) -> None:

@@ -1,7 +1,4 @@
-"""Thm IV.2 variance reduction: variance vs K and vs ρ over the closed forms, every operator.
-
-`plot(results, path)` draws the results.json of `mtkd_jax.experiments.variance_reduction`.
-"""
+"""Thm IV.2 variance reduction: variance vs K and vs ρ over the closed forms, every operator."""
 
 import os
 import sys

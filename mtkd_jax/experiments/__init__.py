@@ -14,21 +14,10 @@ Its config, `experiments/configs/<name>.py`, sets `config.experiment = "<name>"`
 from that JSON (`make figures` runs both for every experiment).
 """
 
-from __future__ import annotations
-
 import importlib
 from types import ModuleType
-from typing import Protocol
 
-
-class Experiment(Protocol):
-  """The contract of an experiment module."""
-
-  def validate_config(self, config) -> None: ...
-
-  def run(self, config, workdir: str) -> dict: ...
-
-  def format_table(self, results: dict) -> str: ...
+CONTRACT = ("validate_config", "run", "format_table")
 
 
 def get(name: str) -> ModuleType:
@@ -39,7 +28,7 @@ def get(name: str) -> ModuleType:
     if e.name != f"{__name__}.{name}":
       raise
     raise ValueError(f"config.experiment: no experiment module {__name__}.{name}") from None
-  missing = [f for f in ("validate_config", "run", "format_table") if not hasattr(module, f)]
+  missing = [f for f in CONTRACT if not hasattr(module, f)]
   if missing:
     raise ValueError(f"config.experiment: {module.__name__} lacks {missing}")
   return module

@@ -1,26 +1,11 @@
 """Adaptive teacher weighting on digits: class-specialist teachers and a safety floor (paper §VI).
 
-Teachers are each trained on a different subset of the classes, so each is right on its own
-classes and confidently wrong elsewhere: fixed weights mix in the wrong teachers, adaptive ones
-can pick the right one per example. The comparison distils one student per weighting scheme
-(static, confidence, label_aware, learned, hierarchical) with the same operator (linear), loss,
-initialisations and batches, over several seeds (`train.train_seeds`), and reports test
-accuracy and log-loss.
-
-Safety scenario: a fourth, conservative teacher (a generalist trained without the unsafe class,
-whose probability for it is 0, tempered flatter) is the safety teacher; inputs of the sensitive
-classes have sensitivity 1. Each stateless scheme is run with and without `safety_floor`; we
-report the safety teacher's smallest weight on sensitive training inputs (≥ the floor?), the
-Cor IV.12 bound q(u) ≤ (1 − w*) max_{k≠k*} p_k(u) + w* p_{k*}(u) on them, and the student's
-probability of the unsafe class on sensitive test inputs.
-
-Gate convergence: the learned gate (trained jointly with the student on the log-loss of its
-mixture) is re-run at each of `gate_learning_rates`; per seed we record its objective and the
-norm of its gradient along training, and the full-batch gradient norm at initialisation and at
-the end — how close to stationary the gate gets.
+Specialists are right on their own classes and confidently wrong elsewhere, so adaptive weights
+can pick the right teacher per example. One student per scheme (same operator, init and batches,
+several seeds), the average teacher under each scheme's own weights (Cor IV.10); a conservative
+safety teacher with and without `safety_floor` (Cor IV.12 on sensitive inputs); and the learned
+gate's convergence at each of `gate_learning_rates`.
 """
-
-from __future__ import annotations
 
 import sys
 
@@ -30,7 +15,7 @@ import numpy as np
 import optax
 
 from mtkd_jax import data as data_lib
-from mtkd_jax import models, objectives, operators, theory, train
+from mtkd_jax import objectives, operators, theory, train
 from mtkd_jax import weighting as weighting_lib
 from mtkd_jax.experiments import common, tables
 from mtkd_jax.experiments.tables import mean_std
@@ -42,7 +27,16 @@ _MASKED = -30.0  # logit of the class the safety teacher never outputs (probabil
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_numbers(
+    config,
+    positive_ints="teacher_hidden teacher_steps gate_hidden student_hidden num_seeds num_steps "
+    "batch_size",
+    non_negative_ints="seed data_seed warmup_steps",
+    positive="teacher_learning_rate confidence_tau label_tau gate_learning_rates "
+    "safety_temperature learning_rate",
+    non_negative="gate_loss_weight weight_decay",
+    unit="hierarchical_epsilon safety_floor safety_threshold",
+  )
   v = data_lib.NUM_CLASSES
   subsets = [tuple(s) for s in config.class_subsets]
   if len(subsets) < 2:
@@ -63,20 +57,8 @@ def validate_config(config) -> None:
       f"config.unsafe_class: must be a class not among the sensitive ones, got "
       f"{config.unsafe_class}"
     )
-  if not 0.0 <= config.safety_floor <= 1.0:
-    raise ValueError(f"config.safety_floor: must be in [0, 1], got {config.safety_floor}")
-  for field in ("confidence_tau", "label_tau", "safety_temperature"):
-    if not config[field] > 0:
-      raise ValueError(f"config.{field}: must be > 0, got {config[field]}")
-  if config.num_seeds < 1 or config.num_steps < 1:
-    raise ValueError("config.num_seeds and config.num_steps: must be ≥ 1")
-  if any(not lr > 0 for lr in config.gate_learning_rates):
-    raise ValueError(f"config.gate_learning_rates: must be > 0, got {config.gate_learning_rates}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Teachers.
-# ---------------------------------------------------------------------------------------------
 def specialist_views(config, train_y: np.ndarray) -> list[data_lib.TeacherView]:
   """Full-pixel, noise-free views: teacher k trains on the classes of its subset; the last
   (safety) teacher on every class but the unsafe one."""
@@ -98,9 +80,6 @@ def _teacher_config(config):
   return c
 
 
-# ---------------------------------------------------------------------------------------------
-# Students: every seed at once.
-# ---------------------------------------------------------------------------------------------
 def make_hook(
   name: str, config, val_accuracy: np.ndarray, *, temperatures, num_features=None, **safety
 ):
@@ -133,8 +112,7 @@ def make_hook(
 def _distil(config, hook, arrays, temperatures, student, x_test, learning_rate=None):
   """One student per seed; returns (params [S, ...], metrics [S, T], test logits [S, N, V])."""
   lr = config.learning_rate if learning_rate is None else learning_rate
-  schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
-  optimizer = train.make_optimizer(lr, config.num_steps, **schedule)
+  optimizer = common.optimizer(config, lr, config.num_steps)
   objective = objectives.mixture(operators.linear, temperatures=temperatures)
   uniform = np.ones(len(temperatures)) / len(temperatures)
   targets = {"objective": objective, "weights": uniform, "weighting": hook}
@@ -205,23 +183,10 @@ def _gate_convergence(config, make_learned, arrays, temps, student, x_test, y_te
 
 
 def _summary(test_logits, y):
+  """Mean and std over seeds of the test accuracy and log-loss, and the per-seed values."""
   evals = [train.evaluate(z, y) for z in test_logits]  # per seed
-  acc = np.array([e["accuracy"] for e in evals])
-  ll = np.array([e["log_loss"] for e in evals])
-  return {
-    "accuracy": float(acc.mean()),
-    "accuracy_std": float(acc.std()),
-    "log_loss": float(ll.mean()),
-    "log_loss_std": float(ll.std()),
-    "per_seed_accuracy": acc.tolist(),
-    "per_seed_log_loss": ll.tolist(),
-  }
-
-
-def _right_teacher_weight(w, y, config):
-  """Per example: the total weight on teachers whose class subset contains the label."""
-  covers = np.array([[c in s for c in range(10)] for s in config.class_subsets])  # [K, V]
-  return (w * covers[:, y]).sum(0)
+  per_seed = {f"per_seed_{k}": [e[k] for e in evals] for k in ("accuracy", "log_loss")}
+  return {**common.seed_summary(evals), **per_seed}
 
 
 def run(config, workdir: str) -> dict:
@@ -249,48 +214,43 @@ def run(config, workdir: str) -> dict:
   # specialist is right on roughly the share of examples its classes cover).
   train_acc = np.array([np.mean(train_logits[k].argmax(-1) == y_train) for k in range(k_spec)])
 
-  mlp = {"in_features": data_lib.NUM_PIXELS, "num_classes": data_lib.NUM_CLASSES}
-  student = models.build("mlp", hidden=tuple(config.student_hidden), **mlp)
+  student = common.digits_model(config.student_hidden)
   results: dict = {"teachers": teacher_results, "schemes": {}, "safety": {}}
   num_runs = len(config.schemes) + 2 * len(config.safety_schemes)
   bar = tqdm(total=num_runs, desc="adaptive", file=sys.stderr, disable=not config.progress)
 
-  # ---- Part 1: the specialists, one student per scheme -------------------------------------
+  # Part 1: the specialists, one student per scheme.
   temps = np.ones(k_spec, np.float32)
   arrays = {"x": train_split.x, "y": y_train, "teacher_logits": train_logits[:k_spec]}
-  weights_by_class = {}
+  test_arrays = {"x": test_split.x, "y": y_test, "teacher_logits": test_logits[:k_spec]}
+  features = data_lib.NUM_PIXELS + data_lib.NUM_CLASSES
+  hook_of = lambda name: make_hook(
+    name, config, train_acc, temperatures=temps, num_features=features
+  )
+  weights_by_class, average = {}, {}
+  covers = np.array([[c in s for c in range(10)] for s in config.class_subsets])  # [K, V]
   for name in config.schemes:
-    features = data_lib.NUM_PIXELS + data_lib.NUM_CLASSES
-    hook = make_hook(name, config, train_acc, temperatures=temps, num_features=features)
+    hook = hook_of(name)
     params, metrics, test_z = _distil(config, hook, arrays, temps, student, test_split.x)
     w = _weights_on(hook, arrays, params, student)  # [K, N]
     weights_by_class[name] = [w[:, y_train == c].mean(1).tolist() for c in range(10)]
+    w_test = _weights_on(hook, test_arrays, params, student)  # [K, N_test]
+    average[name] = common.average_teacher(test_logits[:k_spec], y_test, w_test)
     results["schemes"][name] = {
       **_summary(test_z, y_test),
       "train_effective_num_teachers": float(metrics["effective_num_teachers"][:, -20:].mean()),
       "train_weight_entropy": float(metrics["weight_entropy"][:, -20:].mean()),
-      "weight_on_right_teacher": float(np.mean(_right_teacher_weight(w, y_train, config))),
+      "weight_on_right_teacher": float(np.mean((w * covers[:, y_train]).sum(0))),
     }
     bar.update()
   results["weights_by_class"] = weights_by_class
+  results["average_teacher"] = average  # per scheme, under its own weights on the test inputs
   if config.gate_learning_rates:
-    results["gate_convergence"] = _gate_convergence(
-      config,
-      lambda: make_hook(
-        "learned",
-        config,
-        train_acc,
-        temperatures=temps,
-        num_features=data_lib.NUM_PIXELS + data_lib.NUM_CLASSES,
-      ),
-      arrays,
-      temps,
-      student,
-      test_split.x,
-      y_test,
-    )
+    learned = lambda: hook_of("learned")
+    test = (test_split.x, y_test)
+    results["gate_convergence"] = _gate_convergence(config, learned, arrays, temps, student, *test)
 
-  # ---- Part 2: safety — the conservative teacher with and without the floor ----------------
+  # Part 2: safety, the conservative teacher with and without the floor.
   temps4 = np.array([1.0] * k_spec + [config.safety_temperature], np.float32)
   sens_train = np.isin(y_train, config.sensitive_classes).astype(np.float32)
   sens_test = np.isin(y_test, config.sensitive_classes)
@@ -324,13 +284,9 @@ def run(config, workdir: str) -> dict:
       }
       bar.update()
   bar.close()
-  results["config"] = {
-    "floor": config.safety_floor,
-    "unsafe_class": u,
-    "sensitive_classes": list(config.sensitive_classes),
-    "num_seeds": config.num_seeds,
-    "num_steps": config.num_steps,
-  }
+  sizes = {"num_seeds": config.num_seeds, "num_steps": config.num_steps}
+  safety = {"floor": config.safety_floor, "unsafe_class": u}
+  results["config"] = {**safety, "sensitive_classes": list(config.sensitive_classes), **sizes}
   return results
 
 
@@ -341,22 +297,20 @@ def format_table(results: dict) -> str:
     f"Adaptive weighting, class-specialist teachers ({cfg['num_seeds']} seeds, "
     f"{cfg['num_steps']} steps, mean ± std over seeds)",
   ]
-  columns = [
-    ("scheme", "<14"),
-    ("test acc", ">17"),
-    ("test log-loss", ">18"),
-    ("w on right", ">11.3f"),
-  ]
-  columns += [("eff. K", ">7.2f"), ("H(w)", ">6.3f")]
+  columns = [("scheme", "<14"), ("test acc", ">17"), ("test log-loss", ">18")]
+  columns += [("w on right", ">11.3f"), ("eff. K", ">7.2f"), ("H(w)", ">6.3f")]
+  columns += [("avg teacher LL", ">15.4f"), ("beats it", ">9")]
   rows = []
   for n, r in results["schemes"].items():
     keys = ("weight_on_right_teacher", "train_effective_num_teachers", "train_weight_entropy")
+    average = results["average_teacher"][n]["log_loss"]  # under the scheme's own weights
+    beats = "yes" if r["log_loss"] < average else "NO"
     rows.append((n, mean_std(r, "accuracy"), mean_std(r, "log_loss", 9), *(r[k] for k in keys)))
+    rows[-1] += (average, beats)
   lines += tables.lines(columns, rows, indent="", rule=True)
-  teachers = ", ".join(
-    f"{n} {r['accuracy']:.3f}/{r['log_loss']:.2f} on {r['classes']}"
-    for n, r in results["teachers"].items()
-  )
+  lines.append("(average teacher: Σ_k w_k(x) log-loss_k(x) on the test set, Cor IV.10)")
+  teacher = lambda n, r: f"{n} {r['accuracy']:.3f}/{r['log_loss']:.2f} on {r['classes']}"
+  teachers = ", ".join(teacher(n, r) for n, r in results["teachers"].items())
   lines += [
     "",
     f"Teachers (test): {teachers}",

@@ -1,15 +1,9 @@
 """Prop V.2, finite-sample approximation: with enough capacity, KL(q ‖ p_S) → 0 on N points.
 
-N fixed inputs (digits images) each get a target q = Σ_k w_k p_k from K random teachers (logits
-i.i.d. N(0, `teacher_scale`²): the targets carry no structure a small model could exploit, so
-fitting them is memorisation). One-hidden-layer MLP students of growing width are trained
-full-batch on L_mix = KL(q ‖ p_S) with the library's update step, vmapped over initialisation
-seeds (`train.train_seeds`). The final mean KL(q ‖ p_S) over the N
-points should fall toward 0 once the parameter count passes the N·(V − 1) numbers that define the
-targets (a width-N hidden layer can interpolate any N logit vectors exactly).
+Targets q from K random teachers (nothing to learn but memorisation); one-hidden-layer students
+of growing width, full-batch, seeds vmapped; the final KL should collapse once the parameter
+count passes the N·(V − 1) numbers that define the targets.
 """
-
-from __future__ import annotations
 
 import jax
 import numpy as np
@@ -17,20 +11,21 @@ from tqdm import tqdm
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import losses, models, objectives, operators, train
-from mtkd_jax.experiments import tables
+from mtkd_jax.experiments import common, tables
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
-  if not config.widths or min(config.widths) < 1:
-    raise ValueError(f"config.widths: need positive hidden widths, got {config.widths}")
-  if not 1 <= config.num_points <= 1079:
+  common.check_numbers(
+    config,
+    positive_ints="widths num_points num_teachers num_steps num_seeds",
+    non_negative_ints="seed",
+    positive="teacher_scale learning_rate",
+  )
+  if not config.widths:
+    raise ValueError("config.widths: need at least one hidden width")
+  if config.num_points > 1079:
     raise ValueError(
-      f"config.num_points: need 1 ≤ N ≤ 1079 (digits train split), got {config.num_points}"
-    )
-  if config.num_steps < 1 or config.num_seeds < 1:
-    raise ValueError(
-      f"config.num_steps/num_seeds: need ≥ 1, got {config.num_steps}, {config.num_seeds}"
+      f"config.num_points: at most 1079 (digits train split), got {config.num_points}"
     )
 
 

@@ -1,15 +1,15 @@
-"""Shared pieces of the experiments (paper §IV–V): config checks, digits teachers, searches.
+"""Shared pieces of the experiments (paper §IV–VI): config checks, digits teachers (trained or
+restored from the teacher cache) and students, seed summaries, random counterexample searches."""
 
-`train_teachers(config, loop)` trains (or restores from the teacher cache) the K digits teachers
-of a digits config; every digits-based experiment gets its teachers from it.
-"""
-
-from __future__ import annotations
-
+import copy
 import hashlib
+import json
 import re
+import sys
 from collections.abc import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtkd_jax import data as data_lib
@@ -27,9 +27,6 @@ DEFAULT_OPERATORS = (
 )
 
 
-# --------------------------------------------------------------------------------------------
-# Config checks: one-line errors naming the field.
-# --------------------------------------------------------------------------------------------
 def check_field(field: str, fn: Callable) -> None:
   """Runs `fn()`; a ValueError or TypeError becomes `ValueError("config.<field>: ...")`."""
   try:
@@ -38,25 +35,39 @@ def check_field(field: str, fn: Callable) -> None:
     raise ValueError(f"config.{field}: {str(e).splitlines()[0]}") from None
 
 
-def check_numbers(
-  config, *, positive_ints=(), non_negative_ints=(), positive=(), non_negative=(), fractions=()
-) -> None:
-  """Each named field is a finite number of its kind (a sequence field: each entry), else
-  `ValueError("config.<field>: ...")`; fractions lie in (0, 1]."""
-  kinds = [
-    (positive_ints, lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
-    (non_negative_ints, lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
-    (positive, lambda v: np.isfinite(v) and v > 0, "a finite number > 0"),
-    (non_negative, lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0"),
-    (fractions, lambda v: np.isfinite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
-  ]
-  for fields, ok, what in kinds:
-    for field in fields:
-      value = config[field]
-      values = value if isinstance(value, list | tuple) else [value]
-      for v in values:
+def check_numbers(config, **kinds: str) -> None:
+  """Checks the fields named (space-separated, dotted for nested ones) under each kind:
+  positive_ints, non_negative_ints, positive, non_negative, fractions (in (0, 1]), unit (in
+  [0, 1]); each field is a finite number of its kind (a sequence: each entry), else
+  `ValueError("config.<field>: must be ..., got ...")`.
+
+  >>> check_numbers({"lr": 0.0}, positive="lr")
+  Traceback (most recent call last):
+  ValueError: config.lr: must be a finite number > 0, got 0.0
+  """
+  rules = {
+    "positive_ints": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    "non_negative_ints": (lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+    "positive": (lambda v: np.isfinite(v) and v > 0, "a finite number > 0"),
+    "non_negative": (lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "fractions": (lambda v: np.isfinite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+    "unit": (lambda v: np.isfinite(v) and 0 <= v <= 1, "a number in [0, 1]"),
+  }
+  for kind, fields in kinds.items():
+    ok, what = rules[kind]
+    for field in fields.split():
+      value = config
+      for key in field.split("."):
+        value = value[key]
+      for v in value if isinstance(value, list | tuple) else [value]:
         if isinstance(v, bool) or not isinstance(v, int | float) or not ok(v):
           raise ValueError(f"config.{field}: must be {what}, got {value!r}")
+
+
+def check_random_search(config, **kinds: str) -> None:
+  """`check_numbers` of a random search's seed, num_random and random_* sizes (and `kinds`)."""
+  sizes = "num_random random_num_teachers random_vocab_size"
+  check_numbers(config, positive_ints=sizes, non_negative_ints="seed", **kinds)
 
 
 def check_operators(field: str, specs: Sequence[str], *, allow_empty: bool = False) -> None:
@@ -82,13 +93,16 @@ def check_mesh(config, num_devices: int) -> None:
 
 
 def read_metrics(path: str) -> dict[str, dict[str, list]]:
-  """A job's metrics.jsonl → {run: {field: [values by step]}} (last row per step)."""
-  import json
-
+  """A job's metrics.jsonl → {run: {field: [values by step, None where unlogged]}} (last row per
+  step); a cut-off line (a killed writer) is skipped with a warning."""
   runs: dict[str, dict[int, dict]] = {}
   with open(path) as f:
-    for line in f:
-      row = json.loads(line)
+    for i, line in enumerate(f):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        print(f"warning: {path}:{i + 1}: skipping a cut-off line", file=sys.stderr)
+        continue
       runs.setdefault(row["run"], {})[row["step"]] = row
   out = {}
   for name, by_step in runs.items():
@@ -98,9 +112,48 @@ def read_metrics(path: str) -> dict[str, dict[str, list]]:
   return out
 
 
-# --------------------------------------------------------------------------------------------
-# Digits teachers: the one function every digits experiment trains its teachers with.
-# --------------------------------------------------------------------------------------------
+def optimizer(config, learning_rate: float, num_steps: int):
+  """AdamW (warm-up, cosine decay) with the config's `weight_decay` and `warmup_steps`."""
+  schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
+  return train.make_optimizer(learning_rate, num_steps, **schedule)
+
+
+def digits_model(hidden, name: str = "mlp") -> models.FunctionalModel:
+  """Registry model `name` from the 64 digits pixels to the 10 classes."""
+  shape = {"in_features": data_lib.NUM_PIXELS, "num_classes": data_lib.NUM_CLASSES}
+  return models.build(name, hidden=tuple(hidden), **shape)
+
+
+def digits_job(config, specs, **fields):
+  """A copy of the embedded `config.digits` with one student per operator spec and `fields`."""
+  c = copy.deepcopy(config.digits)
+  c.operator, c.compare_operators, c.progress = specs[0], tuple(specs[1:]), config.progress
+  c.update(fields)
+  return c
+
+
+def seed_summary(evals) -> dict[str, float]:
+  """Mean and std over seeds of `train.evaluate` dicts: accuracy(_std), log_loss(_std)."""
+  out = {}
+  for key in ("accuracy", "log_loss"):
+    values = np.array([e[key] for e in evals])
+    out[key], out[f"{key}_std"] = float(values.mean()), float(values.std())
+  return out
+
+
+def average_teacher(teacher_logits, labels, weights) -> dict[str, float]:
+  """The average teacher of Cor IV.10 under per-example weights [K, N]: Σ_k w_k accuracy_k and
+  Σ_k w_k log-loss_k per example, averaged over the N examples (teacher logits [K, N, V])."""
+  log_p = np.asarray(jax.nn.log_softmax(jnp.asarray(teacher_logits, jnp.float32), -1))
+  nll = -np.take_along_axis(log_p, np.asarray(labels)[None, :, None], -1)[..., 0]  # [K, N]
+  correct = log_p.argmax(-1) == labels  # [K, N]
+  w = np.asarray(weights, np.float64)
+  return {
+    "accuracy": float((w * correct).sum(0).mean()),
+    "log_loss": float((w * nll).sum(0).mean()),
+  }
+
+
 def teacher_views(config, num_examples: int) -> list[data_lib.TeacherView]:
   """The K teachers' views (pixels, noise, training rows) of a digits config."""
   return data_lib.make_teacher_views(
@@ -173,19 +226,11 @@ def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherVie
   return splits, list(views), np.stack(train_logits), np.stack(test_logits)
 
 
-# --------------------------------------------------------------------------------------------
-# Random teachers for counterexample searches.
-# --------------------------------------------------------------------------------------------
 def random_teachers(seed: int, num: int, num_teachers: int, vocab_size: int):
-  """`num` random problems of K teachers over V tokens, from flat to very peaked.
-
-  Each teacher row is a Dirichlet(c) draw with c ∈ {0.1, 0.3, 1, 5} picked per teacher and
-  problem (small c: near one-hot, large c: near uniform), floored at 1e-6 and renormalised so
-  every log-probability is finite; weights are Dirichlet(1) per problem.
-
-  Returns:
-    `(teacher_log_probs [K, num, V] float32, weights [K, num] float32, rng)`; the numpy
-    generator continues the stream (for labels or students).
+  """`num` random problems of K teachers over V tokens, from flat to very peaked: rows are
+  Dirichlet(c) draws, c ∈ {0.1, 0.3, 1, 5} per teacher and problem, floored at 1e-6; weights
+  Dirichlet(1). Returns `(log_probs [K, num, V], weights [K, num], rng)` (float32; the generator
+  continues the stream).
 
   >>> lp, w, _ = random_teachers(0, 4, 3, 5)
   >>> lp.shape, w.shape
@@ -202,17 +247,9 @@ def random_teachers(seed: int, num: int, num_teachers: int, vocab_size: int):
 
 
 def worst_case(violation: np.ndarray, tol: float, inputs: Callable[[int], dict]) -> dict:
-  """Summary of a bound check over N problems, with violation = lhs − rhs per problem.
-
-  Args:
-    violation: [N] lhs − rhs; > tol is a counterexample (tol absorbs float32 rounding).
-    tol: tolerance.
-    inputs: `inputs(j) -> dict of arrays`, the inputs of problem j (shown for the worst one).
-
-  Returns:
-    dict with `fraction` of problems violating, `max_violation`, and `counterexample` (the
-    rounded inputs of the worst problem) or None when no problem violates.
-  """
+  """A bound check over N problems, violation [N] = lhs − rhs (> tol: a counterexample):
+  the `fraction` violating, `max_violation`, and `counterexample`, the rounded `inputs(j)` of the
+  worst problem j (None when none violates)."""
   violation = np.asarray(violation, np.float64)
   j = int(np.argmax(violation))
   bad = violation > tol

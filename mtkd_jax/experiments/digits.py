@@ -1,18 +1,14 @@
 """The default job: K heterogeneous digits teachers distilled into MLP students (paper §IV-B).
 
-Trains K teachers that each see another subset of pixels, noise level, part of the training set
-and width (`common.train_teachers`, cached by their own config), then one student per operator
-(`config.operator` and `config.compare_operators`) and one per single teacher, and reports the
-test accuracy and log-loss of every model, of the aggregate q itself and of the average teacher
-(Thm IV.9, Cor IV.10). Config: experiments/configs/digits.py.
+Teachers see different pixels, noise, training rows and widths (`common.train_teachers`, cached
+by their own config); one student per operator and one per single teacher; test accuracy and
+log-loss of every model, of each aggregate q and of the average teacher (Thm IV.9, Cor IV.10).
 """
-
-from __future__ import annotations
 
 import numpy as np
 
 from mtkd_jax import data as data_lib
-from mtkd_jax import models, operators, registry, train
+from mtkd_jax import operators, registry, train
 from mtkd_jax import temperature as temperature_lib
 from mtkd_jax.experiments import common
 
@@ -25,27 +21,20 @@ PER_TEACHER_FIELDS = (
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
   import jax
 
   common.check_numbers(
     config,
-    positive_ints=(
-      "num_teachers",
-      "teacher_steps",
-      "num_steps",
-      "batch_size",
-      "log_every",
-      "checkpoint_every",
-      "keep_checkpoints",
-    ),
-    non_negative_ints=("seed", "data_seed", "warmup_steps"),
-    positive=("teacher_learning_rate", "learning_rate"),
-    non_negative=("weight_decay", "teacher_noises"),
-    fractions=("teacher_keep_fractions", "teacher_train_fractions"),
+    positive_ints="num_teachers teacher_steps num_steps batch_size log_every checkpoint_every "
+    "keep_checkpoints",
+    non_negative_ints="seed data_seed warmup_steps",
+    positive="teacher_learning_rate learning_rate student_temperature",
+    non_negative="weight_decay teacher_noises",
+    fractions="teacher_keep_fractions teacher_train_fractions",
+    unit="label_weight",
   )
   k = config.num_teachers
-  common.check_field("model", lambda: _student(config))
+  common.check_field("model", lambda: common.digits_model(config.student_hidden, config.model))
   common.check_operators("operator", [config.operator])
   common.check_operators("compare_operators", config.compare_operators, allow_empty=True)
   common.check_field(
@@ -53,27 +42,14 @@ def validate_config(config) -> None:
   )
   if np.ndim(config.temperatures) != 1:
     raise ValueError(f"config.temperatures: need one per teacher (K={k}), got a scalar")
-  common.check_field(
-    "student_temperature",
-    lambda: temperature_lib.check_temperatures(
-      config.student_temperature, name="student_temperature"
-    ),
-  )
-  check_loss = lambda: registry.check(
-    "objective",
-    config.loss,
-    operator=operators.linear,
-    temperatures=config.temperatures,
-    divergence=config.divergence,
-  )
+  loss = {"temperatures": config.temperatures, "divergence": config.divergence}
+  check_loss = lambda: registry.check("objective", config.loss, operator=operators.linear, **loss)
   common.check_field("loss", check_loss)
   common.check_field("weights", lambda: operators.check_weights(config.weights, (k, 1)))
   for field in PER_TEACHER_FIELDS:
     if len(config[field]) != k:
       raise ValueError(f"config.{field}: need one entry per teacher (K={k}), got {config[field]}")
   common.check_mesh(config, jax.device_count())
-  if not 0.0 <= config.label_weight <= 1.0:
-    raise ValueError(f"config.label_weight: must be in [0, 1], got {config.label_weight}")
   common.check_field("weighting", lambda: _weighting(config))
 
 
@@ -87,10 +63,8 @@ def validate_embedded(config) -> None:
 
 
 def _weighting(config):
-  """The adaptive weighting of the K-teacher students (`config.weighting`, a spec), or None.
-
-  The teachers' temperatures, the fixed weights and the gate's input size default to the job's.
-  """
+  """The adaptive weighting of the K-teacher students (`config.weighting`, a spec), or None; the
+  temperatures, fixed weights and the gate's input size default to the job's."""
   if not config.weighting:
     return None
   name, kwargs = registry.parse(config.weighting)
@@ -107,15 +81,6 @@ def _weighting(config):
   return registry.get("weighting", name, **{**defaults, **kwargs})
 
 
-def _student(config) -> models.FunctionalModel:
-  return models.build(
-    config.model,
-    in_features=data_lib.NUM_PIXELS,
-    hidden=tuple(config.student_hidden),
-    num_classes=data_lib.NUM_CLASSES,
-  )
-
-
 def run(config, workdir: str) -> dict:
   """Trains the teachers and students of `config` in `workdir`; returns the results dict."""
   loop = train.Loop.from_config(config, workdir)
@@ -130,59 +95,41 @@ def run(config, workdir: str) -> dict:
       f"{len(view.train_rows)} train ex., width {config.teacher_hidden[k]}",
     }
 
-  # ---- Students: one per operator, one per single teacher ---------------------------------
+  # Students: one per operator, one per single teacher.
   op_specs = [config.operator] + [o for o in config.compare_operators if o != config.operator]
   students = [(f"student_{o}", o, list(range(k_teachers))) for o in op_specs]
   if config.single_teacher_students:
     students += [(f"student_from_teacher_{k}", "linear", [k]) for k in range(k_teachers)]
-  student = _student(config)
+  student = common.digits_model(config.student_hidden, config.model)
   temperatures = np.asarray(config.temperatures, np.float32)
   weights = np.asarray(config.weights, np.float32)
-  optimizer = train.make_optimizer(
-    config.learning_rate,
-    config.num_steps,
-    weight_decay=config.weight_decay,
-    warmup_steps=config.warmup_steps,
-  )
+  optimizer = common.optimizer(config, config.learning_rate, config.num_steps)
+  loss = {"student_temperature": config.student_temperature, "divergence": config.divergence}
+  loss["implementation"] = config.implementation
+  # Every student: the same init and batch order (seed + 100); only q differs.
+  fixed = {"optimizer": optimizer, "num_steps": config.num_steps, "seed": config.seed + 100}
+  fixed.update(batch_size=config.batch_size, loop=loop)
   for name, spec, ks in students:
-    operator = operators.get(spec)
     w = weights[ks] / weights[ks].sum() if len(ks) > 1 else np.ones(1, np.float32)
     weighting = _weighting(config) if len(ks) == k_teachers else None
+    op = operators.get(spec)
     objective = registry.get(
-      "objective",
-      config.loss,
-      operator=operator,
-      temperatures=temperatures[ks],
-      student_temperature=config.student_temperature,
-      divergence=config.divergence,
-      implementation=config.implementation,
+      "objective", config.loss, operator=op, temperatures=temperatures[ks], **loss
     )
+    targets = {"objective": objective, "weights": w, "weighting": weighting}
     step = train.make_train_step(
-      student.apply,
-      optimizer,
-      objective=objective,
-      weights=w,
-      label_weight=config.label_weight,
-      weighting=weighting,
+      student.apply, optimizer, label_weight=config.label_weight, **targets
     )
-    state, _ = train.train(
-      name,
-      init_params=train.init_params(student.init, weighting),
-      train_step=step,
-      optimizer=optimizer,
-      arrays={"x": train_split.x, "y": train_split.y, "teacher_logits": train_logits[ks]},
-      num_steps=config.num_steps,
-      batch_size=config.batch_size,
-      seed=config.seed + 100,  # every student: same init and batch order; only q differs
-      loop=loop,
-    )
+    init = train.init_params(student.init, weighting)
+    arrays = {"x": train_split.x, "y": train_split.y, "teacher_logits": train_logits[ks]}
+    state, _ = train.train(name, init_params=init, train_step=step, arrays=arrays, **fixed)
     logits = train.predict(student.apply, state.params["student"], test_split.x, loop.mesh)
     results[name] = {
       **train.evaluate(logits, test_split.y),
       "description": f"distilled from {spec} q over teachers {ks}",
     }
 
-  # ---- The aggregate q itself, and the average teacher (Thm IV.9, Cor IV.10) --------------
+  # The aggregates q themselves, and the average teacher (Thm IV.9, Cor IV.10).
   for spec in op_specs:
     log_q = operators.get(spec)(test_logits, temperatures=temperatures, weights=weights)
     results[f"ensemble_q_{spec}"] = {

@@ -1,23 +1,12 @@
 """Thm IV.7, the Jensen bound L_mix ≤ L_multi, along a student's training run and on random inputs.
 
-Part 1 (digits): the digits job (`mtkd_jax.experiments.digits`) trains one student per operator
-on the sum-of-KLs objective L_multi = Σ_k w_k KL(p_k ‖ p_S) (λ = w); every student sees the same
-initialisation and batches, so they follow one trajectory, and each logs KL(G(p) ‖ p_S) for its
-own operator G next to L_multi and the generalised Jensen–Shannon divergence Σ_k w_k KL(p_k ‖
-q_lin). For the linear operator L_multi − L_mix must equal that JS divergence at every step (to
-float32 rounding, checked at 1e-5). A second student is trained on L_mix itself: since the gap
-does not depend on the student, both objectives have the same gradient, and the two L_mix curves
-coincide.
-
-Part 2 (random search): for every operator, random teachers, weights and students; the fraction
-of problems with KL(G(p) ‖ s) > Σ_k w_k KL(p_k ‖ s) and the worst counterexample. The paper states
-the bound "for any operator satisfying Axioms 1–5", but its proof is convexity of KL in its first
-argument, i.e. the linear mixture; for other operators it is measured here, not assumed.
+Part 1: digits students trained on L_multi = Σ_k w_k KL(p_k ‖ p_S), one per operator G with the
+same init and batches (one trajectory), each logging KL(G(p) ‖ p_S) and the Jensen–Shannon gap
+Σ_k w_k KL(p_k ‖ q_lin); for linear G, L_multi − L_mix = JS at every step, and a twin trained
+on L_mix (the same gradient) follows the same curve. Part 2: random teachers, weights and
+students, per operator. The proof is convexity of KL (the linear mixture); others are measured.
 """
 
-from __future__ import annotations
-
-import copy
 import os
 
 import jax.numpy as jnp
@@ -31,23 +20,15 @@ BOUND_TOL = 1e-5  # L_mix − L_multi above this is a violation
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_random_search(config)
   common.check_operators("operators", config.operators)
   if config.operators[0] != "linear":
     raise ValueError(f"config.operators: the first must be 'linear', got {config.operators[0]!r}")
-  if config.num_random < 1:
-    raise ValueError(f"config.num_random: need ≥ 1 random problems, got {config.num_random}")
-  digits.validate_embedded(_digits_config(config, "sum_of_kls", list(config.operators)))
+  digits.validate_embedded(_digits_config(config, "sum_of_kls", config.operators))
 
 
-def _digits_config(config, loss: str, specs) -> object:
-  c = copy.deepcopy(config.digits)
-  c.loss = loss
-  c.operator = specs[0]
-  c.compare_operators = tuple(specs[1:])
-  c.single_teacher_students = False
-  c.progress = config.progress
-  return c
+def _digits_config(config, loss: str, specs):
+  return common.digits_job(config, specs, loss=loss, single_teacher_students=False)
 
 
 def training_curves(config, workdir: str) -> dict:

@@ -1,18 +1,8 @@
 """Thm IV.9, the log-loss bound −log q(y) ≤ −Σ_k w_k log p_k(y), on digits and on random inputs.
 
-The proof is Jensen's inequality for the linear mixture. It also holds for the geometric pool,
-and for every power mean with α ≤ 1: q(y) = M_α(y)/Z with M_α(y) ≥ M_0(y) = Π_k p_k(y)^{w_k} and a
-normaliser Z = Σ_i M_α(i) ≤ Σ_i M_1(i) = 1 (power means grow with α), so q(y) ≥ Π_k p_k(y)^{w_k}.
-For α > 1 the normaliser exceeds 1, and the entropic pool flattens q: neither is covered, and the
-measurements below show where they break.
-
-Part 1 (digits): the digits job's teachers (trained or restored from the teacher cache)
-on every train and test example, per operator: the fraction of examples with −log q(y) above the
-bound, the largest excess, and the mean of both sides.
-Part 2 (random): random teachers, weights and labels, the same statistics.
+Jensen proves it for the linear mixture; it holds too for the geometric pool and power means with
+α ≤ 1 (q(y) = M_α(y)/Z, M_α ≥ Π_k p_k^{w_k}, Z ≤ 1), not for α > 1 (Z > 1) nor the entropic pool.
 """
-
-from __future__ import annotations
 
 import dataclasses
 
@@ -25,23 +15,15 @@ TOL = 1e-5  # −log q(y) − bound above this (float32 rounding) is a violation
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_random_search(config)
   common.check_operators("operators", config.operators)
-  if config.num_random < 1:
-    raise ValueError(f"config.num_random: need ≥ 1 random problems, got {config.num_random}")
   digits.validate_embedded(config.digits)
 
 
 def check_bound(log_p, labels, weights, temperatures, specs) -> dict:
-  """Per operator: both sides of Thm IV.9 per example and the violation summary.
-
-  Args:
-    log_p: [K, N, V] teacher log-probabilities or logits.
-    labels: int [N].
-    weights: [K] or [K, N].
-    temperatures: [K].
-    specs: operator specs.
-  """
+  """Per operator spec: both sides of Thm IV.9 per example and the violation summary, for
+  log_p [K, N, V] (log-probabilities or logits), labels [N], weights [K] or [K, N], temperatures
+  [K]."""
   p = np.exp(np.asarray(temperature.scale(log_p, temperatures), np.float64))  # [K, N, V]
   w = np.broadcast_to(
     np.reshape(weights, np.shape(weights) + (1,) * (2 - np.ndim(weights))), p.shape[:2]

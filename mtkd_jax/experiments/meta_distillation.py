@@ -1,41 +1,39 @@
 """Anchored recursive meta-distillation on digits: contraction toward q_base (paper §IX).
 
-q_base is the linear aggregate of the digits teachers on the training inputs. Generation 0 is a
-student trained on hard labels only (over-confident, far from q_base). Generation t ≥ 1 distils a
-fresh student from q_t = α q_base + (1 − α) p_{S_{t−1}} (`mtkd_jax.meta`). For several α we
-record, per generation, KL(q_t ‖ q_base), the student's KL(p_{S_t} ‖ q_base), its fitting error
-KL(q_t ‖ p_{S_t}), the per-step bound (1 − α) KL(p_{S_{t−1}} ‖ q_base) (which holds for any
-student) and the geometric bound (1 − α)^t KL(p_{S_0} ‖ q_base) (exact students only), plus test
-accuracy and log-loss. Every student of every chain uses the same initialisation and batches
-(`train.train_seeds` with one seed).
+Generation 0 is a hard-label student; generation t distils a fresh student from q_t = α q_base +
+(1 − α) p_{S_{t−1}} (`mtkd_jax.meta`), q_base the teachers' linear aggregate. Per α and
+generation: the KLs to q_base and the fitting error against the per-step bound (1 − α)
+KL(p_{S_{t−1}} ‖ q_base) and the geometric bound (1 − α)^t KL(p_{S_0} ‖ q_base); then the same
+chains from other starts (the fixed point). All students share initialisation and batches.
 """
-
-from __future__ import annotations
 
 import sys
 
 import jax
 import numpy as np
 
-from mtkd_jax import data as data_lib
-from mtkd_jax import losses, meta, models, objectives, operators, train
+from mtkd_jax import losses, meta, objectives, operators, train
 from mtkd_jax.experiments import common, digits, tables
 
 STARTS = ("hard_label", "uniform", "random_network", "adversarial")
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
-  if not config.alphas or any(not 0.0 <= a <= 1.0 for a in config.alphas):
-    raise ValueError(f"config.alphas: need values in [0, 1], got {config.alphas}")
-  if config.num_generations < 1:
-    raise ValueError(f"config.num_generations: must be ≥ 1, got {config.num_generations}")
+  common.check_numbers(
+    config,
+    positive_ints="num_teachers teacher_steps num_generations s0_steps num_steps batch_size",
+    non_negative_ints="seed data_seed warmup_steps",
+    positive="teacher_learning_rate learning_rate",
+    non_negative="weight_decay teacher_noises",
+    fractions="teacher_keep_fractions teacher_train_fractions",
+    unit="alphas",
+  )
+  if not config.alphas:
+    raise ValueError("config.alphas: need at least one α")
   k = config.num_teachers
   for field in digits.PER_TEACHER_FIELDS:
     if len(config[field]) != k:
       raise ValueError(f"config.{field}: need one entry per teacher (K={k}), got {config[field]}")
-  if config.num_steps < 1 or config.s0_steps < 1:
-    raise ValueError("config.num_steps and config.s0_steps: must be ≥ 1")
   for name in config.starts:
     if name not in STARTS:
       raise ValueError(f"config.starts: unknown start {name!r}; valid: {STARTS}")
@@ -43,16 +41,10 @@ def validate_config(config) -> None:
     raise ValueError(f"config.starts: duplicates in {config.starts}")
 
 
-# ---------------------------------------------------------------------------------------------
-# The fixed point: several starting students, their chains compared.
-# ---------------------------------------------------------------------------------------------
 def _starting_students(config, student, x, log_p0, log_q_base) -> dict[str, np.ndarray]:
-  """Log-probabilities [N, V] of the generation-0 students named in `config.starts`.
-
-  hard_label: S_0 trained on the labels; uniform: 1/V everywhere; random_network: a randomly
-  initialised student, its logits × 5 so that it is confidently arbitrary; adversarial: 0.9 on
-  the class q_base finds least likely, the rest spread evenly (about the largest KL to q_base).
-  """
+  """Log-probabilities [N, V] of the generation-0 students of `config.starts`: hard_label (S_0),
+  uniform, random_network (a random student's logits × 5: confidently arbitrary), adversarial
+  (0.9 on the class q_base finds least likely: about the largest KL to q_base)."""
   n, v = log_q_base.shape
   random_params = student.init(jax.random.key(config.seed + 1000))
   adversarial = np.full((n, v), 0.1 / (v - 1))
@@ -99,22 +91,18 @@ def run(config, workdir: str) -> dict:
   uniform = dict(temperatures=np.ones(k), weights=np.ones(k) / k)
   log_q_base = np.asarray(operators.linear(train_logits, **uniform))  # [N, V]
   log_q_base_test = np.asarray(operators.linear(test_logits, **uniform))
-  mlp = {"in_features": data_lib.NUM_PIXELS, "num_classes": data_lib.NUM_CLASSES}
-  student = models.build("mlp", hidden=tuple(config.student_hidden), **mlp)
+  student = common.digits_model(config.student_hidden)
   predict = jax.jit(student.apply)
   xy = {"x": train_split.x, "y": train_split.y}
 
-  schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
-  optimizer = lambda num_steps: train.make_optimizer(config.learning_rate, num_steps, **schedule)
-
-  # ---- Generation 0: hard labels only -------------------------------------------------------
-  opt0 = optimizer(config.s0_steps)
+  # Generation 0: hard labels only.
+  opt0 = common.optimizer(config, config.learning_rate, config.s0_steps)
   step0 = train.make_supervised_step(student.apply, opt0)
   s0_params = _fit_one(config, step0, student.init, opt0, xy, config.s0_steps)
   log_p0 = np.asarray(jax.nn.log_softmax(predict(s0_params, train_split.x), -1))  # [N, V]
 
-  # ---- Generations 1..T: the same init and batches, a new target each -----------------------
-  opt = optimizer(config.num_steps)
+  # Generations 1..T: the same init and batches, a new target each.
+  opt = common.optimizer(config, config.learning_rate, config.num_steps)
   objective = objectives.mixture(operators.linear, temperatures=[1.0])
   step = train.make_train_step(student.apply, opt, objective=objective, weights=[1.0])
   init = train.init_params(student.init)
@@ -144,13 +132,8 @@ def run(config, workdir: str) -> dict:
       students.append(np.asarray(jax.nn.log_softmax(predict(params, train_split.x), -1)))
       return students[-1]
 
-    record = meta.recursive_distillation(
-      train_student,
-      log_q_base,
-      log_start,
-      alpha=float(alpha),
-      num_generations=config.num_generations,
-    )
+    generations = {"alpha": float(alpha), "num_generations": config.num_generations}
+    record = meta.recursive_distillation(train_student, log_q_base, log_start, **generations)
     return record, targets, students
 
   finals = {}  # alpha -> start -> (targets, students)
@@ -163,7 +146,7 @@ def run(config, workdir: str) -> dict:
     chain_record["test_log_loss"] = [r["log_loss"] for r in tests]
     results["chains"][f"{alpha:g}"] = chain_record
 
-  # ---- The fixed point: the same chains from other starting students ------------------------
+  # The fixed point: the same chains from other starting students.
   starts = _starting_students(config, student, train_split.x, log_p0, log_q_base)
   results["starts"] = {}
   for name, log_start in starts.items():

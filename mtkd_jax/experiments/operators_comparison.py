@@ -1,25 +1,17 @@
 """Operator families on digits: distilled students against each single teacher (Cor IV.10).
 
-Runs the digits job (`mtkd_jax.experiments.digits`) once per seed with every operator family as
-a multi-teacher student (`compare_operators`, specs such as "power(alpha=0.5)") and one student
-per single teacher. Reports per operator the student's test accuracy and log-loss, the aggregate
-q's own, and whether the student beats the weighted average teacher log-loss (Cor IV.10,
-meta-teacher) and the best single-teacher student.
+The digits job once per seed, one student per operator and per single teacher; per operator,
+whether its student beats the weighted average teacher log-loss and the best single-teacher one.
 """
 
-from __future__ import annotations
-
-import copy
 import os
-
-import numpy as np
 
 from mtkd_jax.experiments import common, digits, tables
 from mtkd_jax.experiments.tables import mean_std
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_numbers(config, non_negative_ints="seeds")
   common.check_operators("operators", config.operators)
   if not config.seeds:
     raise ValueError("config.seeds: need at least one seed")
@@ -28,13 +20,7 @@ def validate_config(config) -> None:
 
 def digits_config(config, seed: int):
   """The digits job config of one seed: every operator a student, plus single-teacher students."""
-  c = copy.deepcopy(config.digits)
-  c.seed = seed
-  c.operator = config.operators[0]
-  c.compare_operators = tuple(config.operators[1:])
-  c.single_teacher_students = True
-  c.progress = config.progress
-  return c
+  return common.digits_job(config, config.operators, seed=seed, single_teacher_students=True)
 
 
 def run(config, workdir: str) -> dict:
@@ -51,16 +37,7 @@ def run(config, workdir: str) -> dict:
     + [f"ensemble_q_{s}" for s in config.operators]
     + ["average teacher"]
   )
-  summary = {}
-  for name in models:
-    acc = [per_seed[s][name]["accuracy"] for s in per_seed]
-    loss = [per_seed[s][name]["log_loss"] for s in per_seed]
-    summary[name] = {
-      "accuracy": float(np.mean(acc)),
-      "accuracy_std": float(np.std(acc)),
-      "log_loss": float(np.mean(loss)),
-      "log_loss_std": float(np.std(loss)),
-    }
+  summary = {n: common.seed_summary([r[n] for r in per_seed.values()]) for n in models}
   best_single = min(summary[f"student_from_teacher_{i}"]["log_loss"] for i in range(k))
   for spec in config.operators:
     s = summary[f"student_{spec}"]

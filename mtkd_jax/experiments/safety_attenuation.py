@@ -1,21 +1,10 @@
 """Prop IV.11 / Cor IV.12, safety attenuation: q(unsafe) as the safety teacher's weight w* grows.
 
-Cor IV.12: q(i) ≤ (1 − w*) max_{k≠k*} p_k(i) + w* p_{k*}(i) for a safety teacher k*.
-Prop IV.11: q(i) < p_max = max_k p_k(i) when a teacher with w_k > 0 puts less than p_max on i.
-Both are stated for any operator satisfying Axiom 1, but the proofs treat q(i) as a convex
-combination of the p_k(i), i.e. the linear operator. A normalised non-linear pool divides by a
-normaliser Z(p, w) that can be < 1 (geometric, power α < 1: mass the teachers disagree on is lost
-and what they agree on is amplified), and a flattening pool (entropic) lifts small probabilities.
-
-Part 1, scenarios (token 0 is "unsafe", the last teacher is the safety teacher, the others share
-1 − w* equally): q(0) against the bound for w* ∈ [0, 1], for every operator.
-Part 2, random search: random teachers and weights; a problem violates Cor IV.12 if some token
-with p_{k*}(i) ≤ `unsafe_threshold` (the corollary's premise p_{k*}(i) ≪ 1) has q(i) above the
-bound, and violates Prop IV.11 if some token has q(i) > max_k p_k(i) while a teacher with w_k > 0
-is below that max.
+Cor IV.12: q(i) ≤ (1 − w*) max_{k≠k*} p_k(i) + w* p_{k*}(i); Prop IV.11: q(i) < max_k p_k(i). The
+proofs treat q(i) as a convex combination (linear); normalised pools divide by Z(p, w), which can
+be < 1, and the entropic pool lifts small probabilities. Part 1: scenarios over w* ∈ [0, 1];
+part 2: random problems (Cor IV.12 on tokens with p_{k*}(i) ≤ `unsafe_threshold`).
 """
-
-from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +16,7 @@ TOL = 1e-6  # q(i) − bound above this (float32 rounding) is a violation
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_random_search(config, unit="unsafe_threshold")
   common.check_operators("operators", config.operators)
   for name, teachers in config.scenarios.items():
     p = np.asarray(teachers, np.float64)

@@ -1,13 +1,9 @@
 """Sparse / offline teachers on a byte-level LM over the Python standard library.
 
-Three byte Transformer teachers specialise on three families of the library's `.py` files; their
-top-k outputs are dumped once to an offline store (`mtkd_jax.teachers`); students are distilled
-from the dense teachers and from the stored top-k for several k and tail modes
-(`mtkd_jax.sparse`). Every model is scored in held-out bits per byte. Config:
-`experiments/configs/stdlib_lm.py`; command and expected result in its docstring.
+Three byte Transformer teachers, one per family of `.py` files; their top-k outputs dumped once to
+an offline store (`mtkd_jax.teachers`); students from the dense teachers and from the stored top-k
+per k and tail mode (`mtkd_jax.sparse`); every model scored in held-out bits per byte.
 """
-
-from __future__ import annotations
 
 import math
 import os
@@ -23,7 +19,17 @@ from mtkd_jax.experiments import common, tables
 
 
 def validate_config(config) -> None:
-  """Raises ValueError("config.<field>: ...") for the first invalid field."""
+  common.check_numbers(
+    config,
+    positive_ints="seq_len eval_windows depth width num_heads teacher_steps student_steps "
+    "batch_size log_every checkpoint_every keep_checkpoints k_values store.k store.windows "
+    "store.batch_size",
+    non_negative_ints="seed data_seed warmup_steps",
+    positive="teacher_learning_rate learning_rate temperatures student_temperature "
+    "store.generation_temperature",
+    non_negative="weight_decay weights",
+    fractions="test_fraction",
+  )
   num_teachers = len(config.families)
   if num_teachers < 1:
     raise ValueError("config.families: need at least one family")
@@ -37,9 +43,9 @@ def validate_config(config) -> None:
   for mode in config.tail_modes:
     common.check_field("tail_modes", lambda mode=mode: sparse.get(config.operator, tail_mode=mode))
   store = config.store
-  if not 1 <= store.k <= models.ByteTransformerLM.vocab_size:
+  if store.k > models.ByteTransformerLM.vocab_size:
     raise ValueError(f"config.store.k: must be in [1, 256], got {store.k}")
-  if any(not 1 <= k <= store.k for k in config.k_values):
+  if any(k > store.k for k in config.k_values):
     raise ValueError(f"config.k_values: must be in [1, store.k={store.k}], got {config.k_values}")
   if store.dtype not in ("bfloat16", "float16"):
     raise ValueError(f"config.store.dtype: 'bfloat16' or 'float16', got {store.dtype!r}")
@@ -52,14 +58,10 @@ def validate_config(config) -> None:
     raise ValueError(f"config.num_heads: {config.num_heads} does not divide width {config.width}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Data, models, teachers.
-# ---------------------------------------------------------------------------------------------
 def load_corpus(config) -> text_data.Corpus:
   families = tuple((name, tuple(members)) for name, members in config.families)
-  return text_data.load_stdlib(
-    families, test_fraction=config.test_fraction, exclude=tuple(config.exclude)
-  )
+  split = {"test_fraction": config.test_fraction, "exclude": tuple(config.exclude)}
+  return text_data.load_stdlib(families, **split)
 
 
 def build_model(config) -> models.FunctionalModel:
@@ -72,15 +74,10 @@ def _xy(windows: np.ndarray) -> dict[str, np.ndarray]:
   return {"x": w[:, :-1], "y": w[:, 1:]}
 
 
-def _optimizer(config, learning_rate, num_steps):
-  schedule = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
-  return train.make_optimizer(learning_rate, num_steps, **schedule)
-
-
 def train_teachers(config, loop: train.Loop, corpus) -> list:
   """Trains (or restores from the loop's workdir) one teacher per family; returns their params."""
   model = build_model(config)
-  optimizer = _optimizer(config, config.teacher_learning_rate, config.teacher_steps)
+  optimizer = common.optimizer(config, config.teacher_learning_rate, config.teacher_steps)
   step = train.make_supervised_step(model.apply, optimizer)  # one step: compiled once for all
   params = []
   fixed = {"init_params": model.init, "train_step": step, "optimizer": optimizer, "loop": loop}
@@ -98,13 +95,10 @@ def train_teachers(config, loop: train.Loop, corpus) -> list:
 def student_windows(config, corpus) -> np.ndarray:
   """The student's training windows: an equal share from each family, shuffled. uint8."""
   per_family = config.store.windows // len(corpus.families)
-  parts = [
-    text_data.sample_windows(
-      corpus.data[f]["train"], per_family, config.seq_len, seed=(config.data_seed, 1000 + j)
-    )
-    for j, f in enumerate(corpus.families)
-  ]
-  windows = np.concatenate(parts)
+  sample = lambda j, f: text_data.sample_windows(
+    corpus.data[f]["train"], per_family, config.seq_len, seed=(config.data_seed, 1000 + j)
+  )
+  windows = np.concatenate([sample(j, f) for j, f in enumerate(corpus.families)])
   return windows[np.random.default_rng((config.data_seed, 2000)).permutation(len(windows))]
 
 
@@ -126,9 +120,6 @@ def teacher_source(config, workdir: str) -> teachers.TeacherSource:
   return _teacher_source(config, build_model(config), corpus, params)
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation: held-out bits per byte.
-# ---------------------------------------------------------------------------------------------
 def make_scorer(apply, mesh, batch: int = 64):
   """`score(params, windows [N, L + 1]) -> float64 [N, L]` log p(next byte), compiled once."""
   fn = jax.jit(
@@ -150,22 +141,13 @@ def make_scorer(apply, mesh, batch: int = 64):
 def bits_per_byte(log_probs_by_family: dict[str, np.ndarray]) -> dict[str, float]:
   """Mean −log2 p per byte, per family and over all families ("all", equal bytes per family)."""
   out = {f: float(-lp.mean() / math.log(2)) for f, lp in log_probs_by_family.items()}
-  out["all"] = float(
-    -np.concatenate([lp.ravel() for lp in log_probs_by_family.values()]).mean() / math.log(2)
-  )
-  return out
+  every = np.concatenate([lp.ravel() for lp in log_probs_by_family.values()])
+  return {**out, "all": float(-every.mean() / math.log(2))}
 
 
-# ---------------------------------------------------------------------------------------------
-# The experiment.
-# ---------------------------------------------------------------------------------------------
 def _open_or_dump_store(config, directory, source) -> teachers.TeacherStore:
-  """Reuses a complete, verified store with the same settings; otherwise dumps it again.
-
-  The dump is single-process: a multi-process run must find the store already written (by
-  `python -m mtkd_jax.teachers dump ... --out=<workdir>/store` or a one-process run); each
-  process then reads only its own rows of every batch.
-  """
+  """Reuses a complete, verified store with the same settings, else dumps it again (one process:
+  a multi-process run reads a store already written, each process its own rows)."""
   if jax.process_count() > 1:
     return teachers.open_store(directory)
   try:
@@ -189,14 +171,9 @@ def _open_or_dump_store(config, directory, source) -> teachers.TeacherStore:
 def student_runs(config) -> list[tuple[str, str, int | None, str | None]]:
   """(name, kind, k, tail_mode) of every student, kind in {"labels", "dense", "sparse"}."""
   runs = [("student[labels]", "labels", None, None)] if config.label_student else []
-  if config.dense_student:
-    runs.append(("student[dense]", "dense", None, None))
-  runs += [
-    (f"student[top{k},{mode}]", "sparse", k, mode)
-    for k in config.k_values
-    for mode in config.tail_modes
-  ]
-  return runs
+  runs += [("student[dense]", "dense", None, None)] if config.dense_student else []
+  sparse_runs = [(k, mode) for k in config.k_values for mode in config.tail_modes]
+  return runs + [(f"student[top{k},{mode}]", "sparse", k, mode) for k, mode in sparse_runs]
 
 
 def _student_step(config, kind, mode, model, optimizer, teacher_apply):
@@ -221,7 +198,6 @@ def run(config, workdir: str) -> dict:
   corpus = load_corpus(config)
   model = build_model(config)
 
-  # ---- Teachers and the offline store --------------------------------------------------------
   t0 = time.time()
   teacher_params = train_teachers(config, loop, corpus)
   timings["teachers"] = time.time() - t0
@@ -230,35 +206,30 @@ def run(config, workdir: str) -> dict:
   store = _open_or_dump_store(config, os.path.join(workdir, "store"), source)
   timings["store"] = time.time() - t0
 
-  # ---- Held-out evaluation of the teachers ------------------------------------------------
   evals = {
     f: text_data.eval_windows(corpus.data[f]["test"], config.eval_windows, config.seq_len)
     for f in corpus.families
   }
   scorer = make_scorer(model.apply, loop.mesh, batch=max(config.eval_windows, 1))
 
-  def score(params):
-    return {f: scorer(params, w) for f, w in evals.items()}
-
-  bpb: dict[str, dict[str, float]] = {}
+  score = lambda params: {f: scorer(params, w) for f, w in evals.items()}
   teacher_lp = [score(p) for p in teacher_params]
-  for f, lp in zip(corpus.families, teacher_lp, strict=True):
-    bpb[f"teacher[{f}]"] = bits_per_byte(lp)
   names = [f"teacher[{f}]" for f in corpus.families]
+  bpb = {n: bits_per_byte(lp) for n, lp in zip(names, teacher_lp, strict=True)}
   average = {c: float(np.mean([bpb[n][c] for n in names])) for c in bpb[names[0]]}
   log_w = np.log(np.asarray(config.weights, np.float64))
   weighted = lambda f: np.stack([lw + lp[f] for lw, lp in zip(log_w, teacher_lp, strict=True)])
   mixture = {f: np.logaddexp.reduce(weighted(f), 0) for f in corpus.families}
   bpb["teacher mixture"] = bits_per_byte(mixture)
 
-  # ---- Students: same init, same batches, different targets ---------------------------------
+  # Students: the same init and batches, different targets.
   xy = _xy(store.tokens)
   dense_apply = lambda ps, b: jnp.stack([model.apply(p, b["x"]) for p in ps])  # [K, B, L, V]
   fixed = {"num_steps": config.student_steps, "batch_size": config.batch_size}
   fixed.update(seed=config.seed + 100, loop=loop)
   for name, kind, k, mode in student_runs(config):
     t0 = time.time()
-    optimizer = _optimizer(config, config.learning_rate, config.student_steps)
+    optimizer = common.optimizer(config, config.learning_rate, config.student_steps)
     teacher_apply = {"dense": dense_apply, "sparse": store.teacher_apply()}.get(kind)
     step = _student_step(config, kind, mode, model, optimizer, teacher_apply)
     init = model.init if kind == "labels" else train.init_params(model.init)
@@ -294,9 +265,6 @@ def run(config, workdir: str) -> dict:
   }
 
 
-# ---------------------------------------------------------------------------------------------
-# Output.
-# ---------------------------------------------------------------------------------------------
 def format_table(results: dict) -> str:
   """Held-out bits per byte of every model, overall and per family."""
   bpb = results["bits_per_byte"]
@@ -308,10 +276,8 @@ def format_table(results: dict) -> str:
   lines = [
     f"held-out bits per byte ({results['eval_bytes_per_family']} bytes "
     f"per family; student operator {results['operator']})",
+    *tables.lines(columns, [(n, *(v[c] for c in cols)) for n, v in rows], indent="", rule=True),
   ]
-  lines += tables.lines(
-    columns, [(n, *(v[c] for c in cols)) for n, v in rows], indent="", rule=True
-  )
   s, mib = results["store"], lambda b: f"{b / 2**20:.1f} MiB"
   lines.append(
     f"store: top-{s['k']} {s['dtype']} of {s['rows']} windows: {mib(s['bytes'])} (dense bf16: "

@@ -1,7 +1,5 @@
 """The plain-text tables printed by every experiment's `format_table`."""
 
-from __future__ import annotations
-
 import re
 from collections.abc import Iterable, Sequence
 
