@@ -91,7 +91,7 @@ def _check_inputs(
       values = np.asarray(t, np.float64)
       if not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(
-          f"{name} must be finite and > 0; got {name}={values.tolist()} ({name}.shape={t.shape})"
+          f"{name} must be > 0 and finite; got {name}={values.tolist()} ({name}.shape={t.shape})"
         )
   w_shape = weights.shape
   batch = tuple(teacher_logits.shape[1:-1])
