@@ -15,12 +15,6 @@ Temperatures, the student temperature and the operator are bound when it is buil
   (`mtkd_jax.sparse`); the teacher outputs are `sparse.SparseTeacherOutputs`.
 
 Configs name the first two as `loss = "mixture_kd"` or `"sum_of_kls"` (`mtkd_jax.registry`).
-
-Every objective, fused or composed, dense or sparse, follows the one non-finite policy of
-docs/design.md ("Non-finite inputs"): NaN or +inf teacher outputs are a ValueError on concrete
-inputs and a NaN loss (and gradient) for that example under `jit`; −inf masks a token; a
-teacher whose row is entirely −inf is absent and the weights are renormalised over the present
-teachers; an example with no present teacher has loss 0 and gradient 0.
 """
 
 from __future__ import annotations
