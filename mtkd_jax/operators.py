@@ -98,13 +98,14 @@ def check_finite_teachers(x, *, name="teacher_log_probs", where=None) -> None:
   """
   if not temperature_lib.is_concrete(x) or (where is not None and not is_concrete_tree(where)):
     return
-  values = np.asarray(x)
-  if not np.issubdtype(values.dtype, np.floating):
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
     return
-  bad = np.isnan(values) | (values == np.inf)  # [K, ..., V]
+  bad = jnp.isnan(x) | (x == jnp.inf)  # [K, ..., V], on the device: one bool comes back
   if where is not None:
-    bad &= np.broadcast_to(np.asarray(where, bool), values.shape[1:-1])[None, ..., None]
-  if bad.any():
+    bad &= jnp.broadcast_to(jnp.asarray(where, bool), x.shape[1:-1])[None, ..., None]
+  if bool(jnp.any(bad)):
+    values, bad = np.asarray(x), np.asarray(bad)
     pos = tuple(int(i) for i in np.argwhere(bad)[0])
     raise ValueError(
       f"{name} must not hold NaN or +inf (−inf masks a token): teacher {pos[0]} has "
