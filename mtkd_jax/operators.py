@@ -98,13 +98,15 @@ def check_finite_teachers(x, *, name="teacher_log_probs", where=None) -> None:
   """
   if not temperature_lib.is_concrete(x) or (where is not None and not is_concrete_tree(where)):
     return
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    return
-  bad = jnp.isnan(x) | (x == jnp.inf)  # [K, ..., V], on the device: one bool comes back
-  if where is not None:
-    bad &= jnp.broadcast_to(jnp.asarray(where, bool), x.shape[1:-1])[None, ..., None]
-  if bool(jnp.any(bad)):
+  with jax.ensure_compile_time_eval():  # concrete values inside a jit trace (closures) too
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return
+    bad = jnp.isnan(x) | (x == jnp.inf)  # [K, ..., V], on the device: one bool comes back
+    if where is not None:
+      bad &= jnp.broadcast_to(jnp.asarray(where, bool), x.shape[1:-1])[None, ..., None]
+    found = bool(jnp.any(bad))
+  if found:
     values, bad = np.asarray(x), np.asarray(bad)
     pos = tuple(int(i) for i in np.argwhere(bad)[0])
     raise ValueError(
