@@ -35,6 +35,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mtkd_jax import operators as operators_lib
+from mtkd_jax import temperature as temperature_lib
 from mtkd_jax.divergences import check_kd_divergence, generalized_jsd, kl_divergence
 
 from . import _pallas_kd
@@ -57,9 +59,18 @@ def _check_inputs(
   student_temperature=1.0,
   divergence="forward_kl",
   beta=0.5,
+  where=None,
 ):
-  """Raises ValueError naming the offending argument and its shape."""
+  """Raises ValueError naming the offending argument and its shape (or value).
+
+  Shapes always; on concrete inputs also the values, as the composed operators check them:
+  weights finite, ≥ 0 and summing to 1 over K (per row for per-row weights), temperatures
+  finite and > 0, teacher logits free of NaN and +inf in the rows `where` counts. Returns
+  (temperatures, weights, student_temperature) as arrays (Python lists of tracers work too).
+  """
   check_kd_divergence(divergence, beta)
+  temperatures, weights = jnp.asarray(temperatures), jnp.asarray(weights)
+  student_temperature = jnp.asarray(student_temperature)
   if operator not in _OPERATORS:
     raise ValueError(f"operator must be one of {_OPERATORS}; got {operator=}")
   if impl not in _IMPLEMENTATIONS:
@@ -72,20 +83,27 @@ def _check_inputs(
       "teacher_logits must have shape [K, *student_logits.shape]; got "
       f"{teacher_logits.shape=} and {student_logits.shape=}"
     )
-  # np.shape: arguments may be Python lists (jnp.shape of a list is deprecated in jax 0.10).
-  t_shape = np.shape(temperatures)
+  t_shape = temperatures.shape
   if len(t_shape) > 1 or (len(t_shape) == 1 and t_shape[0] != k):
     raise ValueError(f"temperatures must be a scalar or [K={k}]; got temperatures.shape={t_shape}")
   for name, t in (("temperatures", temperatures), ("student_temperature", student_temperature)):
-    if not isinstance(t, jax.core.Tracer) and np.any(np.asarray(t) <= 0):
-      raise ValueError(f"{name} must be > 0; got {name}={np.asarray(t)} ({np.shape(t)=})")
-  w_shape = np.shape(weights)
+    if temperature_lib.is_concrete(t):
+      values = np.asarray(t, np.float64)
+      if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(
+          f"{name} must be > 0 and finite; got {name}={values.tolist()} ({name}.shape={t.shape})"
+        )
+  w_shape = weights.shape
   batch = tuple(teacher_logits.shape[1:-1])
   if not w_shape or w_shape[0] != k or w_shape[1:] != batch[: len(w_shape) - 1]:
     raise ValueError(
       f"weights must be [K={k}] or [K, ...] with ... a prefix of the batch shape {batch}; "
       f"got {w_shape=}"
     )
+  operators_lib.check_weights(weights, teacher_logits.shape)  # values, on concrete weights
+  if not isinstance(teacher_logits, jax.ShapeDtypeStruct):
+    operators_lib.check_finite_teachers(teacher_logits, name="teacher_logits", where=where)
+  return temperatures, weights, student_temperature
 
 
 def _flatten(teacher_logits, temperatures, weights, student_temperature, student_logits=None):
@@ -160,17 +178,24 @@ def _row_sum(x):
   )
 
 
-def _xla_stats(teachers, student, params, w, operator, axis_name):
-  """Row stats of the N tempered terms (+ the student): shift, log Σ exp [N (+1), B], t, pooled.
+def _xla_stats(teachers, student, params, w, operator, axis_name, status=None):
+  """Row stats of the N tempered terms (+ the student): shift, log Σ exp [N (+1), B], t, pooled,
+  and `status(teacher row max)` = (w_eff [K, B], row flags) (`_row_status`; w, None without).
 
-  Term n stands for log_softmax(x_n / t_n) = (x_n − shift_n) / t_n − log_se_n.
+  Term n stands for log_softmax(x_n / t_n) = (x_n − shift_n) / t_n − log_se_n. The linear
+  mixture's stats pass gives each teacher's row max for free; the geometric pool needs the
+  renormalised weights before it pools, so it takes one max over V per teacher row first.
   """
   k = teachers.shape[0]
-  pooled = None
+  pooled, flags = None, None
   if operator == "linear":
     t = params[:k, None]  # [K, 1]
     m, se = _row_max_sumexp(teachers, t)  # [K, B] each, no [K, B, V] temporary (f32 inputs)
+    if status is not None:
+      w, flags = status(m)
   else:
+    if status is not None:
+      w, flags = status(jnp.max(teachers, axis=-1))
     # 0 · (−inf) would be NaN: a teacher with zero weight contributes nothing.
     pooled = sum(
       jnp.where(w[i][:, None] == 0, 0.0, w[i][:, None] * (teachers[i] / params[i]))
@@ -183,7 +208,8 @@ def _xla_stats(teachers, student, params, w, operator, axis_name):
     m, se = jnp.concatenate([m, ms[None]]), jnp.concatenate([se, ses[None]])
     t = jnp.concatenate([t, params[k:, None]])
   shift, log_se = _pallas_kd.combine_stats(m, se, t, axis_name)
-  return shift[..., None], log_se[..., None], t, pooled  # [N (+1), B, 1] x2, [N (+1), 1]
+  # [N (+1), B, 1] x2, [N (+1), 1], [B, V] or None, [K, B]
+  return shift[..., None], log_se[..., None], t, pooled, w, flags
 
 
 def _xla_q(terms, t, w, shift, log_se, pooled):
@@ -225,14 +251,18 @@ def _xla_log_q(terms, t, w, shift, log_se, pooled):
   return _pallas_kd.log_mixture(list(terms), ts, ws, shift, log_se)
 
 
-def _xla_div(student, teachers, params, w, *, operator, axis_name, with_grad, divergence, beta):
+def _xla_div(
+  student, teachers, params, w, *, operator, axis_name, with_grad, divergence, beta, status=None
+):
   """XLA path of the reverse KL and the JSD: (loss [B], residuals for `_xla_div_grad`).
 
   As `_xla_kd`, with log q (not q) materialised once, and the row sum R = Σ_v r (see
   `_pallas_kd.div_elementwise`) kept for the gradient c·(r − R·p_S).
   """
   teachers32, student32 = teachers.astype(jnp.float32), student.astype(jnp.float32)
-  shift, log_se, t, pooled = _xla_stats(teachers32, student32, params, w, operator, axis_name)
+  shift, log_se, t, pooled, w, flags = _xla_stats(
+    teachers32, student32, params, w, operator, axis_name, status
+  )
   terms, is_pooled = (teachers32, False) if pooled is None else (pooled[None], True)
   log_q = _materialised(lambda x: _xla_log_q(x, t, w, shift, log_se, is_pooled), terms)
   log_p = _student_log_probs(student32, shift[-1], log_se[-1], t[-1])  # [B, V]
@@ -241,7 +271,7 @@ def _xla_div(student, teachers, params, w, *, operator, axis_name, with_grad, di
   if axis_name is not None:
     loss, r = jax.lax.psum((loss, r), axis_name)
   r = loss if r is None else r
-  return loss, ((log_q, student, shift[-1], log_se[-1], t[-1], r) if with_grad else None)
+  return loss, ((log_q, student, shift[-1], log_se[-1], t[-1], r) if with_grad else None), flags
 
 
 def _xla_div_grad(log_q, student, shift, log_se, t, r, *, divergence, beta):
@@ -251,7 +281,7 @@ def _xla_div_grad(log_q, student, shift, log_se, t, r, *, divergence, beta):
   return _pallas_kd.grad_scale(divergence, beta) * (r_el - r[:, None] * p)
 
 
-def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
+def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad, status=None):
   """XLA path: (KL(q ‖ p_S) [B], residuals for `_xla_p_minus_q` or None).
 
   Four flat fusions: the row stats (K + 1 exps per element), q (K exps, one [B, V] buffer),
@@ -265,7 +295,9 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
   # explicit upcast is the cheapest of those: (K + 1)·B·V·4 bytes. The Pallas kernels convert
   # per tile and have no such copy.
   teachers32, student32 = teachers.astype(jnp.float32), student.astype(jnp.float32)
-  shift, log_se, t, pooled = _xla_stats(teachers32, student32, params, w, operator, axis_name)
+  shift, log_se, t, pooled, w, flags = _xla_stats(
+    teachers32, student32, params, w, operator, axis_name, status
+  )
   # Geometric: the pooled [B, V] term was materialised once by the stats pass and is re-read,
   # so the rest costs what a single-teacher KL costs.
   terms, is_pooled = (teachers32, False) if pooled is None else (pooled[None], True)
@@ -275,7 +307,7 @@ def _xla_kd(student, teachers, params, w, *, operator, axis_name, with_grad):
   if axis_name is not None:
     kl = jax.lax.psum(kl, axis_name)
   # The student in its own dtype: the backward's fusion upcasts it again for free.
-  return kl, ((q, student, shift[-1], log_se[-1], t[-1]) if with_grad else None)
+  return kl, ((q, student, shift[-1], log_se[-1], t[-1]) if with_grad else None), flags
 
 
 def _xla_p_minus_q(q, student, shift, log_se, t):
@@ -285,7 +317,7 @@ def _xla_p_minus_q(q, student, shift, log_se, t):
 
 def _xla_mixture(teachers, params, w, *, operator, axis_name):
   teachers = teachers.astype(jnp.float32)  # see _xla_kd (bf16 on XLA:CPU)
-  shift, log_se, t, pooled = _xla_stats(teachers, None, params, w, operator, axis_name)
+  shift, log_se, t, pooled, _, _ = _xla_stats(teachers, None, params, w, operator, axis_name)
   if pooled is not None:
     return pooled - shift[0] - log_se[0]
   return jnp.log(_xla_q(teachers, t, w, shift, log_se, False))  # [B, V]
@@ -306,8 +338,62 @@ class _Config:
   beta: float = 0.5
 
 
-def _kd(cfg, student, teachers, params, w, with_grad):
-  """(D(q, p_S) [B] f32, gradient residuals or None), D = cfg.divergence, unscaled by T_S².
+def _row_status(m, w, mask, axis_name):
+  """From each teacher's raw row max m [K, B]: (w_eff [K, B], (live [B], bad [B])).
+
+  The non-finite policy (docs/design.md): a teacher row that is entirely −inf is absent and the
+  weights are renormalised over the present teachers (w itself where all are present); `bad`
+  rows (counted by `mask`) hold NaN or +inf in some teacher; `live` rows are counted, not bad,
+  and have a present teacher of positive weight. The maxima of a sharded vocabulary are
+  combined with one pmax (NaN carried as +inf through it).
+  """
+  m = m.astype(jnp.float32)
+  m = jnp.where(jnp.isnan(m), jnp.inf, m)
+  if axis_name is not None:
+    m = jax.lax.pmax(m, axis_name)
+  w_eff, bad, empty = operators_lib.row_status(m[..., None], w[..., None])
+  bad = bad & mask
+  return w_eff[..., 0], (mask & ~bad & ~empty, bad)
+
+
+def _teacher_row_status(teachers, w, mask, axis_name):
+  """`_row_status` with one max over V per teacher row (NaN propagates through it)."""
+  w, (live, bad) = _row_status(jnp.max(teachers, axis=-1), w, mask, axis_name)
+  return w, live, bad
+
+
+def _kd_rows(cfg, student, teachers, params, w, mask, with_grad):
+  """`_kd` under the non-finite policy: (loss [B], residuals or None), per row NaN where a
+  counted teacher row holds NaN or +inf, 0 where the row is masked or has no present teacher;
+  `_dlogits` then gives NaN and 0 gradients in those rows, computed by selects (never 0·NaN)."""
+  if cfg.mesh is not None:
+    # shard_map sits inside the custom_vjp, so it is never differentiated: the backward
+    # is one elementwise pass on the (sharded) global arrays.
+    xla = cfg.implementation == "xla"
+    sv, tv = P(None, cfg.axis_name), P(None, None, cfg.axis_name)
+    local = functools.partial(_kd_rows, dataclasses.replace(cfg, mesh=None), with_grad=with_grad)
+    res_specs = (sv, sv, P(), P(), P()) if xla else sv  # row stats are global after psum
+    if xla and cfg.divergence != "forward_kl":
+      res_specs = (*res_specs, P())  # R, global after psum
+    res_specs = (res_specs, P(), P())  # the row flags, global after pmax
+    # jax 0.10.2's Pallas interpreter slices varying blocks with invariant grid indices,
+    # which the varying-manual-axes check rejects: Pallas runs with check_vma=False.
+    return jax.shard_map(
+      local,
+      mesh=cfg.mesh,
+      in_specs=(sv, tv, P(), P(), P()),
+      out_specs=(P(), res_specs if with_grad else None),
+      check_vma=xla,
+    )(student, teachers, params, w, mask)
+  status = functools.partial(_row_status, w=w, mask=mask, axis_name=cfg.axis_name)
+  d, res, (live, bad) = _kd(cfg, student, teachers, params, w, with_grad, status)
+  d = jnp.where(live, d, jnp.where(bad, jnp.nan, 0.0))
+  return d, ((res, live, bad) if with_grad else None)
+
+
+def _kd(cfg, student, teachers, params, w, with_grad, status):
+  """(D(q, p_S) [B] f32, gradient residuals or None, row flags), D = cfg.divergence, unscaled
+  by T_S²; the weights are `status(teacher row max)`'s (`_row_status`), which gives the flags.
 
   The residuals give ∂D/∂u [B, V] (u = z_S / T_S; p_S − q for the forward KL) through
   `_dlogits`: Pallas returns it directly (f32 or the student's dtype), the XLA path returns
@@ -315,30 +401,14 @@ def _kd(cfg, student, teachers, params, w, with_grad):
   elementwise fusion.
   """
   xla = cfg.implementation == "xla"
-  if cfg.mesh is not None:
-    # shard_map sits inside the custom_vjp, so it is never differentiated: the backward
-    # is one elementwise pass on the (sharded) global arrays.
-    sv, tv = P(None, cfg.axis_name), P(None, None, cfg.axis_name)
-    local = functools.partial(_kd, dataclasses.replace(cfg, mesh=None), with_grad=with_grad)
-    res_specs = (sv, sv, P(), P(), P()) if xla else sv  # row stats are global after psum
-    if xla and cfg.divergence != "forward_kl":
-      res_specs = (*res_specs, P())  # R, global after psum
-    # jax 0.10.2's Pallas interpreter slices varying blocks with invariant grid indices,
-    # which the varying-manual-axes check rejects: Pallas runs with check_vma=False.
-    return jax.shard_map(
-      local,
-      mesh=cfg.mesh,
-      in_specs=(sv, tv, P(), P()),
-      out_specs=(P(), res_specs if with_grad else None),
-      check_vma=xla,
-    )(student, teachers, params, w)
   kw = dict(operator=cfg.operator, axis_name=cfg.axis_name, with_grad=with_grad)
   div = dict(divergence=cfg.divergence, beta=cfg.beta)
   if xla and cfg.divergence == "forward_kl":
-    return _xla_kd(student, teachers, params, w, **kw)
+    return _xla_kd(student, teachers, params, w, **kw, status=status)
   if xla:
-    return _xla_div(student, teachers, params, w, **kw, **div)
-  return _pallas_kd.pallas_kd(
+    return _xla_div(student, teachers, params, w, **kw, **div, status=status)
+  w, flags = status(jnp.max(teachers, axis=-1))  # one max over V per teacher row, in XLA
+  d, res = _pallas_kd.pallas_kd(
     student,
     teachers,
     params,
@@ -348,24 +418,30 @@ def _kd(cfg, student, teachers, params, w, with_grad):
     **kw,
     **div,
   )
+  return d, res, flags
 
 
 def _dlogits(cfg, res):
-  """∂D/∂u [B, V] (u = z_S / T_S) from `_kd`'s residuals."""
+  """∂D/∂u [B, V] (u = z_S / T_S) from `_kd_rows`'s residuals: NaN on bad rows, 0 on masked
+  rows and rows without a present teacher (selects, fused into the same elementwise pass)."""
+  res, live, bad = res
   if cfg.implementation != "xla":
-    return res
-  if cfg.divergence == "forward_kl":
-    return _xla_p_minus_q(*res)
-  return _xla_div_grad(*res, divergence=cfg.divergence, beta=cfg.beta)
+    d = res
+  elif cfg.divergence == "forward_kl":
+    d = _xla_p_minus_q(*res)
+  else:
+    d = _xla_div_grad(*res, divergence=cfg.divergence, beta=cfg.beta)
+  fill = jnp.where(bad, jnp.nan, 0.0).astype(d.dtype)[:, None]
+  return jnp.where(live[:, None], d, fill)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _kd_loss(cfg, student, teachers, params, w):
-  return _kd(cfg, student, teachers, params, w, with_grad=False)[0]
+def _kd_loss(cfg, student, teachers, params, w, mask):
+  return _kd_rows(cfg, student, teachers, params, w, mask, with_grad=False)[0]
 
 
-def _kd_loss_fwd(cfg, student, teachers, params, w):
-  kl, res = _kd(cfg, student, teachers, params, w, with_grad=True)
+def _kd_loss_fwd(cfg, student, teachers, params, w, mask):
+  kl, res = _kd_rows(cfg, student, teachers, params, w, mask, with_grad=True)
   # Residuals: what gives p_S − q (see `_kd`), T_S, and an empty array carrying the student's
   # dtype; nothing of size K·B·V.
   return kl, (res, params[teachers.shape[0]], jnp.zeros((0,), student.dtype))
@@ -373,11 +449,11 @@ def _kd_loss_fwd(cfg, student, teachers, params, w):
 
 def _kd_loss_bwd(cfg, res, g):
   res, ts, like = res
-  # ∂D/∂z_S = (∂D/∂u)/T_S (forward KL: (p_S − q)/T_S). Teachers, temperatures and weights
-  # are frozen: None cotangents.
+  # ∂D/∂z_S = (∂D/∂u)/T_S (forward KL: (p_S − q)/T_S). Teachers, temperatures, weights and
+  # the mask are frozen: None cotangents.
   d = _dlogits(cfg, res).astype(jnp.float32)
   student_ct = ((g / ts)[:, None] * d).astype(like.dtype)
-  return student_ct, None, None, None
+  return student_ct, None, None, None, None
 
 
 _kd_loss.defvjp(_kd_loss_fwd, _kd_loss_bwd)
@@ -424,7 +500,13 @@ def _auto_implementation(cfg, student, teachers, params, w):
     names = (cfg.axis_name,) if isinstance(cfg.axis_name, str) else cfg.axis_name
     shards = math.prod(cfg.mesh.shape[name] for name in names)
   local = lambda x: ((*x.shape[:-1], x.shape[-1] // shards), jnp.dtype(x.dtype).name)
-  avals = (local(student), local(teachers), (params.shape, "float32"), (w.shape, "float32"))
+  avals = (
+    local(student),
+    local(teachers),
+    (params.shape, "float32"),
+    (w.shape, "float32"),
+    ((student.shape[0],), "bool"),
+  )
   single = dataclasses.replace(cfg, axis_name=None, mesh=None)
   if _pallas_compile_error(single, avals) is None:
     return cfg
@@ -464,7 +546,11 @@ def fused_kd_loss(
 
   Args:
     student_logits: [..., V], f32 or bf16 (accumulated in f32; gradient in this dtype).
-    teacher_logits: [K, ..., V] logits or log-probs; −inf entries (masked tokens) allowed.
+    teacher_logits: [K, ..., V] logits or log-probs; −inf entries are masked tokens, a teacher
+      row entirely −inf is absent (its weight is renormalised over the present teachers), NaN
+      and +inf are a ValueError on concrete inputs and a NaN loss and gradient for that row
+      under `jit`; a row with no present teacher has loss 0 and gradient 0 (docs/design.md,
+      "Non-finite inputs").
     temperatures: [K] or scalar, T_k > 0.
     weights: [K] or [K, ...] (a leading prefix of the batch shape), summing to 1 over K.
     student_temperature: T_S > 0.
@@ -477,7 +563,8 @@ def fused_kd_loss(
     interpret: run Pallas in interpret mode (None: only on CPU).
     axis_name: mesh axis over which V is sharded, when called inside `shard_map`; the row
       statistics are combined with pmax/psum and the returned loss is the global one.
-    where: optional boolean mask [...] (False -> loss 0 and no gradient), as in losses.
+    where: optional boolean mask [...]: False gives loss 0 and exactly 0 gradient whatever the
+      row holds (NaN included), as in losses.
     divergence: "forward_kl", "reverse_kl" or "jsd". The reverse KL is +inf where q = 0 and
       p_S > 0 (e.g. a token every teacher masks with −inf).
     beta: β ∈ (0, 1) of the JSD.
@@ -491,7 +578,12 @@ def fused_kd_loss(
   (3,)
   """
   student_logits, teacher_logits = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
-  _check_inputs(
+  batch = student_logits.shape[:-1]
+  if where is not None and np.shape(where) != batch:
+    raise ValueError(
+      f"where must have shape {batch} (= student_logits.shape[:-1]); got {np.shape(where)=}"
+    )
+  temperatures, weights, student_temperature = _check_inputs(
     student_logits,
     teacher_logits,
     temperatures,
@@ -501,6 +593,7 @@ def fused_kd_loss(
     student_temperature,
     divergence,
     beta,
+    where,
   )
   impl, interp = _resolve(implementation, interpret)
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
@@ -515,15 +608,10 @@ def fused_kd_loss(
   if implementation == "auto" and impl == "pallas" and not interp:
     cfg = _auto_implementation(cfg, student, teachers, params, w)
   stop = jax.lax.stop_gradient
-  kl = _kd_loss(cfg, student, stop(teachers), stop(params), stop(w))
-  loss = (scale * kl).reshape(student_logits.shape[:-1])
-  if where is not None:
-    if np.shape(where) != loss.shape:
-      raise ValueError(
-        f"where must have shape {loss.shape} (= student_logits.shape[:-1]); got {np.shape(where)=}"
-      )
-    loss = jnp.where(where, loss, 0.0)
-  return loss
+  mask = jnp.ones(student.shape[:1], bool) if where is None else jnp.asarray(where, bool)
+  kl = _kd_loss(cfg, student, stop(teachers), stop(params), stop(w), stop(mask.reshape(-1)))
+  loss = (scale * kl).reshape(batch)
+  return loss if where is None else jnp.where(where, loss, 0.0)
 
 
 def fused_mixture(
@@ -548,13 +636,17 @@ def fused_mixture(
   (3, 10)
   """
   teacher_logits = jnp.asarray(teacher_logits)
-  _check_inputs(None, teacher_logits, temperatures, weights, operator, implementation)
+  temperatures, weights, _ = _check_inputs(
+    None, teacher_logits, temperatures, weights, operator, implementation
+  )
   impl, interp = _resolve(implementation, interpret)
   if impl == "pallas" and not interp and jax.default_backend() not in ("tpu", "cpu"):
     if implementation == "pallas":  # the row kernel of the loss has no mixture-only variant
       raise NotImplementedError("fused_mixture has no GPU Pallas kernel: use 'xla' or 'auto'")
     impl = "xla"
   teachers, params, w, _ = _flatten(teacher_logits, temperatures, weights, 1.0)
+  mask = jnp.ones(teachers.shape[1:2], bool)
+  w, live, bad = _teacher_row_status(teachers, w, mask, axis_name)
   if impl == "xla":
     log_q = _xla_mixture(teachers, params, w, operator=operator, axis_name=axis_name)
   else:
@@ -567,6 +659,7 @@ def fused_mixture(
       block_sizes=block_sizes,
       interpret=bool(interp),
     )
+  log_q = jnp.where(live[:, None], log_q, jnp.where(bad, jnp.nan, -jnp.inf)[:, None])
   return log_q.reshape(teacher_logits.shape[1:])
 
 

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtkd_jax import operators as operators_lib
 from mtkd_jax.divergences import generalized_jsd, kl_divergence
 
 from . import fused_kd
@@ -90,7 +91,7 @@ def _chunk_dlogits(cfg, start, size, h, head, bias, teachers, params, w, mask, w
     zt = jax.lax.bitcast_convert_type(_slice(bits, start, size, axis=1), teachers.dtype)
   w_c, m_c = _slice(w, start, size, axis=1), _slice(mask, start, size)  # [K, C], [C]
   ts = params[-1]
-  d, res = fused_kd._kd(cfg.kd, z, zt, params, w_c, with_grad=with_grad)  # [C]
+  d, res = fused_kd._kd_rows(cfg.kd, z, zt, params, w_c, m_c, with_grad=with_grad)  # [C]
   loss = jnp.where(m_c, ts**2 * d, 0.0)
   if not with_grad:
     return loss, None
@@ -324,7 +325,10 @@ def fused_linear_kd_loss(
     divergence: "forward_kl", "reverse_kl" or "jsd".
     beta: β ∈ (0, 1) of the JSD.
     student_bias: optional [V] bias b.
-    where: optional boolean [...] mask: False gives loss 0 and no gradient (padding).
+    where: optional boolean [...] mask: False gives loss 0 and exactly 0 gradient (padding),
+      whatever the row holds. Non-finite teacher logits follow `fused_kd_loss` (NaN or +inf:
+      a ValueError on concrete logits, a NaN loss and gradient under `jit`; a row entirely −inf
+      is an absent teacher; docs/design.md, "Non-finite inputs").
     token_chunk: rows per chunk; None: `default_token_chunk(V, K, N)`, i.e. (K + 3) f32
       [C, V] chunk arrays within `DEFAULT_CHUNK_BYTES` (64 MiB), C a multiple of 8 in
       [8, 4096].
@@ -348,8 +352,9 @@ def fused_linear_kd_loss(
     teachers = jnp.asarray(teachers)
   k, v = _check(student_hidden, student_head, teachers, student_bias, where, token_chunk)
   batch = student_hidden.shape[:-1]
-  # Temperatures, weights, operator, implementation, divergence: checked as the fused loss does.
-  fused_kd._check_inputs(
+  # Temperatures, weights, operator, implementation, divergence: checked as the fused loss does;
+  # teacher logits (not pairs, whose logits exist only chunk by chunk) for NaN and +inf too.
+  temperatures, weights, student_temperature = fused_kd._check_inputs(
     None,
     jax.ShapeDtypeStruct((k, *batch, v), jnp.float32),
     temperatures,
@@ -360,6 +365,8 @@ def fused_linear_kd_loss(
     divergence,
     beta,
   )
+  if not pairs:
+    operators_lib.check_finite_teachers(teachers, name="teachers", where=where)
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise ValueError(f"block_sizes must be a BlockSizes; got {type(block_sizes)=}")
   impl, interp = fused_kd._resolve(implementation, interpret)

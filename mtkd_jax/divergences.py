@@ -26,6 +26,7 @@ def kl_divergence(log_p: jax.Array, log_q: jax.Array, axis: int = -1) -> jax.Arr
 
   Entries where p_i = 0 (log_p = -inf) contribute exactly 0 and have finite (zero) gradients,
   so masked target tokens are safe. Where p_i > 0 and q_i = 0 the result is +inf, as it should be.
+  NaN or +inf in log_p gives NaN, never a silent 0 (docs/design.md, "Non-finite inputs").
 
   Args:
     log_p: `[..., V]` log-probabilities of the first (target) distribution.
@@ -43,8 +44,9 @@ def kl_divergence(log_p: jax.Array, log_q: jax.Array, axis: int = -1) -> jax.Arr
       f"log_p and log_q must have the same shape [..., V], got log_p.shape={jnp.shape(log_p)}, "
       f"log_q.shape={jnp.shape(log_q)}"
     )
-  p, support = _safe_exp_and_finite(log_p)
+  support = log_p != -jnp.inf  # NaN and +inf count as support, so they propagate
   safe_log_p = jnp.where(support, log_p, 0.0)
+  p = jnp.where(support, jnp.exp(safe_log_p), 0.0)
   safe_log_q = jnp.where(support, log_q, 0.0)
   return jnp.sum(jnp.where(support, p * (safe_log_p - safe_log_q), 0.0), axis=axis)
 
@@ -150,15 +152,20 @@ def kd_divergence(
   # At least float32 (bf16 logits are upcast); float64 stays float64 (under jax.enable_x64).
   dtype = jnp.promote_types(jnp.result_type(student_logits, log_q), jnp.float32)
   ts = jnp.asarray(student_temperature, dtype)
-  log_p = jax.nn.log_softmax(jnp.asarray(student_logits, dtype) / ts, axis=-1)
   log_q = jnp.asarray(log_q, dtype)
+  # An empty target (every entry −inf: no teacher present) gives 0 and a zero gradient; the
+  # double where keeps the reverse KL's +inf out of the backward.
+  empty = jnp.all(log_q == -jnp.inf, axis=-1)
+  z = jnp.where(empty[..., None], 0.0, jnp.asarray(student_logits, dtype))
+  log_q = jnp.where(empty[..., None], 0.0, log_q)
+  log_p = jax.nn.log_softmax(z / ts, axis=-1)
   if divergence == "forward_kl":
     d = kl_divergence(log_q, log_p)
   elif divergence == "reverse_kl":
     d = kl_divergence(log_p, log_q)
   else:
     d = generalized_jsd(log_q, log_p, beta)
-  return ts**2 * d
+  return jnp.where(empty, 0.0, ts**2 * d)
 
 
 @dataclasses.dataclass(frozen=True)

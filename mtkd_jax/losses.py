@@ -8,7 +8,9 @@ student, so both objectives have the same gradient; they differ for other operat
 student temperatures, or weights that depend on the student.
 
 Hinton's T_S² scaling (which keeps gradient magnitudes comparable across temperatures) is a flag,
-on by default. `where` is a per-example boolean mask `[...]`: masked examples give exactly 0.
+on by default. `where` is a per-example boolean mask `[...]`: masked examples give exactly 0,
+and exactly 0 gradient whatever they hold (NaN included). Non-finite teacher outputs follow the
+library's one policy (docs/design.md, "Non-finite inputs"; `operators.row_status`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,30 @@ def apply_where(values: jax.Array, where, name="where") -> jax.Array:
       f"got {name}.shape={where.shape}"
     )
   return jnp.where(where, values, 0.0)
+
+
+def mask_rows(x: jax.Array, where, fill=0.0, batch_ndim=None) -> jax.Array:
+  """x `[..., V]` (or `[K, ..., V]` with `batch_ndim` = len(...)) with the rows where the
+  per-example mask is False replaced by `fill`: the inner where of a double where, so that a
+  masked row's contents (NaN included) never reach the backward as 0·NaN."""
+  if where is None:
+    return x
+  where = jnp.asarray(where, bool)
+  batch_ndim = x.ndim - 1 if batch_ndim is None else batch_ndim
+  batch = x.shape[x.ndim - 1 - batch_ndim : -1]
+  if jnp.broadcast_shapes(where.shape, batch) != batch:
+    raise ValueError(
+      f"where must be a per-example mask broadcastable to {batch}, got {where.shape}"
+    )
+  return jnp.where(jnp.broadcast_to(where, batch)[..., None], x, fill)
+
+
+def nan_rows(loss: jax.Array, bad: jax.Array, logits: jax.Array) -> jax.Array:
+  """loss `[...]` made NaN where `bad`, with a NaN gradient w.r.t. every logit `[..., V]` of
+  those rows (and an exact 0 added elsewhere): a bad input is visible in the value and in the
+  gradient norm, never absorbed."""
+  finite = jnp.where(jnp.isfinite(logits), logits, 0.0)  # a −inf student logit stays exact
+  return loss + jnp.sum(jnp.where(bad[..., None], jnp.nan, 0.0) * finite, axis=-1)
 
 
 def _check_temperature(t, name) -> float | jax.Array:
@@ -94,6 +120,10 @@ def mixture_kd(
       f"student_logits.shape={student_logits.shape}, target_log_q.shape={target_log_q.shape}"
     )
   t_s = _check_temperature(student_temperature, "student_temperature")
+  if where is not None:
+    apply_where(jnp.zeros(student_logits.shape[:-1]), where)  # the mask's shape check
+    student_logits = mask_rows(student_logits, where)
+    target_log_q = mask_rows(target_log_q, where, -jnp.inf)  # masked: an empty target
   log_p_s = temperature_lib.scale(student_logits, t_s)
   loss = kl_divergence(target_log_q.astype(log_p_s.dtype), log_p_s)
   if temperature_sq_scaling:
@@ -123,7 +153,9 @@ def sum_of_kls(
     where: optional per-example mask `[...]`.
 
   Returns:
-    `[...]` per-example losses.
+    `[...]` per-example losses: NaN where a teacher has NaN or +inf (a ValueError on concrete
+    inputs), the weights renormalised over the teachers present in the row (a row entirely
+    −inf is an absent teacher), 0 with a zero gradient where none is present (docs/design.md).
   """
   student_logits = jnp.asarray(student_logits)
   teacher_log_probs = jnp.asarray(teacher_log_probs)
@@ -133,7 +165,15 @@ def sum_of_kls(
       f"teacher_log_probs.shape={teacher_log_probs.shape}, "
       f"student_logits.shape={student_logits.shape}"
     )
-  log_p, w = operators_lib.prepare(teacher_log_probs, temperatures, weights)
+  if where is not None:
+    apply_where(jnp.zeros(student_logits.shape[:-1]), where)  # the mask's shape check
+  log_p, w, (bad, empty) = operators_lib.prepare(
+    teacher_log_probs, temperatures, weights, where=where, status=True
+  )
+  # Double where: masked and empty rows compute on a harmless stand-in (no 0·NaN backward).
+  skip = empty if where is None else empty | ~jnp.asarray(where, bool)
+  student_logits = mask_rows(student_logits, ~skip)
+  log_p = mask_rows(log_p, ~skip, 0.0, batch_ndim=log_p.ndim - 2)
   num_teachers = log_p.shape[0]
   t_s = temperature_lib.check_temperatures(
     student_temperature, num_teachers, name="student_temperature"
@@ -145,6 +185,7 @@ def sum_of_kls(
     # 0·∞ = 0: a teacher with zero weight contributes nothing, even where p_S = 0 < p_k.
     term = jnp.where(w[k][..., 0] == 0, 0.0, w[k][..., 0] * kl_divergence(log_p[k], log_p_s))
     total = total + (term * t_s[k] ** 2 if temperature_sq_scaling else term)
+  total = nan_rows(jnp.where(skip, 0.0, total), bad & ~skip, student_logits)
   return apply_where(jnp.broadcast_to(total, student_logits.shape[:-1]), where)
 
 

@@ -155,6 +155,11 @@ def mixture(
   (the usual KD loss); "reverse_kl" KL(p_S ‖ q), mode-seeking; "jsd(beta=β)" the generalised
   Jensen–Shannon divergence β·KL(q ‖ m) + (1 − β)·KL(p_S ‖ m), m = β·q + (1 − β)·p_S.
 
+  Fused or composed, every implementation follows the non-finite policy of docs/design.md:
+  NaN or +inf teacher outputs are a ValueError on concrete inputs and a NaN loss and gradient
+  for that example under `jit`; a teacher row entirely −inf is absent (weights renormalised
+  over the present teachers); an example with no present teacher has loss 0 and gradient 0.
+
   Args:
     operator: `op(teacher_log_probs, *, temperatures, weights) -> log_q` (`mtkd_jax.operators`).
     temperatures: [K] teacher temperatures T_k > 0.

@@ -13,6 +13,13 @@ temperatures themselves, are pure, and are `jit`/`vmap`/`grad`-able. Inputs of l
 Weights that do not sum to one are an error, not silently renormalised: a weight vector that is
 off usually means a bug upstream (a wrong axis, a stale mask). Value checks (weights ≥ 0, finite,
 Σ = 1; temperatures > 0) run on concrete inputs; under `jit` only shapes are checked.
+
+Non-finite teacher outputs follow the library's one policy (docs/design.md, "Non-finite
+inputs"): NaN or +inf is a ValueError on concrete inputs (naming the teacher and a position)
+and a NaN row of log q under `jit`; −inf is a masked token; a teacher whose row is entirely
+−inf is absent there and the weights are renormalised over the present teachers; a row with no
+present teacher gives log q = −inf everywhere (an empty target, which the losses count as 0).
+The operators see no mask: pass `where` to the loss to exclude padding rows.
 """
 
 from __future__ import annotations
@@ -82,8 +89,76 @@ def check_weights(weights, teacher_shape: tuple[int, ...], *, name="weights") ->
   return w.reshape(w.shape + (1,) * (len(teacher_shape) - w.ndim))  # [K, ..., 1]
 
 
-def prepare(teacher_log_probs, temperatures, weights) -> tuple[jax.Array, jax.Array]:
-  """Checks shapes and values, then returns (tempered log-probs `[K, ..., V]`, `w [K, ..., 1]`)."""
+def check_finite_teachers(x, *, name="teacher_log_probs", where=None) -> None:
+  """ValueError if concrete teacher outputs `[K, ..., V]` hold NaN or +inf in a counted row.
+
+  The message names the argument, the teacher and the first offending position. Rows where the
+  per-example mask `where [...]` is False are not counted. Skipped under `jit` (traced `x` or
+  `where`): there the row's loss is NaN instead (`row_status`).
+  """
+  if not temperature_lib.is_concrete(x) or (where is not None and not is_concrete_tree(where)):
+    return
+  with jax.ensure_compile_time_eval():  # concrete values inside a jit trace (closures) too
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return
+    bad = jnp.isnan(x) | (x == jnp.inf)  # [K, ..., V], on the device: one bool comes back
+    if where is not None:
+      bad &= jnp.broadcast_to(jnp.asarray(where, bool), x.shape[1:-1])[None, ..., None]
+    found = bool(jnp.any(bad))
+  if found:
+    values, bad = np.asarray(x), np.asarray(bad)
+    pos = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+      f"{name} must not hold NaN or +inf (−inf masks a token): teacher {pos[0]} has "
+      f"{values[pos]} at position {pos[1:]} of {name}.shape={values.shape}, "
+      f"{int(bad.sum())} such entries in all"
+    )
+
+
+def is_concrete_tree(x) -> bool:
+  """True when no leaf of `x` is a tracer."""
+  return all(temperature_lib.is_concrete(leaf) for leaf in jax.tree.leaves(x))
+
+
+def row_status(log_p: jax.Array, w: jax.Array):
+  """Per row: weights renormalised over the present teachers, and the non-finite row flags.
+
+  Args:
+    log_p: `[K, ..., V]` tempered teacher log-probs (raw outputs work too: only NaN, +inf and
+      rows that are entirely −inf matter here).
+    w: `[K, ..., 1]` weights (broadcastable to `[K, ..., 1]`).
+
+  Returns:
+    `(w_eff [K, ..., 1], bad [...], empty [...])`: a teacher whose row is entirely −inf is
+    absent, and w_eff_k = w_k·present_k / Σ_j w_j·present_j (w itself where every teacher is
+    present, so finite inputs are untouched); `bad` marks rows where some teacher (whatever its
+    weight) has NaN or +inf; `empty` rows where no teacher of positive weight is present.
+  """
+  row_max = jnp.max(log_p, axis=-1, keepdims=True)  # [K, ..., 1]; NaN propagates
+  bad = jnp.any(jnp.isnan(row_max) | (row_max == jnp.inf), axis=0)[..., 0]  # [...]
+  present = row_max > -jnp.inf  # [K, ..., 1]
+  w = jnp.broadcast_to(w, present.shape)
+  mass = jnp.sum(jnp.where(present, w, 0.0), axis=0)  # [..., 1]
+  empty = mass <= 0
+  renorm = jnp.where(present, w, 0.0) / jnp.where(empty, 1.0, mass)
+  w_eff = jnp.where(jnp.all(present, axis=0), w, renorm)
+  return w_eff, bad, empty[..., 0] & ~bad
+
+
+def finish(log_q: jax.Array, bad: jax.Array, empty: jax.Array) -> jax.Array:
+  """log q with NaN rows where `bad` and −inf rows (an empty target) where `empty`."""
+  log_q = jnp.where(empty[..., None], -jnp.inf, log_q)
+  return jnp.where(bad[..., None], jnp.nan, log_q)
+
+
+def prepare(teacher_log_probs, temperatures, weights, *, where=None, status=False):
+  """Checks shapes and values, then returns (tempered log-probs `[K, ..., V]`, `w [K, ..., 1]`).
+
+  The weights are renormalised over the teachers present in each row (`row_status`). With
+  `status=True` also returns the row flags `(bad [...], empty [...])`. NaN or +inf in concrete
+  teacher outputs is a ValueError (rows where `where` is False are not checked).
+  """
   x = jnp.asarray(teacher_log_probs)
   if x.ndim < 2:
     raise ValueError(
@@ -94,7 +169,10 @@ def prepare(teacher_log_probs, temperatures, weights) -> tuple[jax.Array, jax.Ar
     raise ValueError(f"teacher_log_probs must have K ≥ 1 and V ≥ 1, got shape={x.shape}")
   w = check_weights(weights, x.shape)
   temperature_lib.check_temperatures(temperatures, x.shape[0])
-  return temperature_lib.scale(x, temperatures), w
+  check_finite_teachers(x, where=where)
+  log_p = temperature_lib.scale(x, temperatures)
+  w, bad, empty = row_status(log_p, w)
+  return (log_p, w, (bad, empty)) if status else (log_p, w)
 
 
 def safe_log(x: jax.Array) -> jax.Array:
@@ -144,9 +222,9 @@ def linear(teacher_log_probs, *, temperatures, weights) -> jax.Array:
   >>> jnp.exp(linear(lp, temperatures=jnp.ones(2), weights=jnp.array([0.5, 0.5]))).round(2)
   Array([0.7, 0.3], dtype=float32)
   """
-  log_p, w = prepare(teacher_log_probs, temperatures, weights)
+  log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
   log_w = safe_log(w)
-  return logsumexp_over_teachers([log_w[k] + log_p[k] for k in range(log_p.shape[0])])
+  return finish(logsumexp_over_teachers([log_w[k] + log_p[k] for k in range(len(log_p))]), *status)
 
 
 def geometric(teacher_log_probs, *, temperatures, weights) -> jax.Array:
@@ -160,8 +238,8 @@ def geometric(teacher_log_probs, *, temperatures, weights) -> jax.Array:
   >>> jnp.exp(geometric(lp, temperatures=jnp.ones(2), weights=jnp.array([0.5, 0.5]))).round(2)
   Array([0.75, 0.25], dtype=float32)
   """
-  log_p, w = prepare(teacher_log_probs, temperatures, weights)
-  return jax.nn.log_softmax(_weighted_log_sum(log_p, w), axis=-1)
+  log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
+  return finish(temperature_lib.log_softmax(_weighted_log_sum(log_p, w)), *status)
 
 
 def power(alpha: float) -> Operator:
@@ -180,9 +258,9 @@ def power(alpha: float) -> Operator:
     raise ValueError(f"alpha must be finite, got {alpha=}")
 
   def power_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
-    log_p, w = prepare(teacher_log_probs, temperatures, weights)
+    log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
     if alpha == 0.0:
-      return jax.nn.log_softmax(_weighted_log_sum(log_p, w), axis=-1)
+      return finish(temperature_lib.log_softmax(_weighted_log_sum(log_p, w)), *status)
     log_w = safe_log(w)
     finite = jnp.isfinite(log_p)
     terms = [
@@ -207,7 +285,7 @@ def power(alpha: float) -> Operator:
     log_mean = jnp.where(small, g + jnp.log1p(jnp.where(small, z, 0.0)) / alpha, log_mean)
     if alpha < 0:  # p_k = 0 makes p_k^α infinite, so the mean is 0.
       log_mean = jnp.where(jnp.any((w > 0) & ~finite, axis=0), -jnp.inf, log_mean)
-    return jax.nn.log_softmax(log_mean, axis=-1)
+    return finish(temperature_lib.log_softmax(log_mean), *status)
 
   power_op.__name__ = f"power({alpha:g})"
   return power_op
@@ -224,8 +302,8 @@ def entropic(beta: float) -> Operator:
     raise ValueError(f"beta must be finite and ≥ 0, got {beta=}")
 
   def entropic_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
-    log_p, w = prepare(teacher_log_probs, temperatures, weights)
-    return jax.nn.log_softmax(_weighted_log_sum(log_p, w) / (1.0 + beta), axis=-1)
+    log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
+    return finish(temperature_lib.log_softmax(_weighted_log_sum(log_p, w) / (1.0 + beta)), *status)
 
   entropic_op.__name__ = f"entropic({beta:g})"
   return entropic_op
@@ -274,7 +352,7 @@ def barycenter(
     raise ValueError(f"need num_steps ≥ 0 and step_size > 0, got {num_steps=}, {step_size=}")
 
   def barycenter_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
-    log_p, w = prepare(teacher_log_probs, temperatures, weights)
+    log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
     # Masked tokens (-inf) become a huge finite penalty: -inf would turn D's gradients into
     # inf − inf = NaN, in the iteration and in the gradient through it.
     log_p = jnp.where(jnp.isfinite(log_p), log_p, _MASKED)
@@ -291,7 +369,7 @@ def barycenter(
     log_q0 = logsumexp_over_teachers([safe_log(w[k])[..., None] + log_p[k] for k in range(len(w))])
     log_q0 = jnp.maximum(log_q0, _LOG_FLOOR)
     log_q = jax.lax.fori_loop(0, int(num_steps), step, log_q0)
-    return jax.nn.log_softmax(log_q, axis=-1)
+    return finish(jax.nn.log_softmax(log_q, axis=-1), *status)
 
   barycenter_op.__name__ = f"barycenter({name})"
   return barycenter_op

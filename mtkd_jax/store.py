@@ -350,7 +350,7 @@ def write_store(
       }
 
     # ---- This process's chunks ----------------------------------------------------------------
-    top_k = jax.jit(lambda z: _top_k_with_tail(z, k, t_g))
+    top_k = jax.jit(lambda z: (*_top_k_with_tail(z, k, t_g), non_finite_positions(z)))
     mine = [c for c in range(num_chunks) if c % nproc == pid]
     todo = [
       c
@@ -370,7 +370,10 @@ def write_store(
         top_k(source.logits_fn(tokens[a : min(hi, a + batch_size), :-1].astype(np.int32)))
         for a in range(lo, hi, batch_size)
       ]
-      idx, lp, tail = (np.concatenate([np.asarray(o[i]) for o in outs], axis=1) for i in range(3))
+      idx, lp, tail, bad = (
+        np.concatenate([np.asarray(o[i]) for o in outs], axis=1) for i in range(4)
+      )
+      refuse_non_finite(bad, source.names, lo)  # before anything of the chunk is written
       futures = []
       for j in range(num_teachers):
         lp_j = log8_encode(lp[j]) if dtype == "log8" else lp[j].astype(_ZARR_DTYPES[dtype])
@@ -414,15 +417,36 @@ def write_store(
 
 def _top_k_with_tail(logits, k, t_g):
   """Top-k indices and log-probs at T_g, and the log of the mass outside the top-k, computed
-  from the logits (not as 1 − Σ top-k, which rounds to 0 when the top-k holds nearly all)."""
+  from the logits (not as 1 − Σ top-k, which rounds to 0 when the top-k holds nearly all).
+  A teacher row that is entirely −inf (absent) is stored as −inf log-probs and tail."""
   out = sparse.from_dense(logits, k, generation_temperatures=t_g)
   v = logits.shape[-1]
   if k == v:
     return out.indices, out.log_probs, jnp.full(out.log_probs.shape[:-1], -jnp.inf)
   z = logits.astype(jnp.float32) / jnp.asarray(t_g).reshape((-1,) + (1,) * (logits.ndim - 1))
   ranked = -jnp.sort(-z, axis=-1)  # [K, ..., V] decreasing
-  tail = jax.nn.logsumexp(ranked[..., k:], axis=-1) - jax.nn.logsumexp(z, axis=-1)
+  lse = jax.nn.logsumexp(z, axis=-1)
+  tail = jax.nn.logsumexp(ranked[..., k:], axis=-1) - jnp.where(lse == -jnp.inf, 0.0, lse)
   return out.indices, out.log_probs, tail
+
+
+def non_finite_positions(logits) -> jax.Array:
+  """bool [K, ...]: where a teacher's logits `[K, ..., V]` hold NaN or +inf (−inf is a masked
+  token, which a store keeps)."""
+  return jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=-1)
+
+
+def refuse_non_finite(bad: np.ndarray, names, first_row: int) -> None:
+  """ValueError naming the teacher and the (row, position) of the first NaN or +inf output in
+  `bad [K, B, L]` (rows counted from `first_row`): a store never holds a corrupt target."""
+  if not bad.any():
+    return
+  j, b, *pos = (int(i) for i in np.argwhere(bad)[0])
+  raise ValueError(
+    f"teacher {names[j]!r} (teacher {j}) output NaN or +inf logits at row {first_row + b}, "
+    f"position {tuple(pos)}: refusing to store them ({int(bad[j].sum())} such positions in "
+    f"rows {first_row}..{first_row + bad.shape[1] - 1})"
+  )
 
 
 # ---------------------------------------------------------------------------------------------

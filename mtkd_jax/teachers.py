@@ -122,7 +122,12 @@ def write_store_v1(
       )
     )
 
-  top_k = jax.jit(lambda z: sparse.from_dense(z, k, generation_temperatures=t_g))
+  top_k = jax.jit(
+    lambda z: (
+      sparse.from_dense(z, k, generation_temperatures=t_g),
+      store_v2.non_finite_positions(z),
+    )
+  )
   starts = range(0, num_rows, batch_size)
   if progress:
     import tqdm
@@ -130,7 +135,8 @@ def write_store_v1(
     starts = tqdm.tqdm(starts, desc=f"dump top-{k}", file=sys.stderr, leave=False)
   for lo in starts:
     x = tokens[lo : lo + batch_size, :-1].astype(np.int32)
-    out = top_k(source.logits_fn(x))  # [K, B, L, k]
+    out, bad = top_k(source.logits_fn(x))  # [K, B, L, k], [K, B, L]
+    store_v2.refuse_non_finite(np.asarray(bad), source.names, lo)
     indices = np.asarray(out.indices)
     log_probs = np.asarray(out.log_probs.astype(DTYPES[dtype]))
     for j, (idx_map, lp_map) in enumerate(shards):

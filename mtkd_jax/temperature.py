@@ -68,7 +68,15 @@ def scale(log_p: jax.Array, temperatures, axis: int = -1) -> jax.Array:
     t = t.reshape((-1,) + (1,) * (log_p.ndim - 1))  # [K, 1, ..., 1]
   # -inf / T has d/dT = +inf (NaN once multiplied by a zero cotangent): divide finite entries only.
   finite = jnp.isfinite(log_p)
-  return jax.nn.log_softmax(jnp.where(finite, jnp.where(finite, log_p, 0.0) / t, log_p), axis=axis)
+  return log_softmax(jnp.where(finite, jnp.where(finite, log_p, 0.0) / t, log_p), axis=axis)
+
+
+def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
+  """`jax.nn.log_softmax`, except that a row that is entirely -inf (an absent distribution)
+  stays -inf with a zero gradient instead of becoming NaN. NaN and +inf still give NaN."""
+  absent = jnp.all(x == -jnp.inf, axis=axis, keepdims=True)
+  out = jax.nn.log_softmax(jnp.where(absent, 0.0, x), axis=axis)  # double where: no NaN grad
+  return jnp.where(absent, -jnp.inf, out)
 
 
 def to_log_probs(x: jax.Array, kind: str, axis: int = -1) -> jax.Array:

@@ -38,7 +38,7 @@ def _sparse_kl(cfg, student, inv_ts, indices, log_q, valid, tail_log_mass, *, wi
     lse_tail = jax.nn.logsumexp(jnp.where(in_u, _NEG_INF, x), axis=-1)  # the one over V
     lse = jnp.logaddexp(lse_tail, _log_sum_over_support(x_s, valid))
   log_ps = x_s - lse[:, None]  # [B, n] student log-probs at the support
-  positive = valid & (q > 0)
+  positive = valid & (log_q != _NEG_INF)  # NaN counts: it propagates, never a silent 0
   safe_lq = jnp.where(positive, log_q, 0.0)
   kl = jnp.sum(jnp.where(positive, q * (safe_lq - log_ps), 0.0), axis=-1)  # [B]
   has_tail = t > 0
@@ -54,6 +54,9 @@ def _sparse_kl(cfg, student, inv_ts, indices, log_q, valid, tail_log_mass, *, wi
   elif tail_mode == "bucket":
     log_p_tail = lse_tail - lse  # log P_S(V \ U)
     kl = kl + jnp.where(has_tail, t * (safe_tail_lm - log_p_tail), 0.0)
+  # A NaN target row (the non-finite policy): NaN loss and a NaN gradient for every logit.
+  bad = jnp.any(valid & jnp.isnan(log_q), axis=-1) | jnp.isnan(tail_log_mass)
+  kl = jnp.where(bad, jnp.nan, kl)
   if not with_grad:
     return kl, None
   # ∂/∂x_j = (Σ_U q + t)·p_S(j) − q_eff(j): q_eff = q on U; on V \ U, t/|V \ U| ("uniform"),
@@ -67,7 +70,7 @@ def _sparse_kl(cfg, student, inv_ts, indices, log_q, valid, tail_log_mass, *, wi
     tail_share = jnp.where(has_tail[:, None] & ~in_u, jnp.exp(x - safe_lse_tail[:, None]), 0.0)
     grad = grad - t[:, None] * tail_share
   grad = jax.vmap(lambda g, i, qq: g.at[i].add(-qq))(grad, indices, q)  # only q's n entries
-  return kl, grad
+  return kl, jnp.where(bad[:, None], jnp.nan, grad)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -111,7 +114,9 @@ def sparse_kd_loss(
     sparse_target: a `SparseTarget` with `[..., n]` entries (from `linear`/`geometric`).
     student_temperature: T_S > 0, a scalar.
     temperature_sq_scaling: multiply by T_S² (Hinton et al.).
-    where: optional per-example mask `[...]` (False gives 0 and no gradient).
+    where: optional per-example mask `[...]`: False gives 0 and exactly 0 gradient, whatever
+      the row holds. A NaN target row (NaN or +inf teacher outputs under `jit`) gives NaN and a
+      NaN gradient; an empty one (no teacher present) 0 and a zero gradient (docs/design.md).
 
   Returns:
     `[...]` float32 per-example losses.
@@ -136,14 +141,23 @@ def sparse_kd_loss(
     raise ValueError(f"student_temperature must be a scalar, got shape={t_s.shape}")
   v, n = sparse_target.vocab_size, sparse_target.indices.shape[-1]
   stop = jax.lax.stop_gradient
+  log_q = sparse_target.log_probs.astype(jnp.float32)
+  tail = sparse_target.tail_log_mass.astype(jnp.float32)
+  if where is not None:
+    # Double where: a masked row becomes an empty target and zero logits, so its gradient is
+    # exactly 0 whatever it held (NaN included), never 0·NaN.
+    losses_lib.apply_where(jnp.zeros(batch_shape), where)  # the mask's shape check
+    student_logits = losses_lib.mask_rows(student_logits, where)
+    log_q = losses_lib.mask_rows(log_q, where, _NEG_INF)
+    tail = jnp.where(where, tail, _NEG_INF)
   kl = _sparse_kl_vjp(
     (sparse_target.tail_mode, v),
     student_logits.reshape(-1, v),
     stop(1.0 / t_s),
     stop(sparse_target.indices.reshape(-1, n)),
-    stop(sparse_target.log_probs.astype(jnp.float32).reshape(-1, n)),
+    stop(log_q.reshape(-1, n)),
     stop(sparse_target.valid.reshape(-1, n)),
-    stop(sparse_target.tail_log_mass.astype(jnp.float32).reshape(-1)),
+    stop(tail.reshape(-1)),
   ).reshape(batch_shape)
   if temperature_sq_scaling:
     kl = kl * t_s**2

@@ -79,11 +79,33 @@ def _union(indices: jax.Array, values: jax.Array):
 
 
 def _prepare(outputs, temperatures, weights, tail_mode):
+  """Checks, then (w_eff [K, ..., 1], bad [...], empty [...]) under the non-finite policy
+  (`operators.row_status`): NaN or +inf in the stored log-probs (or NaN in the stored missing
+  mass) is a ValueError on concrete outputs and a NaN target row under `jit`; a teacher whose
+  listed log-probs are all −inf is absent there (its top-1 would have mass otherwise)."""
   if not isinstance(outputs, SparseTeacherOutputs):
     raise ValueError(f"outputs must be a SparseTeacherOutputs, got {type(outputs).__name__}")
   _check_tail_mode(tail_mode)
   w = operators_lib.check_weights(weights, outputs.log_probs.shape)  # [K, ..., 1]
-  return w
+  operators_lib.check_finite_teachers(outputs.log_probs, name="outputs.log_probs")
+  missing = outputs.missing_log_mass
+  if missing is not None:
+    operators_lib.check_finite_teachers(missing[..., None], name="outputs.missing_log_mass")
+  w, bad, empty = operators_lib.row_status(outputs.log_probs.astype(jnp.float32), w)
+  if missing is not None:
+    missing_bad = jnp.any(jnp.isnan(missing) | (missing == jnp.inf), axis=0)
+    bad, empty = bad | missing_bad, empty & ~missing_bad
+  return w, bad, empty
+
+
+def _finish(target: SparseTarget, bad, empty) -> SparseTarget:
+  """A NaN target where `bad`, an empty one (no mass anywhere: loss 0) where `empty`."""
+  fill = jnp.where(bad, jnp.nan, _NEG_INF)
+  ok = ~(bad | empty)
+  return target.replace(
+    log_probs=jnp.where(ok[..., None] | ~target.valid, target.log_probs, fill[..., None]),
+    tail_log_mass=jnp.where(ok, target.tail_log_mass, fill),
+  )
 
 
 def _log_sum_over_support(x: jax.Array, valid: jax.Array) -> jax.Array:
@@ -118,7 +140,7 @@ def linear(outputs: SparseTeacherOutputs, *, temperatures, weights, tail_mode="u
   >>> [round(float(p), 3) for p in jnp.exp(q.log_probs)], round(float(jnp.exp(q.tail_log_mass)), 3)
   ([0.375, 0.375], 0.25)
   """
-  w = _prepare(outputs, temperatures, weights, tail_mode)
+  w, bad, empty = _prepare(outputs, temperatures, weights, tail_mode)
   support, token, _ = retemper(outputs, temperatures, tail_mode=tail_mode)
   u, first, listed, value = _union(outputs.indices, support)
   log_w = operators_lib.safe_log(w)  # [K, ..., 1]
@@ -135,9 +157,10 @@ def linear(outputs: SparseTeacherOutputs, *, temperatures, weights, tail_mode="u
       [log_w[j][..., 0] + token[j] for j in range(num_teachers)]
     )
     tail = jnp.where(num_tail > 0, jnp.log(jnp.maximum(num_tail, 1)) + tail_token, _NEG_INF)
-  return SparseTarget(
+  target = SparseTarget(
     u, jnp.where(first, log_q, _NEG_INF), first, tail, tail_mode, outputs.vocab_size
   )
+  return _finish(target, bad, empty)
 
 
 def geometric(outputs: SparseTeacherOutputs, *, temperatures, weights, tail_mode="uniform"):
@@ -151,7 +174,7 @@ def geometric(outputs: SparseTeacherOutputs, *, temperatures, weights, tail_mode
 
   Args and returns as `linear`.
   """
-  w = _prepare(outputs, temperatures, weights, tail_mode)
+  w, bad, empty = _prepare(outputs, temperatures, weights, tail_mode)
   support, token, _ = retemper(outputs, temperatures, tail_mode="uniform")
   floor = jnp.maximum(token, LOG_FLOOR)  # [K, ...]
   u, first, listed, value = _union(outputs.indices, support)
@@ -173,7 +196,7 @@ def geometric(outputs: SparseTeacherOutputs, *, temperatures, weights, tail_mode
   log_z = lse_u if tail_mode == "drop" else jnp.logaddexp(lse_u, log_tail)
   tail = jnp.full(log_z.shape, _NEG_INF) if tail_mode == "drop" else log_tail - log_z
   log_q = jnp.where(first, pooled - log_z[..., None], _NEG_INF)
-  return SparseTarget(u, log_q, first, tail, tail_mode, outputs.vocab_size)
+  return _finish(SparseTarget(u, log_q, first, tail, tail_mode, outputs.vocab_size), bad, empty)
 
 
 OPERATORS = {"linear": linear, "geometric": geometric}

@@ -185,6 +185,9 @@ def from_dense(teacher_log_probs, k: int, *, generation_temperatures=1.0) -> Spa
   x = jnp.asarray(teacher_log_probs)
   if x.ndim < 2 or not 1 <= k <= x.shape[-1]:
     raise ValueError(f"need teacher_log_probs [K, ..., V] and 1 ≤ k ≤ V, got shape={x.shape}, {k=}")
+  from mtkd_jax import operators as operators_lib  # (operators imports nothing sparse)
+
+  operators_lib.check_finite_teachers(x)  # NaN or +inf: an error here, NaN rows under jit
   t_g = temperature_lib.check_temperatures(generation_temperatures, x.shape[0])
   log_p = temperature_lib.scale(x, t_g)  # [K, ..., V]
   values, indices = jax.lax.top_k(log_p, k)  # [K, ..., k], sorted descending
@@ -243,6 +246,9 @@ def retemper(outputs: SparseTeacherOutputs, temperatures, *, tail_mode: str = "u
   lp = outputs.log_probs.astype(temperature_lib.compute_dtype(outputs.log_probs.dtype))
   beta = (outputs.generation_temperatures / t).reshape((num_teachers,) + (1,) * (lp.ndim - 2))
   scaled = beta[..., None] * lp  # [K, ..., k]
+  # A teacher whose listed log-probs are all −inf is absent in that row (a top-1 has mass
+  # otherwise): all −inf out, never −inf − (−inf) = NaN.
+  absent = jnp.all(lp == _NEG_INF, axis=-1)  # [K, ...]
   lse_support = jax.nn.logsumexp(scaled, axis=-1)  # [K, ...]
   num_unlisted = v - k
   if tail_mode == "drop" or num_unlisted == 0:
@@ -252,6 +258,7 @@ def retemper(outputs: SparseTeacherOutputs, temperatures, *, tail_mode: str = "u
     missing = missing_log_mass(lp) if stored is None else stored.astype(lp.dtype)
     token = beta * (missing - math.log(num_unlisted))  # [K, ...] unnormalised
     log_z = jnp.logaddexp(lse_support, math.log(num_unlisted) + token)
-    token = token - log_z
+    token = jnp.where(absent, _NEG_INF, token - log_z)
+  log_z = jnp.where(absent, 0.0, log_z)
   tail = token + (math.log(num_unlisted) if num_unlisted else 0.0)
   return scaled - log_z[..., None], token, tail
