@@ -143,6 +143,9 @@ RULES = {
   "make figures": DryRun(
     "figures", ".venv/bin/python experiments/figures.py", "every experiment: over 40 min"
   ),
+  "make notebooks": DryRun(
+    "notebooks", "../.venv/bin/jupyter execute --inplace --timeout=-1 $nb", "about 45 min"
+  ),
   "python experiments/figures.py": Help(
     "python experiments/figures.py --help", "--small", "every experiment: over 40 min"
   ),
