@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import results_compare
 
-from mtkd_jax import configs
+from mtkd_jax import configs, train
 from mtkd_jax.experiments import digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,3 +214,30 @@ def test_one_hot_weights_train_and_weigh_the_average_teacher(tmp_path):
     assert np.isfinite(results[f"student_from_teacher_{k}"]["log_loss"])
   for column in ("accuracy", "log_loss"):
     assert results["average teacher"][column] == pytest.approx(results["teacher_0"][column])
+
+
+@pytest.mark.slow
+def test_adaptive_student_is_compared_with_the_average_teacher_under_its_own_weights(tmp_path):
+  from mtkd_jax import registry
+  from mtkd_jax.experiments import common
+
+  config = _config(
+    weighting="confidence(tau=0.5)",
+    teacher_steps=10,
+    num_steps=10,
+    compare_operators=(),
+    single_teacher_students=False,
+    batch_size=32,
+    progress=False,
+  )
+  results = digits.run(config, str(tmp_path))
+  row = results["student_linear"]
+  # By hand: the scheme's [K, N] weights on the test set, then Σ_k w_k(x) log-loss_k(x), averaged.
+  splits, _, _, test_logits = common.train_teachers(config, train.Loop.from_config(config, None))
+  scheme = registry.get("weighting", "confidence", tau=0.5, temperatures=config.temperatures)
+  w = np.asarray(scheme(test_logits, {"x": splits["test"].x, "y": splits["test"].y}))
+  assert w.shape == test_logits.shape[:2] and not np.allclose(w, w[:, :1])  # per example
+  expected = common.average_teacher(test_logits, splits["test"].y, w)
+  assert row["average_teacher"] == pytest.approx(expected, rel=1e-6)
+  table = digits.format_table(results)
+  assert "the average teacher (under its adaptive weights) log-loss" in table

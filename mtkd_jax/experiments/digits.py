@@ -10,6 +10,7 @@ import numpy as np
 from mtkd_jax import data as data_lib
 from mtkd_jax import operators, registry, train
 from mtkd_jax import temperature as temperature_lib
+from mtkd_jax import weighting as weighting_lib
 from mtkd_jax.experiments import common
 
 PER_TEACHER_FIELDS = (
@@ -128,6 +129,9 @@ def run(config, workdir: str) -> dict:
       **train.evaluate(logits, test_split.y),
       "description": f"distilled from {spec} q over teachers {ks}",
     }
+    if weighting is not None:  # Cor IV.10's reference under the weights this student trained on
+      w_test = _test_weights(weighting, state.params, test_logits, test_split, logits)
+      results[name]["average_teacher"] = common.average_teacher(test_logits, test_split.y, w_test)
 
   # The aggregates q themselves, and the average teacher (Thm IV.9, Cor IV.10).
   for spec in op_specs:
@@ -136,7 +140,8 @@ def run(config, workdir: str) -> dict:
       **train.evaluate(np.asarray(log_q), test_split.y),
       "description": "the target itself (needs all teachers)",
     }
-  # Both columns weighted by the run's weights w (for adaptive weighting, still the fixed w).
+  # Both columns weighted by the run's weights w (an adaptively weighted student's own reference
+  # is in its row: "average_teacher", under the weights the scheme gives each test example).
   teachers = [results[f"teacher_{k}"] for k in range(k_teachers)]
   results["average teacher"] = {
     "accuracy": float(np.dot(weights, [t["accuracy"] for t in teachers])),
@@ -144,6 +149,17 @@ def run(config, workdir: str) -> dict:
     "description": "Σ_k w_k accuracy_k, Σ_k w_k log-loss_k (Cor IV.10 reference)",
   }
   return results
+
+
+def _test_weights(weighting, params, test_logits, test_split, student_logits) -> np.ndarray:
+  """[K, N] weights the adaptive scheme gives the test examples (a gate: its trained params)."""
+  batch = {"x": test_split.x, "y": test_split.y}
+  if weighting_lib.is_trainable(weighting):
+    w = weighting(params["weighting"], test_logits, batch, student_logits)
+  else:
+    w = weighting(test_logits, batch)
+  w = np.asarray(w, np.float64)
+  return np.broadcast_to(w.reshape(w.shape + (1,) * (2 - w.ndim)), test_logits.shape[:2])
 
 
 def format_table(results: dict) -> str:
@@ -155,8 +171,10 @@ def format_table(results: dict) -> str:
   lines.append("-" * 100)
   for name, r in results.items():
     if name.startswith("student_") and "teacher_" not in name:
-      verdict = "beats" if r["log_loss"] < avg else "does NOT beat"
+      ref = r.get("average_teacher", {}).get("log_loss", avg)
+      verdict = "beats" if r["log_loss"] < ref else "does NOT beat"
+      which = " (under its adaptive weights)" if "average_teacher" in r else ""
       lines.append(
-        f"{name} {verdict} the average teacher log-loss: {r['log_loss']:.4f} vs {avg:.4f}"
+        f"{name} {verdict} the average teacher{which} log-loss: {r['log_loss']:.4f} vs {ref:.4f}"
       )
   return "\n".join(lines)
