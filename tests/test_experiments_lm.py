@@ -126,3 +126,16 @@ def _check_notebook(small_run, tmp_path, monkeypatch):
   for mode in ("drop", "uniform", "bucket"):
     k4 = results["bits_per_byte"][f"student[top4,{mode}]"]["all"] - dense
     assert f"{mode:<8} gap to the dense-teacher student" in text and f"{k4:+.4f}" in text
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "log8"])
+def test_every_store_dtype_is_a_valid_config(dtype):
+  from mtkd_jax import configs
+  from mtkd_jax.experiments import stdlib_lm
+
+  config = configs.load(os.path.join(ROOT, "experiments", "configs", "stdlib_lm.py:small"))
+  config.store.dtype = dtype
+  stdlib_lm.validate_config(config)
+  config.store.dtype = "int4"
+  with pytest.raises(ValueError, match=r"config.store.dtype: one of .*'log8'.*, got 'int4'"):
+    stdlib_lm.validate_config(config)

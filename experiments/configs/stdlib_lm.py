@@ -37,7 +37,7 @@ def get_config(arg=None):
 
   c.store = ml_collections.ConfigDict()
   c.store.k = 64  # stored top-k (smaller k are its prefixes)
-  c.store.dtype = "bfloat16"  # "bfloat16" or "float16" log-probs
+  c.store.dtype = "bfloat16"  # log-probs: "bfloat16", "float16" or "log8" (8-bit codes)
   c.store.generation_temperature = 1.0  # T_g of the stored log-probs (all teachers)
   c.store.batch_size = 32  # rows per teacher call while dumping
   c.store.windows = 3072  # student training windows (an equal share from each family)

@@ -15,6 +15,7 @@ import numpy as np
 
 from mtkd_jax import models, objectives, operators, sparse, teachers, text_data, train
 from mtkd_jax import sharding as sharding_lib
+from mtkd_jax import store as store_lib
 from mtkd_jax.experiments import common, tables
 
 
@@ -47,8 +48,8 @@ def validate_config(config) -> None:
     raise ValueError(f"config.store.k: must be in [1, 256], got {store.k}")
   if any(k > store.k for k in config.k_values):
     raise ValueError(f"config.k_values: must be in [1, store.k={store.k}], got {config.k_values}")
-  if store.dtype not in ("bfloat16", "float16"):
-    raise ValueError(f"config.store.dtype: 'bfloat16' or 'float16', got {store.dtype!r}")
+  if store.dtype not in store_lib.LOG_PROB_DTYPES:
+    raise ValueError(f"config.store.dtype: one of {store_lib.LOG_PROB_DTYPES}, got {store.dtype!r}")
   if store.windows < config.batch_size or store.windows % num_teachers:
     raise ValueError(
       f"config.store.windows: need a multiple of K={num_teachers} and ≥ batch_size, "
