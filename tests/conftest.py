@@ -1,6 +1,8 @@
 """Test set-up: 8 fake CPU devices so sharded code is tested against one device."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Must be set before jax is imported anywhere in the test process.
@@ -8,7 +10,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Teachers cached by their own config go to a directory of this test process (and of the jobs it
 # starts), never to the user's ~/.cache; tests in one process share it, as jobs would.
-os.environ.setdefault("MTKD_TEACHER_CACHE", tempfile.mkdtemp(prefix="mtkd_teachers_"))
+if "MTKD_TEACHER_CACHE" not in os.environ:
+  os.environ["MTKD_TEACHER_CACHE"] = tempfile.mkdtemp(prefix="mtkd_teachers_")
+  atexit.register(shutil.rmtree, os.environ["MTKD_TEACHER_CACHE"], ignore_errors=True)
 
 import hypothesis
 
