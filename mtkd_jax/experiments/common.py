@@ -3,17 +3,15 @@ restored from the teacher cache) and students, seed summaries, random counterexa
 
 import copy
 import hashlib
-import json
 import re
-import sys
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtkd_jax import checkpoints, models, registry, train
 from mtkd_jax import data as data_lib
-from mtkd_jax import models, registry, train
 from mtkd_jax import sharding as sharding_lib
 
 # The operator families every guarantee experiment sweeps, by registry spec.
@@ -94,16 +92,10 @@ def check_mesh(config, num_devices: int) -> None:
 
 def read_metrics(path: str) -> dict[str, dict[str, list]]:
   """A job's metrics.jsonl → {run: {field: [values by step, None where unlogged]}} (last row per
-  step); a cut-off line (a killed writer) is skipped with a warning."""
+  step); a cut-off or damaged line is skipped with a warning (`checkpoints.read_rows`)."""
   runs: dict[str, dict[int, dict]] = {}
-  with open(path) as f:
-    for i, line in enumerate(f):
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        print(f"warning: {path}:{i + 1}: skipping a cut-off line", file=sys.stderr)
-        continue
-      runs.setdefault(row["run"], {})[row["step"]] = row
+  for row in checkpoints.read_rows(path):
+    runs.setdefault(row["run"], {})[row["step"]] = row
   out = {}
   for name, by_step in runs.items():
     steps = sorted(by_step)
