@@ -13,6 +13,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "MTKD_TEACHER_CACHE" not in os.environ:
   os.environ["MTKD_TEACHER_CACHE"] = tempfile.mkdtemp(prefix="mtkd_teachers_")
   atexit.register(shutil.rmtree, os.environ["MTKD_TEACHER_CACHE"], ignore_errors=True)
+# Compiled programs go to jax's persistent compilation cache, one directory for the session (and
+# the jobs its tests start): many tests compile the same `:small` jobs, notebooks and CLI runs,
+# and on 2 cores compiling, not computing, is most of their time. Every program is still compiled
+# once per session from a fresh clone; a cache hit runs the executable XLA compiled for it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtkd_jax_compiled_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import hypothesis
 
