@@ -276,12 +276,15 @@ class WorkdirLock:
 # --------------------------------------------------------------------------------------------
 # A cache of runs keyed by their own config (teachers shared by every job that trains the same).
 # --------------------------------------------------------------------------------------------
-def default_cache() -> str:
-  """`$MTKD_TEACHER_CACHE`, else `$XDG_CACHE_HOME/mtkd_jax/teachers` (~/.cache/...)."""
-  if os.environ.get("MTKD_TEACHER_CACHE"):
-    return os.environ["MTKD_TEACHER_CACHE"]
+def user_cache(name: str) -> str:
+  """`$XDG_CACHE_HOME/mtkd_jax/<name>` (~/.cache/mtkd_jax/<name> when it is unset)."""
   root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(root, "mtkd_jax", "teachers")
+  return os.path.join(root, "mtkd_jax", name)
+
+
+def default_cache() -> str:
+  """`$MTKD_TEACHER_CACHE`, else `user_cache("teachers")`."""
+  return os.environ.get("MTKD_TEACHER_CACHE") or user_cache("teachers")
 
 
 def cache_entry(root: str, name: str, key: Mapping) -> str:

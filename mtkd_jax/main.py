@@ -5,7 +5,8 @@ checks the workdir, runs the experiment, writes `<workdir>/results.json` and pri
 Override config fields with `--config.<field>=<value>`; `--config_help` lists them. Several
 hosts or processes: add `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on
 each (or `--distributed` where `jax.distributed.initialize()` detects the cluster itself, e.g.
-Cloud TPU or SLURM).
+Cloud TPU or SLURM). Compiled programs are kept in `~/.cache/mtkd_jax/xla` for the next run
+(`$JAX_COMPILATION_CACHE_DIR` chooses another directory).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main(argv):
     print(configs.describe(flags.FLAGS["config"].config_filename))
     return
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # a rerun loads what XLA compiled before
+    jax.config.update("jax_compilation_cache_dir", checkpoints.user_cache("xla"))
   if _COORDINATOR.value or _DISTRIBUTED.value:
     if jax.config.jax_platforms in (None, "", "cpu"):  # CPU processes talk through gloo
       jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -162,11 +162,14 @@ def test_cli_tiny_job_table_files_cache_and_refusal(tmp_path):
   assert sorted(p.name for p in (workdir / "checkpoints" / "student_linear").iterdir()) == before
 
   # A new workdir with another student config restores the cached teachers: no teacher is
-  # trained again, their curves are copied in, and their results are the same.
+  # trained again, their curves are copied in, and their results are the same. Without
+  # JAX_COMPILATION_CACHE_DIR, compiled programs go to the user's cache directory.
   stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.name != ".lock"}
   assert len(list(cache.glob("teacher_*/key.json"))) == 3
-  r4 = _run_cli(tmp_path / "b", *TINY, "--config.operator=geometric", env=env)
+  home = {"JAX_COMPILATION_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path / "home")}
+  r4 = _run_cli(tmp_path / "b", *TINY, "--config.operator=geometric", env={**env, **home})
   assert r4.returncode == 0, r4.stderr[-3000:]
+  assert any((tmp_path / "home" / "mtkd_jax" / "xla").iterdir())
   assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.name != ".lock"} == stamps
   other = json.loads((tmp_path / "b" / "results.json").read_text())
   assert other["teacher_1"] == results["teacher_1"]
