@@ -7,10 +7,12 @@ reports `memory_analysis().temp_size_in_bytes`:
   logits  `objectives.mixture(operators.linear)`: student and teacher logits [B, L, V] built
   fused   `objectives.mixture_from_hidden("linear")`: hidden states and heads into
           `fused_linear_kd_loss`, token chunks of at most 64 MiB of [C, V] arrays
+  chunked the fused step with query-chunked attention (`query_chunk`, 128 queries at a time)
+          in the student and the teachers
 
 At fixed tokens the logits are the same size at every L; what grows with L is the models' own
-attention (`models.CausalSelfAttention` materialises [B, H, L, L] scores: B·H·L² = tokens·H·L),
-shown in the last column for one such array.
+attention when it materialises [B, H, L, L] scores (B·H·L² = tokens·H·L; the last column: one
+such array); with query chunks only [B, H, C, L] are alive at once (tokens·H·C).
 
   python benchmarks/lm_student_memory.py                 # V = 256 (bytes) and V = 32768
   python benchmarks/lm_student_memory.py --vocab=32768 --lengths=128,512,2048
@@ -28,9 +30,15 @@ from mtkd_jax import models, objectives, operators, train
 MiB = 2**20
 
 
-def _step_bytes(path, *, length, tokens, vocab, width, depth, teacher_width):
+def _step_bytes(path, *, length, tokens, vocab, width, depth, teacher_width, query_chunk=None):
   lm = lambda w: models.build(
-    "byte_lm", depth=depth, width=w, num_heads=4, context=length, vocab_size=vocab
+    "byte_lm",
+    depth=depth,
+    width=w,
+    num_heads=4,
+    context=length,
+    vocab_size=vocab,
+    query_chunk=query_chunk,
   )
   student, teachers = lm(width), [lm(teacher_width), lm(teacher_width)]
   b = tokens // length
@@ -73,6 +81,7 @@ def main():
   parser.add_argument("--width", type=int, default=128)
   parser.add_argument("--teacher_width", type=int, default=256)
   parser.add_argument("--depth", type=int, default=2)
+  parser.add_argument("--query_chunk", type=int, default=128, help="queries per attention chunk")
   args = parser.parse_args()
   print(f"# {platform.node()} jax {jax.__version__} {jax.devices()[0].platform}; compile only")
   print(
@@ -82,11 +91,12 @@ def main():
   first_length = args.lengths.split(",")[0]
   print(
     "| V | L | B | logits path MiB | fused MiB | fused / logits | fused vs L="
-    f"{first_length} | one [B, 4, L, L] f32 attention array MiB |"
+    f"{first_length} | chunked MiB | chunked vs L={first_length} "
+    "| one [B, 4, L, L] f32 attention array MiB |"
   )
-  print("|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for vocab in map(int, args.vocab.split(",")):
-    first = None
+    first = first_chunked = None
     for length in map(int, args.lengths.split(",")):
       kw = dict(
         length=length,
@@ -97,10 +107,12 @@ def main():
         teacher_width=args.teacher_width,
       )
       logits, fused = _step_bytes("logits", **kw), _step_bytes("fused", **kw)
-      first = first or fused
+      chunked = _step_bytes("fused", **kw, query_chunk=args.query_chunk)
+      first, first_chunked = first or fused, first_chunked or chunked
       print(
         f"| {vocab} | {length} | {args.tokens // length} | {logits / MiB:,.1f} | "
         f"{fused / MiB:,.1f} | {fused / logits:.3f} | {fused / first:.2f}x | "
+        f"{chunked / MiB:,.1f} | {chunked / first_chunked:.2f}x | "
         f"{args.tokens * 4 * length * 4 / MiB:,.0f} |",
         flush=True,
       )

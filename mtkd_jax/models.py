@@ -51,12 +51,22 @@ class MLPClassifier(nnx.Module):
 
 
 class CausalSelfAttention(nnx.Module):
-  """Multi-head causal self-attention (no dropout, no KV cache)."""
+  """Multi-head causal self-attention (no dropout, no KV cache).
 
-  def __init__(self, width: int, num_heads: int, *, rngs):
+  `query_chunk=None` builds the [B, H, L, L] scores at once. `query_chunk=C` attends C queries at
+  a time (`lax.map`, each chunk rematerialised in the backward pass), so the scores alive at
+  once are [B, H, C, L]: at a fixed number of tokens B·L that is flat in L, where the whole
+  [B, H, L, L] grows as tokens·H·L. Same values (each row's softmax is the same), another
+  float rounding of the matmuls.
+  """
+
+  def __init__(self, width: int, num_heads: int, *, rngs, query_chunk: int | None = None):
     if width % num_heads:
       raise ValueError(f"width={width} must be divisible by num_heads={num_heads}")
+    if query_chunk is not None and query_chunk < 1:
+      raise ValueError(f"query_chunk must be a positive int or None, got {query_chunk}")
     self.num_heads = num_heads
+    self.query_chunk = query_chunk
     self.query = nnx.Linear(width, width, use_bias=False, rngs=rngs)
     self.key = nnx.Linear(width, width, use_bias=False, rngs=rngs)
     self.value = nnx.Linear(width, width, use_bias=False, rngs=rngs)
@@ -67,20 +77,35 @@ class CausalSelfAttention(nnx.Module):
     h = self.num_heads
     split = lambda t: t.reshape(b, length, h, d // h)  # [B, L, H, Dh]
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // h)  # [B, H, L, L]
-    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-    scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-    attn = jax.nn.softmax(scores, axis=-1)
-    y = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, length, d)
-    return self.out(y)
+    chunk = self.query_chunk
+    if chunk is None or chunk >= length:
+      y = _attend(q, k, v, jnp.arange(length))
+    else:  # queries padded to whole chunks; padded rows are computed and dropped
+      n = -(-length // chunk)
+      q = jnp.pad(q, ((0, 0), (0, n * chunk - length), (0, 0), (0, 0)))
+      q = jnp.moveaxis(q.reshape(b, n, chunk, h, d // h), 1, 0)  # [n, B, C, H, Dh]
+      rows = jnp.arange(n * chunk).reshape(n, chunk)
+      attend = jax.checkpoint(lambda args: _attend(args[0], k, v, args[1]))
+      y = jnp.moveaxis(jax.lax.map(attend, (q, rows)), 0, 1)  # [B, n, C, H, Dh]
+      y = y.reshape(b, n * chunk, h, d // h)[:, :length]
+    return self.out(y.reshape(b, length, d))
+
+
+def _attend(q, k, v, rows):
+  """Causal attention of queries `q` [B, C, H, Dh] at positions `rows` [C] over all keys and
+  values [B, L, H, Dh]: [B, C, H, Dh]."""
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1])  # [B, H, C, L]
+  causal = rows[:, None] >= jnp.arange(k.shape[1])  # [C, L]
+  scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
+  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
 
 
 class Block(nnx.Module):
   """Pre-LayerNorm Transformer block: x + attn(LN x); x + MLP(LN x)."""
 
-  def __init__(self, width: int, num_heads: int, mlp_ratio: int, *, rngs):
+  def __init__(self, width: int, num_heads: int, mlp_ratio: int, *, rngs, query_chunk=None):
     self.ln_attn = nnx.LayerNorm(width, rngs=rngs)
-    self.attn = CausalSelfAttention(width, num_heads, rngs=rngs)
+    self.attn = CausalSelfAttention(width, num_heads, rngs=rngs, query_chunk=query_chunk)
     self.ln_mlp = nnx.LayerNorm(width, rngs=rngs)
     self.mlp_up = nnx.Linear(width, mlp_ratio * width, rngs=rngs)
     self.mlp_down = nnx.Linear(mlp_ratio * width, width, rngs=rngs)
@@ -95,6 +120,7 @@ class ByteTransformerLM(nnx.Module):
 
   Input int tokens [B, L] with L <= context; output next-byte logits [B, L, 256]
   (`vocab_size` other than 256: a token LM of that vocabulary, e.g. for memory benchmarks).
+  `query_chunk`: attend that many queries at a time (`CausalSelfAttention`), for long L.
 
   >>> lm = ByteTransformerLM(depth=1, width=32, num_heads=2, context=16, rngs=nnx.Rngs(0))
   >>> lm(jnp.zeros((2, 8), jnp.int32)).shape
@@ -113,6 +139,7 @@ class ByteTransformerLM(nnx.Module):
     rngs,
     mlp_ratio: int = 4,
     vocab_size: int = 256,
+    query_chunk: int | None = None,
   ):
     self.vocab_size = vocab_size
     self.context = context
@@ -120,7 +147,8 @@ class ByteTransformerLM(nnx.Module):
     self.embed = nnx.Embed(self.vocab_size, width, rngs=rngs)
     self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, width)))
     for i in range(depth):
-      setattr(self, f"block_{i}", Block(width, num_heads, mlp_ratio, rngs=rngs))
+      block = Block(width, num_heads, mlp_ratio, rngs=rngs, query_chunk=query_chunk)
+      setattr(self, f"block_{i}", block)
     self.ln_final = nnx.LayerNorm(width, rngs=rngs)
     self.head = nnx.Linear(width, self.vocab_size, rngs=rngs)
 
@@ -159,7 +187,8 @@ def build(spec: str, **kwargs) -> FunctionalModel:
 
   Args:
     spec: "mlp" (kwargs: in_features, hidden, num_classes) or "byte_lm" (kwargs: depth,
-      width, num_heads, context[, mlp_ratio]); a spec may carry some of them, e.g.
+      width, num_heads, context[, mlp_ratio, vocab_size, query_chunk]); a spec may carry some
+      of them, e.g.
       "mlp(hidden=(64,))".
     **kwargs: constructor arguments of the model.
 
