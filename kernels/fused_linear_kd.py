@@ -8,8 +8,9 @@ logits z_k [K, N, V] or as (hidden h_k [N, d_k], head W_k [d_k, V]) pairs, per t
     ∂loss/∂z_S = T_S · ∂D/∂u  (u = z_S / T_S; see `fused_kd_loss`)
     ∂/∂h = (∂loss/∂z_S) Wᵀ,  ∂/∂W = Σ_n h_nᵀ (∂loss_n/∂z_S),  ∂/∂b = Σ_n ∂loss_n/∂z_S
 
-The tokens are processed in chunks of C rows (a `fori_loop` over full chunks plus one static
-ragged tail, reading the inputs with dynamic slices: no padded copy of h or of the teachers).
+The tokens are processed in chunks of C rows (a `fori_loop` reading the inputs with dynamic
+slices: no padded copy of h or of the teachers; where C does not divide N the last chunk ends
+at row N and overlaps the one before, its repeated rows masked, so every chunk has one shape).
 Per chunk: the student's and the teachers' projections as matmuls into f32 [C, V] / [K, C, V]
 logits, the loss and ∂loss/∂z_S through the fused KD kernel (`fused_kd._kd`: Pallas on TPU/GPU,
 the XLA path on CPU), then ∂/∂h of the chunk and the running ∂/∂W, ∂/∂b. The largest live
@@ -71,8 +72,9 @@ def _slice(x, start, size, axis=0):
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
-def _chunk_dlogits(cfg, start, size, h, head, bias, teachers, params, w, mask, with_grad):
-  """Loss [C] and ∂loss/∂z_S [C, V] f32 (zero on masked rows) of rows [start, start + C)."""
+def _chunk_dlogits(cfg, start, size, fresh, h, head, bias, teachers, params, w, mask, with_grad):
+  """Loss [C] and ∂loss/∂z_S [C, V] f32 (zero on masked rows and where `fresh` [C] is False)
+  of rows [start, start + C)."""
   f32 = jnp.float32
   h_c = _slice(h, start, size)  # [C, d]
   z = jnp.dot(h_c, head, preferred_element_type=f32)  # [C, V]
@@ -90,6 +92,7 @@ def _chunk_dlogits(cfg, start, size, h, head, bias, teachers, params, w, mask, w
     bits = jax.lax.bitcast_convert_type(teachers, _uint(teachers.dtype))
     zt = jax.lax.bitcast_convert_type(_slice(bits, start, size, axis=1), teachers.dtype)
   w_c, m_c = _slice(w, start, size, axis=1), _slice(mask, start, size)  # [K, C], [C]
+  m_c = m_c if fresh is None else m_c & fresh
   ts = params[-1]
   d, res = fused_kd._kd_rows(cfg.kd, z, zt, params, w_c, m_c, with_grad=with_grad)  # [C]
   loss = jnp.where(m_c, ts**2 * d, 0.0)
@@ -116,16 +119,23 @@ def _head_grad(h_c, dz, head_dtype):
 
 
 def _over_chunks(cfg, n, body, carry):
-  """carry = body(start, size, carry) over full chunks (fori_loop) and the static ragged tail."""
-  c = cfg.chunk
-  n_full = n // c
-  if n_full == 1:
-    carry = body(0, c, carry)
-  elif n_full > 1:
-    carry = jax.lax.fori_loop(0, n_full, lambda i, cr: body(i * c, c, cr), carry)
-  if n_full * c < n:
-    carry = body(n_full * c, n - n_full * c, carry)
-  return carry
+  """carry = body(start, C, fresh, carry) over ceil(N / C) chunks of C rows (a fori_loop).
+
+  Where C does not divide N the last chunk starts at N − C and overlaps the one before; `fresh`
+  [C] marks its rows not done yet (None: every row is), so all chunks share one shape and one
+  set of buffers (a ragged tail of its own shape would add its own [tail, V] arrays).
+  """
+  c = min(cfg.chunk, n)
+  num = -(-n // c)
+  if num == 1:
+    return body(0, c, None, carry)
+
+  def one(i, carry):
+    start = jnp.minimum(i * c, n - c)
+    fresh = start + jnp.arange(c) >= i * c if n % c else None
+    return body(start, c, fresh, carry)
+
+  return jax.lax.fori_loop(0, num, one, carry)
 
 
 def _axes(*trees):
@@ -142,8 +152,13 @@ def _varying(tree, axes):
   return jax.tree.map(lambda x: jax.lax.pcast(x, axes, to="varying"), tree) if axes else tree
 
 
-def _put(buf, x, start):
-  return jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), start, axis=0)
+def _put(buf, x, start, fresh):
+  """buf with rows [start, start + C) set to x where `fresh` (all of them when None)."""
+  x = x.astype(buf.dtype)
+  if fresh is not None:  # rows an earlier chunk wrote keep their values
+    old = _slice(buf, start, x.shape[0])
+    x = jnp.where(fresh.reshape(-1, *(1,) * (x.ndim - 1)), x, old)
+  return jax.lax.dynamic_update_slice_in_dim(buf, x, start, axis=0)
 
 
 # ----------------------------------------------------------------------------- custom_vjp
@@ -155,14 +170,15 @@ def _forward(cfg, h, head, bias, teachers, params, w, mask, with_grad):
   v = head.shape[1]
   args = (h, head, bias, teachers, params, w, mask)
 
-  def body(start, size, carry):
-    loss, dz = _chunk_dlogits(cfg, start, size, *args, with_grad)
+  def body(start, size, fresh, carry):
+    loss, dz = _chunk_dlogits(cfg, start, size, fresh, *args, with_grad)
     if not with_grad:
-      return _put(carry, loss, start)
+      return _put(carry, loss, start, fresh)
     loss_buf, dh_buf, dw, db = carry
     dh = jnp.dot(dz.astype(head.dtype), head.T, preferred_element_type=jnp.float32)  # [C, d]
     dw = dw + _head_grad(_slice(h, start, size), dz, head.dtype)
-    return _put(loss_buf, loss, start), _put(dh_buf, dh, start), dw, db + jnp.sum(dz, 0)
+    loss_buf, dh_buf = _put(loss_buf, loss, start, fresh), _put(dh_buf, dh, start, fresh)
+    return loss_buf, dh_buf, dw, db + jnp.sum(dz, 0)
 
   f32 = jnp.float32
   axes = _axes(args)
@@ -177,8 +193,8 @@ def _weighted_head_grads(cfg, g, h, head, bias, teachers, params, w, mask):
   """Second pass for a non-uniform cotangent: Σ_n g_n h_nᵀ ∂loss_n/∂z_S, Σ_n g_n ∂loss_n/∂z_S."""
   args = (h, head, bias, teachers, params, w, mask)
 
-  def body(start, size, carry):
-    _, dz = _chunk_dlogits(cfg, start, size, *args, True)
+  def body(start, size, fresh, carry):
+    _, dz = _chunk_dlogits(cfg, start, size, fresh, *args, True)
     dz = _slice(g, start, size)[:, None] * dz  # [C, V]
     dw, db = carry
     return dw + _head_grad(_slice(h, start, size), dz, head.dtype), db + jnp.sum(dz, 0)

@@ -292,10 +292,11 @@ def _linear_avals(n=40, d=128, v=4096 + 256, dt=jnp.bfloat16):
 def test_tpu_export_contains_mosaic_chunk_kernels(div):
   module = export.export(_pallas_value_and_grad(div), platforms=["tpu"])(*_linear_avals())
   text = module.mlir_module()
-  # Each chunk body (loop and ragged tail), in the forward and in the second pass of the
-  # backward, holds the stats and loss kernels (+ one gradient pass for the JSD).
+  # The chunk body (one shape: N = 40 in chunks of 16, the last overlapping), in the forward and
+  # in the second pass of the backward, holds the stats and loss kernels (+ one gradient pass
+  # for the JSD).
   per_call = 2 if div == "forward_kl" else 3
-  assert text.count("tpu_custom_call") == 4 * per_call, text.count("tpu_custom_call")
+  assert text.count("tpu_custom_call") == 2 * per_call, text.count("tpu_custom_call")
 
 
 @pytest.mark.slow
@@ -304,7 +305,7 @@ def test_cuda_lowering_of_chunk_kernels(div):
   lowered = _pallas_value_and_grad(div).trace(*_linear_avals()).lower(lowering_platforms=("cuda",))
   text = lowered.as_text()
   per_call = 2 if div == "forward_kl" else 3
-  assert text.count("__gpu$xla.gpu.triton") == 4 * per_call
+  assert text.count("__gpu$xla.gpu.triton") == 2 * per_call
   assert "tpu_custom_call" not in text
 
 
@@ -358,10 +359,11 @@ def test_tokens_sharded_over_data_axis_equal_unsharded():
 @pytest.mark.parametrize("kind", ["pairs", "logits"])
 def test_compiled_value_and_grad_has_no_nv_temporary(dtype, kind, request):
   """Compile only (nothing runs): at N = 16384, V = 32768, K = 4 every temporary together is
-  smaller than one [N, V] array of the inputs' dtype, and growing N from 1024 to 16384 adds at
-  most (K + 4)·ΔN·d f32 bytes (hidden-state-sized buffers: with bf16 inputs XLA:CPU converts
-  the K + 1 hidden states to f32 before the loop), nothing of size N·V. The naive
-  formulation's temporaries exceed K·N·V: the check can fail."""
+  smaller than one [N, V] array of the inputs' dtype. Growing N from 1024 to 16384 (neither a
+  multiple of the default chunk) leaves f32 temporaries within 1.1× (flat in N); with bf16
+  inputs it adds at most (K + 4)·ΔN·d f32 bytes (XLA:CPU converts the K + 1 hidden states to
+  f32 before the loop), nothing of size N·V. The naive formulation's temporaries exceed
+  K·N·V: the check can fail."""
   if kind == "logits" and dtype == jnp.bfloat16:
     request.applymarker(
       pytest.mark.xfail(
@@ -393,6 +395,8 @@ def test_compiled_value_and_grad_has_no_nv_temporary(dtype, kind, request):
   itemsize = jnp.dtype(dtype).itemsize
   assert big < 16384 * v * itemsize, big
   assert big - small <= (k + 4) * (16384 - 1024) * d * 4, (big, small)
+  if dtype == jnp.float32:
+    assert big <= 1.1 * small, (big, small)
 
   def naive(h, w, t):
     z = jnp.dot(h, w, preferred_element_type=jnp.float32)
