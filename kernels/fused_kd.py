@@ -513,6 +513,19 @@ def _auto_implementation(cfg, student, teachers, params, w):
   return dataclasses.replace(cfg, implementation="xla")
 
 
+def _dispatch(cfg, implementation, student, teachers, params, w):
+  """The public kernel choice for one call's (already validated) flattened inputs: cfg as
+  `_resolve` made it ("auto": Pallas on TPU/GPU, XLA on CPU), with "auto"'s fallback to the
+  XLA path when the un-interpreted Pallas kernel fails to compile at these shapes.
+
+  `fused_kd_loss` calls it once per call and `fused_linear_kd_loss` once per chunk shape;
+  only `.shape` and `.dtype` of the arrays are read (`jax.ShapeDtypeStruct` will do).
+  """
+  if implementation == "auto" and cfg.implementation == "pallas" and not cfg.interpret:
+    return _auto_implementation(cfg, student, teachers, params, w)
+  return cfg
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -605,8 +618,7 @@ def fused_kd_loss(
   cfg = _Config(
     operator, impl, block_sizes, bool(interp), axis_name, _mesh, divergence, float(beta)
   )
-  if implementation == "auto" and impl == "pallas" and not interp:
-    cfg = _auto_implementation(cfg, student, teachers, params, w)
+  cfg = _dispatch(cfg, implementation, student, teachers, params, w)
   stop = jax.lax.stop_gradient
   mask = jnp.ones(student.shape[:1], bool) if where is None else jnp.asarray(where, bool)
   kl = _kd_loss(cfg, student, stop(teachers), stop(params), stop(w), stop(mask.reshape(-1)))

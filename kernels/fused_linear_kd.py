@@ -12,8 +12,9 @@ The tokens are processed in chunks of C rows (a `fori_loop` reading the inputs w
 slices: no padded copy of h or of the teachers; where C does not divide N the last chunk ends
 at row N and overlaps the one before, its repeated rows masked, so every chunk has one shape).
 Per chunk: the student's and the teachers' projections as matmuls into f32 [C, V] / [K, C, V]
-logits, the loss and ∂loss/∂z_S through the fused KD kernel (`fused_kd._kd`: Pallas on TPU/GPU,
-the XLA path on CPU), then ∂/∂h of the chunk and the running ∂/∂W, ∂/∂b. The largest live
+logits, the loss and ∂loss/∂z_S through the fused KD kernel, chosen as `fused_kd_loss` chooses
+(`implementation`: Pallas on TPU/GPU, the XLA path on CPU, "auto" falling back to XLA where
+Pallas does not compile), then ∂/∂h of the chunk and the running ∂/∂W, ∂/∂b. The largest live
 arrays are O((K + 3)·C·V); nothing of size N·V exists (memory flat in N, as Liger's and
 tokamax's fused linear cross-entropy, here for K teachers and any of the divergences).
 
@@ -349,7 +350,9 @@ def fused_linear_kd_loss(
       [C, V] chunk arrays within `DEFAULT_CHUNK_BYTES` (64 MiB), C a multiple of 8 in
       [8, 4096].
     implementation: "auto" (Pallas on TPU/GPU, XLA on CPU), "xla" or "pallas" for the
-      per-chunk KD loss; the projections are XLA matmuls.
+      per-chunk KD loss, chosen as `fused_kd_loss` chooses: if the Pallas kernel fails to
+      compile at the chunk shapes, "auto" warns once and runs the XLA path, "pallas" raises.
+      The projections are XLA matmuls.
     block_sizes: `BlockSizes` of the Pallas kernel (None: per-backend defaults).
     interpret: run Pallas in interpret mode (None: only on CPU).
 
@@ -413,9 +416,22 @@ def fused_linear_kd_loss(
   kd_cfg = fused_kd._Config(
     operator, impl, block_sizes, bool(interp), None, None, divergence, float(beta)
   )
-  cfg = _Config(kd_cfg, chunk, pairs)
   if n == 0:
     return jnp.zeros(batch, jnp.float32)
+  # Each chunk's loss goes through the public kernel choice (`fused_kd._dispatch`): "auto"
+  # keeps Pallas only if it compiles at the chunk shapes (the full chunk and the ragged tail),
+  # and otherwise runs every chunk on the XLA path, as `fused_kd_loss` would.
+  t_dtype = jnp.float32 if pairs else teachers.dtype
+  for rows in sorted({chunk, n % chunk or chunk}):
+    kd_cfg = fused_kd._dispatch(
+      kd_cfg,
+      implementation,
+      jax.ShapeDtypeStruct((rows, v), jnp.float32),
+      jax.ShapeDtypeStruct((k, rows, v), t_dtype),
+      jax.ShapeDtypeStruct((k + 1,), jnp.float32),
+      jax.ShapeDtypeStruct((k, rows), jnp.float32),
+    )
+  cfg = _Config(kd_cfg, chunk, pairs)
   loss = _linear_kd(cfg, h, student_head, bias, t_in, stop(params), stop(w), mask)
   return loss.reshape(batch)
 

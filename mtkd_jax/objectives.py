@@ -12,12 +12,13 @@ Temperatures, the student temperature and the operator are bound when it is buil
   which computes the same value more slowly.
 - `sum_of_kls(...)`: L_multi = T_S² Σ_k w_k KL(p_{k,T_k} ‖ p_{S,T_S}).
 - `sparse_mixture(sparse_operator, ...)`: L_mix against a top-k sparse target
-  (`mtkd_jax.sparse`); the teacher outputs are `sparse.SparseTeacherOutputs`.
+  (`mtkd_jax.sparse`), any KD divergence; the teacher outputs are `sparse.SparseTeacherOutputs`.
 - `mixture_from_hidden(operator, ...)`: L_mix from the student's hidden states and output head,
   fused with the projection (`mtkd_jax.kernels.fused_linear_kd_loss`): no [B, ..., V] logits of
   the student or of teachers given as (hidden, head) pairs.
 
-Configs name them `loss = "mixture_kd"`, `"sum_of_kls"` or `"mixture_kd_from_hidden"`
+Configs name them `loss = "mixture_kd"`, `"sum_of_kls"`, `"sparse_mixture_kd"` or
+`"mixture_kd_from_hidden"`
 (`mtkd_jax.registry`).
 """
 
@@ -246,19 +247,47 @@ def sum_of_kls(
   return Objective(loss, _metrics(operator, temperatures, student_temperature), len(temperatures))
 
 
-def sparse_mixture(sparse_operator: Callable, *, temperatures, student_temperature=1.0):
-  """L_mix against the sparse target `sparse_operator(outputs, *, temperatures, weights)`.
+@registry.register("objective", "sparse_mixture_kd", factory=True)
+def sparse_mixture(
+  sparse_operator: Callable | str,
+  *,
+  temperatures,
+  student_temperature=1.0,
+  divergence="forward_kl",
+):
+  """L_mix = T_S² · D(q, p_{S,T_S}) against the sparse target
+  `q = sparse_operator(outputs, *, temperatures, weights)` (`sparse.sparse_kd_loss`).
+
+  D as in `mixture`: "forward_kl" (mass-covering), "reverse_kl" (mode-seeking; refused with
+  tail mode "drop", where it is +inf), "jsd(beta=β)"; the tail mode says what q is off its
+  support (docs/design.md, "Sparse targets").
 
   Args:
-    sparse_operator: `sparse.get(name, tail_mode=...)`.
+    sparse_operator: `sparse.get(name, tail_mode=...)`, or its spec
+      ("linear(tail_mode='bucket')").
     temperatures: [K] training temperatures (the stored outputs are re-tempered to them).
     student_temperature: T_S > 0.
+    divergence: a spec ("forward_kl", "reverse_kl", "jsd(beta=0.9)") or a `KDDivergence`.
   """
+  if isinstance(sparse_operator, str):
+    sparse_operator = sparse.get(sparse_operator)
+  if not callable(sparse_operator):
+    raise ValueError(f"sparse_operator: a sparse.get(...) operator, got {sparse_operator!r}")
   temperatures = _check(temperatures, student_temperature)
+  div = _divergence(divergence)
+  tail_mode = getattr(sparse_operator, "keywords", {}).get("tail_mode")
+  if tail_mode is not None:  # refuse reverse KL with "drop" when the objective is built
+    sparse.loss._check_divergence(div.name, div.beta, tail_mode)
 
   def loss(student_logits, outputs, weights):
     target = sparse_operator(outputs, temperatures=temperatures, weights=weights)
-    return sparse.sparse_kd_loss(student_logits, target, student_temperature=student_temperature)
+    return sparse.sparse_kd_loss(
+      student_logits,
+      target,
+      student_temperature=student_temperature,
+      divergence=div.name,
+      beta=div.beta,
+    )
 
   metrics = _metrics(sparse_operator, temperatures, student_temperature, sparse.distill_metrics)
   return Objective(loss, metrics, len(temperatures))

@@ -3,6 +3,7 @@ reference and float64, chunking, masks, teachers as logits or pairs, Pallas (int
 lowering, sharding, and compiled memory."""
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,9 @@ from jax.sharding import PartitionSpec as P
 
 from mtkd_jax.kernels import (
   BlockSizes,
+  _pallas_kd,
   default_token_chunk,
+  fused_kd,
   fused_linear_kd_loss,
   fused_linear_kd_loss_reference,
 )
@@ -254,6 +257,71 @@ def test_pallas_interpret_matches_reference(div, bv):
     block_sizes=BlockSizes(8, bv),
     operator="geometric" if bv == 512 else "linear",
   )
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+@pytest.fixture
+def pallas_calls(monkeypatch):
+  """Records the teacher shape of every Pallas kernel call (interpreted or not)."""
+  calls = []
+  pallas_kd = _pallas_kd.pallas_kd
+
+  def spy(*args, **kwargs):
+    calls.append(tuple(args[1].shape))  # teachers [K, C, V]
+    return pallas_kd(*args, **kwargs)
+
+  monkeypatch.setattr(_pallas_kd, "pallas_kd", spy)
+  fused_kd._pallas_compile_error.cache_clear()
+  yield calls
+  fused_kd._pallas_compile_error.cache_clear()
+
+
+def test_implementation_is_honoured_per_chunk(pallas_calls):
+  """ "xla" and "auto" on the CPU never reach the Pallas kernel; "pallas" (interpreted) runs it
+  on every chunk shape (full chunks of 8 and the ragged tail of 4); all match the reference."""
+  pr = _problem(21, n=12, v=200, k=2)
+  kw = dict(divergence="jsd", beta=0.4, token_chunk=8, student_temperature=1.3)
+  assert jax.default_backend() == "cpu"
+  for impl in ("xla", "auto"):
+    _compare(pr, implementation=impl, **kw)
+    assert pallas_calls == [], impl
+  _compare(pr, implementation="pallas", interpret=True, **kw)
+  assert {c[1] for c in pallas_calls} == {8, 4}, pallas_calls
+
+
+def test_auto_falls_back_to_xla_per_chunk_when_pallas_fails(pallas_calls, monkeypatch):
+  """`auto` on a (faked) GPU probes the un-interpreted kernel at the chunk shapes, as
+  `fused_kd_loss` does: on the CPU it has no lowering, so one warning and the XLA result;
+  "pallas" raises instead."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  pr = _problem(22, n=12, v=200, k=2)
+  kw = dict(divergence="reverse_kl", token_chunk=8)
+  with pytest.warns(RuntimeWarning, match=r"Pallas kernel failed.*NotImplementedError") as rec:
+    out, _ = _compare(pr, implementation="auto", **kw)
+  assert len(rec) == 1, [str(r.message) for r in rec]
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  _close(out, _compare(pr, implementation="xla", **kw)[0], 1e-6)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(NotImplementedError, match="platform cpu"):
+    _compare(pr, implementation="pallas", **kw)
+
+
+def test_auto_keeps_pallas_per_chunk_when_it_compiles(pallas_calls, monkeypatch):
+  """When the probe compiles (here: the kernel forced into interpret mode), `auto` on a GPU
+  runs every chunk on Pallas, probing each chunk shape once."""
+  spy = _pallas_kd.pallas_kd
+  monkeypatch.setattr(
+    _pallas_kd, "pallas_kd", lambda *a, **kw: spy(*a, **{**kw, "interpret": True})
+  )
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  pr = _problem(23, n=12, v=200, k=2, pairs=False)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    _compare(pr, implementation="auto", token_chunk=8, operator="geometric")
+  assert fused_kd._pallas_compile_error.cache_info().currsize == 2  # chunks of 8 and 4
+  assert {c[1] for c in pallas_calls} == {8, 4}, pallas_calls
 
 
 # ----------------------------------------------------------------------------- lowering
