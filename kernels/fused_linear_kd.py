@@ -419,18 +419,17 @@ def fused_linear_kd_loss(
   if n == 0:
     return jnp.zeros(batch, jnp.float32)
   # Each chunk's loss goes through the public kernel choice (`fused_kd._dispatch`): "auto"
-  # keeps Pallas only if it compiles at the chunk shapes (the full chunk and the ragged tail),
-  # and otherwise runs every chunk on the XLA path, as `fused_kd_loss` would.
-  t_dtype = jnp.float32 if pairs else teachers.dtype
-  for rows in sorted({chunk, n % chunk or chunk}):
-    kd_cfg = fused_kd._dispatch(
-      kd_cfg,
-      implementation,
-      jax.ShapeDtypeStruct((rows, v), jnp.float32),
-      jax.ShapeDtypeStruct((k, rows, v), t_dtype),
-      jax.ShapeDtypeStruct((k + 1,), jnp.float32),
-      jax.ShapeDtypeStruct((k, rows), jnp.float32),
-    )
+  # keeps Pallas only if it compiles at the chunk shape (every chunk has it), and otherwise
+  # runs every chunk on the XLA path, as `fused_kd_loss` would.
+  rows = min(chunk, n)
+  kd_cfg = fused_kd._dispatch(
+    kd_cfg,
+    implementation,
+    jax.ShapeDtypeStruct((rows, v), jnp.float32),
+    jax.ShapeDtypeStruct((k, rows, v), jnp.float32 if pairs else teachers.dtype),
+    jax.ShapeDtypeStruct((k + 1,), jnp.float32),
+    jax.ShapeDtypeStruct((k, rows), jnp.float32),
+  )
   cfg = _Config(kd_cfg, chunk, pairs)
   loss = _linear_kd(cfg, h, student_head, bias, t_in, stop(params), stop(w), mask)
   return loss.reshape(batch)
