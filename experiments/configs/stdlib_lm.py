@@ -101,7 +101,7 @@ def get_config(arg=None):
     c.log_every = 4
     c.dense_operators = ("linear",)
     c.divergences = ("jsd(beta=0.5)",)
-    c.k_values = (4, 16)
+    c.k_values = (4,)
     c.tail_modes = ("drop", "bucket")
     c.store.k = 16
     c.store.windows = 48
