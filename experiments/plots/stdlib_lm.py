@@ -72,7 +72,7 @@ def plot(results: dict, path: str) -> None:
   cx.set_xscale("log", base=2)
   cx.set_xticks(ks, [f"{k}\n{m:.2g} MiB" for k, m in zip(ks, mib, strict=True)])
   cx.set(
-    xlabel=f"stored top-k per teacher (≈ store size; dense bf16 "
+    xlabel=f"top-k per teacher, store size (dense bf16 "
     f"{store['dense_bf16_bytes'] / 2**20:.0f} MiB)",
     ylabel="bits per byte (all)",
   )
