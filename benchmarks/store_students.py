@@ -6,7 +6,7 @@ ways: format v1 with float32 log-probs (uncompressed; the tail is 1 − Σ p), v
 held-out bits per byte of each:
 
   python benchmarks/store_students.py --workdir=/tmp/store_students [--small] \\
-      [--set teacher_steps=100 --set student_steps=100 ...]
+      [--set teacher.steps=100 --set student_steps=100 ...]
 """
 
 import argparse
