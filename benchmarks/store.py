@@ -52,7 +52,7 @@ def main():
   config.progress = False
   loop = train.Loop.from_config(config, args.workdir)
   corpus = stdlib_lm.load_corpus(config)
-  model = stdlib_lm.build_model(config)
+  model = stdlib_lm.build_teacher_model(config)
   params = stdlib_lm.train_teachers(config, loop, corpus)
   source = stdlib_lm._teacher_source(config, model, corpus, params)
   n, length = source.tokens.shape[0], source.tokens.shape[1] - 1

@@ -6,7 +6,7 @@ ways: format v1 with float32 log-probs (uncompressed; the tail is 1 − Σ p), v
 held-out bits per byte of each:
 
   python benchmarks/store_students.py --workdir=/tmp/store_students [--small] \\
-      [--set teacher_steps=100 --set student_steps=100 ...]
+      [--set teacher.steps=100 --set student_steps=100 ...]
 """
 
 import argparse
@@ -39,7 +39,8 @@ def main():
   corpus = stdlib_lm.load_corpus(config)
   model = stdlib_lm.build_model(config)
   teacher_params = stdlib_lm.train_teachers(config, loop, corpus)
-  source = stdlib_lm._teacher_source(config, model, corpus, teacher_params)
+  teacher_model = stdlib_lm.build_teacher_model(config)
+  source = stdlib_lm._teacher_source(config, teacher_model, corpus, teacher_params)
   evals = {
     f: stdlib_lm.text_data.eval_windows(corpus.data[f]["test"], config.eval_windows, config.seq_len)
     for f in corpus.families

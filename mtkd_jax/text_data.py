@@ -72,14 +72,26 @@ def is_held_out(path: str, test_fraction: float) -> bool:
   return zlib.crc32(path.encode("utf-8")) % 10_000 < round(test_fraction * 10_000)
 
 
+def is_validation(path: str, validation_fraction: float) -> bool:
+  """Validation files among the training files: CRC-32 of "validation:" + the path, so the
+  choice is independent of `is_held_out`'s.
+
+  >>> is_validation("json/decoder.py", 0.1) == is_validation("json/decoder.py", 0.1)
+  True
+  """
+  key = ("validation:" + path).encode("utf-8")
+  return zlib.crc32(key) % 10_000 < round(validation_fraction * 10_000)
+
+
 @dataclasses.dataclass(frozen=True)
 class Corpus:
   """Per family and split: the files and their concatenated bytes.
 
   Attributes:
     families: family names, in order.
-    files: {family: {"train" | "test": [relative paths]}}.
-    data: {family: {"train" | "test": uint8 [N] bytes}}, files joined by one newline.
+    files: {family: {"train" | "validation" | "test": [relative paths]}}.
+    data: {family: {"train" | "validation" | "test": uint8 [N] bytes}}, files joined by one
+      newline ("validation" only with a `validation_fraction`).
   """
 
   families: tuple[str, ...]
@@ -96,12 +108,15 @@ def load_stdlib(
   test_fraction: float = 0.1,
   exclude: Sequence[str] = (),
   root: str | None = None,
+  validation_fraction: float = 0.0,
 ) -> Corpus:
   """Loads the library's `.py` files into per-family train/test byte arrays.
 
   Args:
     families: `((name, (top-level names...)), ...)`; a "*" member catches all other files.
     test_fraction: fraction of *files* held out (by `is_held_out`).
+    validation_fraction: fraction of the remaining (training) files carved off as a
+      "validation" split (`is_validation`, independent of the test split); 0: none.
     exclude: top-level names left out entirely.
     root: library directory (default: `stdlib_root()`).
 
@@ -112,11 +127,19 @@ def load_stdlib(
     raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction=}")
   root = stdlib_root() if root is None else root
   names = tuple(name for name, _ in families)
-  files = {f: {"train": [], "test": []} for f in names}
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction=}")
+  splits = ("train", "validation", "test") if validation_fraction else ("train", "test")
+  files = {f: {s: [] for s in splits} for f in names}
   for path in list_source_files(root, exclude):
     fam = family_of(path, families)
     if fam is not None:
-      files[fam]["test" if is_held_out(path, test_fraction) else "train"].append(path)
+      if is_held_out(path, test_fraction):
+        files[fam]["test"].append(path)
+      elif validation_fraction and is_validation(path, validation_fraction):
+        files[fam]["validation"].append(path)
+      else:
+        files[fam]["train"].append(path)
   data = {}
   for fam in names:
     data[fam] = {}

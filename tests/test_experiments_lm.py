@@ -59,23 +59,41 @@ def test_small_run_then_dump_cli_then_notebook(tmp_path, monkeypatch):
 
 def _check_results(small_run):
   _, workdir, stdout, results = small_run
-  bpb = results["bits_per_byte"]
+  bpb, se = results["bits_per_byte"], results["bits_per_byte_se"]
   fams = ["tests", "tools", "core"]
-  want = [f"teacher[{f}]" for f in fams] + ["teacher mixture", "student[labels]", "student[dense]"]
-  want += [f"student[top{k},{m}]" for k in (4, 16) for m in ("drop", "uniform", "bucket")]
+  students = ["student[labels]", *(f"student[teacher {f}]" for f in fams)]
+  students += ["student[mixture linear]", "student[mixture linear, jsd(beta=0.5)]"]
+  students += ["student[mixture linear + 0.25 labels]", "student[label_aware(tau=1.0)]"]
+  students += [f"student[top4,{m}]" for m in ("drop", "bucket")]
+  want = [f"teacher[{f}]" for f in fams] + ["teacher mixture", *students]
   assert sorted(bpb) == sorted(want)
+  assert sorted(se) == sorted(students) and results["num_seeds"] == 2
+  assert sorted(results["vs_labels"]) == sorted(students[1:])
+  assert results["eval_split"] == "test"
   for name, row in [*bpb.items(), ("average teacher", results["average_teacher"])]:
     assert sorted(row) == sorted([*fams, "all"]), name
     assert all(math.isfinite(v) and 0.5 < v < 8.5 for v in row.values()), (name, row)
     assert f"{row['all']:.4f}" in stdout  # the printed table holds the same numbers
-  # Every teacher learned something (uniform bytes are 8 bits), and the mixture of teachers is
-  # at least as good as their average (log-loss bound, SPEC Thm IV.9).
+  for name in students:  # mean ± s.e. over the seeds, and the paired difference to labels
+    seeds = results["bits_per_byte_seeds"][name]["all"]
+    assert len(seeds) == 2 and math.isclose(bpb[name]["all"], sum(seeds) / 2)
+    assert math.isclose(se[name]["all"], abs(seeds[0] - seeds[1]) / 2, rel_tol=1e-9)
+    assert f"{bpb[name]['all']:.4f} ± {se[name]['all']:.4f}" in stdout
+  labels = results["bits_per_byte_seeds"]["student[labels]"]["all"]
+  mix = results["bits_per_byte_seeds"]["student[mixture linear]"]["all"]
+  d = results["vs_labels"]["student[mixture linear]"]["all"]
+  assert math.isclose(d["mean"], (mix[0] - labels[0] + mix[1] - labels[1]) / 2, abs_tol=1e-12)
+  # The teachers are larger than the student, and learned something (uniform bytes: 8 bits);
+  # the mixture of teachers is at least as good as their average (log-loss bound, Thm IV.9).
+  assert results["num_params"]["teacher"] > results["num_params"]["student"]
   assert all(bpb[f"teacher[{f}]"]["all"] < 7.9 for f in fams)
   assert bpb["teacher mixture"]["all"] <= results["average_teacher"]["all"] + 1e-9
+  # Validation files are carved from the training files: three disjoint splits.
+  assert all(results["validation_bytes"][f] > 0 for f in fams)
   # Different targets give different students (same init and batches).
-  assert len({round(bpb[n]["all"], 6) for n in want if n.startswith("student")}) == 8
+  assert len({round(bpb[n]["all"], 6) for n in students}) == len(students)
   store = teachers.open_store(str(workdir / "store"))  # checksums verified
-  assert store.k == 16 and store.names == tuple(fams)
+  assert store.k == 16 and store.names == tuple(fams) and store.manifest["num_rows"] == 48
   spec = importlib.util.spec_from_file_location(
     "plot_stdlib_lm", os.path.join(ROOT, "experiments", "plots", "stdlib_lm.py")
   )
@@ -121,9 +139,9 @@ def _check_notebook(small_run, tmp_path, monkeypatch):
   text = "\n".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
   for name in ("sparse_teachers.png", "sparse_teachers_bpb_vs_k.png"):
     assert os.path.getsize(runs / name) > 5000
-  dense = results["bits_per_byte"]["student[dense]"]["all"]
+  dense = results["bits_per_byte"]["student[mixture linear]"]["all"]
   assert f"dense student {dense:.4f} bits/byte" in text  # restored, not retrained differently
-  for mode in ("drop", "uniform", "bucket"):
+  for mode in ("drop", "bucket"):
     k4 = results["bits_per_byte"][f"student[top4,{mode}]"]["all"] - dense
     assert f"{mode:<8} gap to the dense-teacher student" in text and f"{k4:+.4f}" in text
 

@@ -1,4 +1,5 @@
-"""Sparse teachers on the stdlib LM: held-out bits per byte against the stored top-k."""
+"""Multi-teacher distillation on the stdlib LM: held-out bits per byte per method (mean ± s.e.
+over seeds), per-family gains over the hard-label student, and the store's size against k."""
 
 import os
 import sys
@@ -10,42 +11,72 @@ import style
 
 
 def plot(results: dict, path: str) -> None:
-  """Two panels: held-out bits/byte vs k per tail mode (with dense/teacher references), and
-  per-family bits/byte of each teacher, the average teacher and the dense student."""
+  """Three panels: bits/byte of every model (students with ± 1 s.e. bars); each student's gain
+  over the hard-label student per family; top-k students' bits/byte against k and store size."""
   plt = style.pyplot()
-  bpb, ks = results["bits_per_byte"], results["k_values"]
-  fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
+  bpb, se = results["bits_per_byte"], results.get("bits_per_byte_se", {})
+  fams, ks = results["families"], results["k_values"]
+  fig, (ax, bx, cx) = plt.subplots(
+    1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.25, 1.1, 1]}
+  )
+
+  names = [n for n in bpb if n.startswith("teacher")] + [n for n in bpb if n in se]
+  y = np.arange(len(names))[::-1]
+  vals = [bpb[n]["all"] for n in names]
+  errs = [se.get(n, {}).get("all", 0.0) for n in names]
+  colors = [
+    "C3" if n.startswith("teacher") else "0.5" if n == "student[labels]" else "C0" for n in names
+  ]
+  ax.barh(y, vals, xerr=errs, color=colors, capsize=2)
+  ax.set_yticks(y, names, fontsize=7)
+  if "student[labels]" in bpb:
+    ax.axvline(bpb["student[labels]"]["all"], color="0.3", ls="--", lw=1, label="hard labels")
+  lo, hi = min(vals), max(vals)
+  ax.set_xlim(lo - 0.15 * (hi - lo) - 0.02, hi + 0.05 * (hi - lo) + 0.02)
+  ax.set(xlabel=f"{results['eval_split']} bits per byte (all families)")
+  ax.set_title(f"Every model (students: mean ± s.e., {results['num_seeds']} seeds)", fontsize=10)
+  ax.legend(fontsize=7.5, loc="lower right")
+  ax.grid(alpha=0.3, axis="x")
+
+  vs = results.get("vs_labels", {})
+  shown = [n for n in vs if "top" not in n]
+  width = 0.8 / max(len(shown), 1)
+  cols = [*fams, "all"]
+  for i, n in enumerate(shown):
+    means = [vs[n][c]["mean"] for c in cols]
+    errs = [vs[n][c]["se"] for c in cols]
+    bx.bar(np.arange(len(cols)) + i * width, means, width, yerr=errs, capsize=2, label=n)
+  bx.axhline(0.0, color="k", lw=0.8)
+  bx.set_xticks(np.arange(len(cols)) + width * (len(shown) - 1) / 2, cols)
+  bx.set(ylabel="Δ bits/byte vs hard labels (paired, ± s.e.)")
+  bx.set_title("Per-family gain over the hard-label student (< 0: better)", fontsize=10)
+  bx.legend(fontsize=6.5)
+  bx.grid(alpha=0.3, axis="y")
+
   markers = {"drop": "v", "uniform": "o", "bucket": "s"}
   for mode in results["tail_modes"]:
-    ys = [bpb[f"student[top{k},{mode}]"]["all"] for k in ks]
-    ax.plot(ks, ys, marker=markers.get(mode, "o"), label=f"top-k student, tail={mode}")
-  refs = [
-    ("student[dense]", "dense-teacher student", "k"),
-    ("student[labels]", "hard-label student", "0.5"),
-    ("teacher mixture", "teacher mixture (linear)", "C3"),
-  ]
-  for key, label, color in refs:
+    keys = [f"student[top{k},{mode}]" for k in ks]
+    cx.errorbar(
+      ks,
+      [bpb[k]["all"] for k in keys],
+      yerr=[se.get(k, {}).get("all", 0.0) for k in keys],
+      marker=markers.get(mode, "o"),
+      capsize=2,
+      label=f"top-k, tail={mode}",
+    )
+  for key, color in (("student[mixture linear]", "k"), ("student[labels]", "0.5")):
     if key in bpb:
-      ax.axhline(bpb[key]["all"], color=color, ls="--", lw=1, label=label)
-  ax.axhline(results["average_teacher"]["all"], color="C4", ls=":", lw=1.5, label="average teacher")
-  ax.set_xscale("log", base=2)
-  ax.set_xticks(ks, [str(k) for k in ks])
-  ax.set(xlabel="stored top-k per teacher (V = 256)", title="Students from sparse teachers")
-  ax.set_ylabel("held-out bits per byte (all families)")
-  ax.legend(fontsize=7.5, loc="best")
-  ax.grid(alpha=0.3)
-
-  fams = results["families"]
-  models_ = [n for n in bpb if n.startswith("teacher[")] + ["average teacher"]
-  models_ += [n for n in ("student[dense]",) if n in bpb]
-  width = 0.8 / len(models_)
-  for i, name in enumerate(models_):
-    vals = results["average_teacher"] if name == "average teacher" else bpb[name]
-    bx.bar(np.arange(len(fams)) + i * width, [vals[f] for f in fams], width, label=name)
-  bx.set_xticks(np.arange(len(fams)) + width * (len(models_) - 1) / 2, fams)
-  bx.set(ylabel="held-out bits per byte", title="Specialised teachers, per family")
-  lo = min(min(bpb[n][f] for f in fams) for n in models_ if n in bpb)
-  bx.set_ylim(lo * 0.9, None)
-  bx.legend(fontsize=7.5)
-  bx.grid(alpha=0.3, axis="y")
+      cx.axhline(bpb[key]["all"], color=color, ls="--", lw=1, label=key)
+  store = results["store"]
+  mib = [store["bytes"] * k / store["k"] / 2**20 for k in ks]  # the top-k prefix of the store
+  cx.set_xscale("log", base=2)
+  cx.set_xticks(ks, [f"{k}\n{m:.2g} MiB" for k, m in zip(ks, mib, strict=True)])
+  cx.set(
+    xlabel=f"top-k per teacher, store size (dense bf16 "
+    f"{store['dense_bf16_bytes'] / 2**20:.0f} MiB)",
+    ylabel="bits per byte (all)",
+  )
+  cx.set_title("Students from the offline store", fontsize=10)
+  cx.legend(fontsize=7)
+  cx.grid(alpha=0.3)
   style.save(fig, path)

@@ -1,35 +1,47 @@
-"""Sparse / offline teachers on a byte-level LM over the Python standard library.
+"""Multi-teacher distillation on a byte-level LM over the Python standard library.
 
-Three byte Transformer teachers, one per family of `.py` files; their top-k outputs dumped once to
-an offline store (`mtkd_jax.teachers`); students from the dense teachers and from the stored top-k
-per k and tail mode (`mtkd_jax.sparse`); every model scored in held-out bits per byte.
+Three byte Transformer teachers, each specialised on one family of `.py` files (trained mostly on
+its family, a little on the others), larger and trained longer than the student can be; trained
+once and cached (`train.cached_run`). Their top-k outputs are dumped once to an offline store
+(`mtkd_jax.teachers`). A smaller student trained on every family with a fixed budget of steps
+learns from: the hard labels; each single teacher; the K-teacher mixture (linear, geometric) of
+the online (dense) teachers; forward KL against reverse KL and JSD; a label/KD blend; an adaptive
+weighting; the stored top-k per k and tail mode (`mtkd_jax.sparse`). Every student is trained
+over several seeds (initialisation and batch order) and scored in bits per byte on the held-out
+split (`eval_split`: "test", or "validation", files carved from the training files, on which the
+sizes, budgets and blend were chosen).
 """
 
+import hashlib
 import math
 import os
+import re
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd_jax import models, objectives, operators, sparse, teachers, text_data, train
+from mtkd_jax import models, objectives, operators, sparse, teachers, text_data, train, weighting
 from mtkd_jax import sharding as sharding_lib
 from mtkd_jax import store as store_lib
 from mtkd_jax.experiments import common, tables
+
+EVAL_SPLITS = ("validation", "test")
 
 
 def validate_config(config) -> None:
   common.check_numbers(
     config,
-    positive_ints="seq_len eval_windows depth width num_heads teacher_steps student_steps "
-    "batch_size log_every checkpoint_every keep_checkpoints k_values store.k store.windows "
-    "store.batch_size",
+    positive_ints="seq_len eval_windows depth width num_heads teacher.depth teacher.width "
+    "teacher.num_heads teacher.steps teacher.batch_size student_steps num_seeds batch_size "
+    "log_every checkpoint_every keep_checkpoints k_values store.k store.windows store.batch_size",
     non_negative_ints="seed data_seed warmup_steps",
-    positive="teacher_learning_rate learning_rate temperatures student_temperature "
+    positive="teacher.learning_rate learning_rate temperatures student_temperature "
     "store.generation_temperature",
     non_negative="weight_decay weights",
-    fractions="test_fraction",
+    fractions="test_fraction validation_fraction teacher.own_fraction",
+    unit="label_weight",
   )
   num_teachers = len(config.families)
   if num_teachers < 1:
@@ -39,7 +51,17 @@ def validate_config(config) -> None:
       raise ValueError(
         f"config.{field}: need one per family (K={num_teachers}), got {config[field]}"
       )
+  if config.eval_split not in EVAL_SPLITS:
+    raise ValueError(f"config.eval_split: one of {EVAL_SPLITS}, got {config.eval_split!r}")
+  if config.validation_fraction >= 1:
+    raise ValueError(f"config.validation_fraction: must be < 1, got {config.validation_fraction}")
   common.check_field("weights", lambda: operators.check_weights(config.weights, (num_teachers, 1)))
+  for op in config.dense_operators:
+    common.check_field("dense_operators", lambda op=op: operators.get(op))
+  for div in config.divergences:
+    common.check_field("divergences", lambda div=div: objectives._divergence(div))
+  if config.adaptive:
+    common.check_field("adaptive", lambda: weighting.get(config.adaptive))
   common.check_field("operator", lambda: sparse.get(config.operator))
   for mode in config.tail_modes:
     common.check_field("tail_modes", lambda mode=mode: sparse.get(config.operator, tail_mode=mode))
@@ -55,18 +77,33 @@ def validate_config(config) -> None:
       f"config.store.windows: need a multiple of K={num_teachers} and ≥ batch_size, "
       f"got {store.windows}"
     )
-  if config.width % config.num_heads:
-    raise ValueError(f"config.num_heads: {config.num_heads} does not divide width {config.width}")
+  for field, (width, heads) in {
+    "num_heads": (config.width, config.num_heads),
+    "teacher.num_heads": (config.teacher.width, config.teacher.num_heads),
+  }.items():
+    if width % heads:
+      raise ValueError(f"config.{field}: {heads} does not divide width {width}")
 
 
 def load_corpus(config) -> text_data.Corpus:
+  """The families' train / validation / test bytes. Validation files are carved from the
+  training files (`text_data.load_stdlib`); with `eval_split="test"` they stay out of training
+  too, so the models scored on the test split are those chosen on the validation split."""
   families = tuple((name, tuple(members)) for name, members in config.families)
   split = {"test_fraction": config.test_fraction, "exclude": tuple(config.exclude)}
-  return text_data.load_stdlib(families, **split)
+  return text_data.load_stdlib(families, validation_fraction=config.validation_fraction, **split)
 
 
 def build_model(config) -> models.FunctionalModel:
+  """The student: `config.depth`, `width`, `num_heads`."""
   shape = {"depth": config.depth, "width": config.width, "num_heads": config.num_heads}
+  return models.build("byte_lm", context=config.seq_len, **shape)
+
+
+def build_teacher_model(config) -> models.FunctionalModel:
+  """Every teacher: `config.teacher.depth`, `width`, `num_heads`."""
+  t = config.teacher
+  shape = {"depth": t.depth, "width": t.width, "num_heads": t.num_heads}
   return models.build("byte_lm", context=config.seq_len, **shape)
 
 
@@ -75,32 +112,71 @@ def _xy(windows: np.ndarray) -> dict[str, np.ndarray]:
   return {"x": w[:, :-1], "y": w[:, 1:]}
 
 
+def teacher_windows(config, corpus, j: int) -> np.ndarray:
+  """Teacher j's training windows: `own_fraction` from its family, the rest shared equally by
+  the other families (a specialist that still knows some of the others), shuffled. uint8."""
+  t = config.teacher
+  num = t.steps * t.batch_size
+  fams = corpus.families
+  own = num if len(fams) == 1 else round(num * t.own_fraction)
+  counts = [own if i == j else (num - own) // max(len(fams) - 1, 1) for i in range(len(fams))]
+  parts = [
+    text_data.sample_windows(
+      corpus.data[f]["train"], n, config.seq_len, seed=(config.data_seed, 3000 + 10 * j + i)
+    )
+    for i, (f, n) in enumerate(zip(fams, counts, strict=True))
+    if n
+  ]
+  windows = np.concatenate(parts)
+  return windows[np.random.default_rng((config.data_seed, 4000 + j)).permutation(len(windows))]
+
+
 def train_teachers(config, loop: train.Loop, corpus) -> list:
-  """Trains (or restores from the loop's workdir) one teacher per family; returns their params."""
-  model = build_model(config)
-  optimizer = common.optimizer(config, config.teacher_learning_rate, config.teacher_steps)
+  """Trains one teacher per family, or restores it from the teacher cache (`train.cached_run`,
+  keyed by its data, model, optimizer, steps and seed); returns their params."""
+  t = config.teacher
+  model = build_teacher_model(config)
+  opt_fields = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
+  optimizer = train.make_optimizer(t.learning_rate, t.steps, **opt_fields)
   step = train.make_supervised_step(model.apply, optimizer)  # one step: compiled once for all
   params = []
-  fixed = {"init_params": model.init, "train_step": step, "optimizer": optimizer, "loop": loop}
-  fixed.update(num_steps=config.teacher_steps, batch_size=config.batch_size)
-  num_windows = config.teacher_steps * config.batch_size
   for j, family in enumerate(corpus.families):
-    train_bytes = corpus.data[family]["train"]
-    seed = (config.data_seed, j)
-    windows = text_data.sample_windows(train_bytes, num_windows, config.seq_len, seed=seed)
-    state, _ = train.train(f"teacher_{family}", arrays=_xy(windows), seed=config.seed + j, **fixed)
+    arrays = _xy(teacher_windows(config, corpus, j))
+    key = {
+      "data": hashlib.sha256(arrays["x"].tobytes() + arrays["y"].tobytes()).hexdigest(),
+      "model": {"byte_lm": [config.seq_len, t.depth, t.width, t.num_heads]},
+      **{f: t[f] for f in ("learning_rate", "steps", "batch_size")},
+      **opt_fields,
+      "seed": config.seed + j,
+    }
+    name = f"teacher_{family}"
+    with train.cached_run(loop, name, key) as teacher_loop:
+      state, _ = train.train(
+        name,
+        init_params=model.init,
+        train_step=step,
+        optimizer=optimizer,
+        arrays=arrays,
+        num_steps=t.steps,
+        batch_size=t.batch_size,
+        seed=config.seed + j,
+        loop=teacher_loop,
+      )
     params.append(state.params)
   return params
 
 
-def student_windows(config, corpus) -> np.ndarray:
-  """The student's training windows: an equal share from each family, shuffled. uint8."""
+def student_windows(config, corpus, *, families: bool = False):
+  """The student's training windows: an equal share from each family, shuffled (uint8 [N, L+1]);
+  with `families`, also each window's family index (int32 [N])."""
   per_family = config.store.windows // len(corpus.families)
   sample = lambda j, f: text_data.sample_windows(
     corpus.data[f]["train"], per_family, config.seq_len, seed=(config.data_seed, 1000 + j)
   )
   windows = np.concatenate([sample(j, f) for j, f in enumerate(corpus.families)])
-  return windows[np.random.default_rng((config.data_seed, 2000)).permutation(len(windows))]
+  fam = np.repeat(np.arange(len(corpus.families), dtype=np.int32), per_family)
+  order = np.random.default_rng((config.data_seed, 2000)).permutation(len(windows))
+  return (windows[order], fam[order]) if families else windows[order]
 
 
 def _teacher_source(config, model, corpus, teacher_params) -> teachers.TeacherSource:
@@ -118,7 +194,7 @@ def teacher_source(config, workdir: str) -> teachers.TeacherSource:
   validate_config(config)
   corpus = load_corpus(config)
   params = train_teachers(config, train.Loop.from_config(config, workdir), corpus)
-  return _teacher_source(config, build_model(config), corpus, params)
+  return _teacher_source(config, build_teacher_model(config), corpus, params)
 
 
 def make_scorer(apply, mesh, batch: int = 64):
@@ -169,90 +245,210 @@ def _open_or_dump_store(config, directory, source) -> teachers.TeacherStore:
   return teachers.open_store(directory)
 
 
-def student_runs(config) -> list[tuple[str, str, int | None, str | None]]:
-  """(name, kind, k, tail_mode) of every student, kind in {"labels", "dense", "sparse"}."""
-  runs = [("student[labels]", "labels", None, None)] if config.label_student else []
-  runs += [("student[dense]", "dense", None, None)] if config.dense_student else []
-  sparse_runs = [(k, mode) for k in config.k_values for mode in config.tail_modes]
-  return runs + [(f"student[top{k},{mode}]", "sparse", k, mode) for k, mode in sparse_runs]
+def student_runs(config) -> list[dict]:
+  """Every student, as {"name", "kind" ("labels" | "dense" | "sparse"), "teachers" (indices of
+  the teachers it learns from), "operator", "divergence", "label_weight", "adaptive", "k",
+  "tail_mode"}, in table order."""
+  fams = [name for name, _ in config.families]
+  every = tuple(range(len(fams)))
+  base = {"teachers": every, "operator": "linear", "divergence": "forward_kl"}
+  base.update(label_weight=0.0, adaptive=None, k=None, tail_mode=None)
+  runs = [{**base, "name": "student[labels]", "kind": "labels"}] if config.label_student else []
+  if config.single_teacher_students:
+    for j, f in enumerate(fams):
+      runs.append({**base, "name": f"student[teacher {f}]", "kind": "dense", "teachers": (j,)})
+  for op in config.dense_operators:
+    runs.append({**base, "name": f"student[mixture {op}]", "kind": "dense", "operator": op})
+  for div in config.divergences:
+    runs.append({**base, "name": f"student[mixture linear, {div}]", "kind": "dense"})
+    runs[-1]["divergence"] = div
+  if config.label_weight > 0:
+    a = config.label_weight
+    runs.append({**base, "name": f"student[mixture linear + {a:g} labels]", "kind": "dense"})
+    runs[-1]["label_weight"] = a
+  if config.adaptive:
+    runs.append({**base, "name": f"student[{config.adaptive}]", "kind": "dense"})
+    runs[-1]["adaptive"] = config.adaptive
+  for k in config.k_values:
+    for mode in config.tail_modes:
+      runs.append({**base, "name": f"student[top{k},{mode}]", "kind": "sparse", "k": k})
+      runs[-1].update(tail_mode=mode, operator=config.operator)
+  return runs
 
 
-def _student_step(config, kind, mode, model, optimizer, teacher_apply):
-  """The update step of a student: hard labels, dense teachers run in the step, or the store."""
+def _student_step(config, kind, mode, model, optimizer, teacher_apply, run=None):
+  """The update step of a student: hard labels, dense teachers run in the step, or the store.
+
+  `run` (a `student_runs` entry) picks the teachers, operator, divergence, blend and adaptive
+  weighting; None: the mixture of every teacher with `config.operator`, forward KL."""
   if kind == "labels":
     return train.make_supervised_step(model.apply, optimizer)
-  temps = {"temperatures": tuple(config.temperatures)}
+  every = tuple(range(len(config.temperatures)))
+  run = run or {"teachers": every, "operator": config.operator, "divergence": "forward_kl"}
+  chosen = tuple(run["teachers"])
+  temps = {"temperatures": tuple(config.temperatures[j] for j in chosen)}
   temps["student_temperature"] = config.student_temperature
   if kind == "dense":
-    objective = objectives.mixture(operators.get(config.operator), **temps)
+    objective = objectives.mixture(
+      operators.get(run["operator"]), divergence=run["divergence"], **temps
+    )
   else:
-    objective = objectives.sparse_mixture(sparse.get(config.operator, tail_mode=mode), **temps)
-  targets = {"weights": tuple(config.weights), "teacher_apply": teacher_apply}
+    objective = objectives.sparse_mixture(sparse.get(run["operator"], tail_mode=mode), **temps)
+  w = np.asarray([config.weights[j] for j in chosen], np.float64)
+  targets = {"weights": tuple(w / w.sum()), "teacher_apply": teacher_apply}
+  targets["label_weight"] = run.get("label_weight", 0.0)
+  if run.get("adaptive"):
+    targets["weighting"] = weighting.get(run["adaptive"])
   return train.make_train_step(model.apply, optimizer, objective=objective, **targets)
 
 
+def _tree(student_params) -> dict:
+  """The params tree of a distilled student (`train.init_params`, no trainable weighting)."""
+  return {"student": student_params, "weighting": {}}
+
+
+def _seed_stats(values) -> dict[str, float]:
+  v = np.asarray(values, np.float64)
+  se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+  return {"mean": float(v.mean()), "se": se}
+
+
 def run(config, workdir: str) -> dict:
-  """Trains teachers, dumps the store, distils every student; returns the results dict."""
+  """Trains (or restores) the teachers, dumps the store, distils every student over
+  `num_seeds` seeds; returns the results dict."""
   start = time.time()
   timings: dict[str, float] = {}
   loop = train.Loop.from_config(config, workdir)
   corpus = load_corpus(config)
-  model = build_model(config)
+  teacher_model, model = build_teacher_model(config), build_model(config)
+  fams = list(corpus.families)
 
   t0 = time.time()
   teacher_params = train_teachers(config, loop, corpus)
   timings["teachers"] = time.time() - t0
   t0 = time.time()
-  source = _teacher_source(config, model, corpus, teacher_params)
+  source = _teacher_source(config, teacher_model, corpus, teacher_params)
   store = _open_or_dump_store(config, os.path.join(workdir, "store"), source)
   timings["store"] = time.time() - t0
 
+  split = config.eval_split
   evals = {
-    f: text_data.eval_windows(corpus.data[f]["test"], config.eval_windows, config.seq_len)
-    for f in corpus.families
+    f: text_data.eval_windows(corpus.data[f][split], config.eval_windows, config.seq_len)
+    for f in fams
   }
-  scorer = make_scorer(model.apply, loop.mesh, batch=max(config.eval_windows, 1))
+  batch = max(config.eval_windows, 1)
+  teacher_scorer = make_scorer(teacher_model.apply, loop.mesh, batch=batch)
+  scorer = make_scorer(model.apply, loop.mesh, batch=batch)
 
-  score = lambda params: {f: scorer(params, w) for f, w in evals.items()}
-  teacher_lp = [score(p) for p in teacher_params]
-  names = [f"teacher[{f}]" for f in corpus.families]
+  teacher_lp = [{f: teacher_scorer(p, w) for f, w in evals.items()} for p in teacher_params]
+  names = [f"teacher[{f}]" for f in fams]
   bpb = {n: bits_per_byte(lp) for n, lp in zip(names, teacher_lp, strict=True)}
   average = {c: float(np.mean([bpb[n][c] for n in names])) for c in bpb[names[0]]}
   log_w = np.log(np.asarray(config.weights, np.float64))
   weighted = lambda f: np.stack([lw + lp[f] for lw, lp in zip(log_w, teacher_lp, strict=True)])
-  mixture = {f: np.logaddexp.reduce(weighted(f), 0) for f in corpus.families}
+  mixture = {f: np.logaddexp.reduce(weighted(f), 0) for f in fams}
   bpb["teacher mixture"] = bits_per_byte(mixture)
 
-  # Students: the same init and batches, different targets.
+  # Students: per seed the same init and batches, different targets. Initial parameters are
+  # computed once per seed and steps built once per kind of target (a step takes the teachers'
+  # parameters as an argument), so the seeds and the single teachers share compiled programs.
   xy = _xy(store.tokens)
-  dense_apply = lambda ps, b: jnp.stack([model.apply(p, b["x"]) for p in ps])  # [K, B, L, V]
-  fixed = {"num_steps": config.student_steps, "batch_size": config.batch_size}
-  fixed.update(seed=config.seed + 100, loop=loop)
-  for name, kind, k, mode in student_runs(config):
+  _, window_family = student_windows(config, corpus, families=True)
+  family_ids = np.broadcast_to(window_family[:, None], xy["y"].shape)  # [N, L] (adaptive domains)
+  fixed = {"num_steps": config.student_steps, "batch_size": config.batch_size, "loop": loop}
+  seeds = [config.seed + 100 + s for s in range(config.num_seeds)]
+  init_fn = jax.jit(model.init)
+  inits = {seed: init_fn(jax.random.key(seed)) for seed in seeds}
+  optimizer = common.optimizer(config, config.learning_rate, config.student_steps)
+  dense_apply = lambda ps, b: jnp.stack([teacher_model.apply(p, b["x"]) for p in ps])
+  teacher_apply = {"dense": dense_apply, "sparse": store.teacher_apply()}
+  steps: dict[tuple, object] = {}
+  per_seed: dict[str, list[dict]] = {}
+  for spec in student_runs(config):
+    name, kind = spec["name"], spec["kind"]
     t0 = time.time()
-    optimizer = common.optimizer(config, config.learning_rate, config.student_steps)
-    teacher_apply = {"dense": dense_apply, "sparse": store.teacher_apply()}.get(kind)
-    step = _student_step(config, kind, mode, model, optimizer, teacher_apply)
-    init = model.init if kind == "labels" else train.init_params(model.init)
-    run_name = name.replace("[", "_").replace("]", "").replace(",", "_")  # no glob chars (orbax)
-    arrays = {**store.arrays(k), **xy} if kind == "sparse" else xy
-    dense_params = list(teacher_params) if kind == "dense" else None
-    setup = {"init_params": init, "train_step": step, "optimizer": optimizer, "arrays": arrays}
-    state, _ = train.train(run_name, teacher_params=dense_params, **setup, **fixed)
-    params = state.params if kind == "labels" else state.params["student"]
-    bpb[name] = bits_per_byte(score(params))
+    chosen = list(spec["teachers"])
+    signature = (kind, len(chosen), spec["operator"], spec["divergence"], spec["label_weight"])
+    signature += (spec["adaptive"], spec["tail_mode"])
+    if signature not in steps:
+      steps[signature] = _student_step(
+        config, kind, spec["tail_mode"], model, optimizer, teacher_apply.get(kind), spec
+      )
+    arrays = {**store.arrays(spec["k"]), **xy} if kind == "sparse" else dict(xy)
+    if spec["adaptive"]:
+      arrays["family"] = family_ids
+    dense_params = [teacher_params[j] for j in chosen] if kind == "dense" else None
+    setup = {"train_step": steps[signature], "optimizer": optimizer, "arrays": arrays}
+    run_name = re.sub(r"[^A-Za-z0-9.=+-]+", "_", name).strip("_")  # no glob chars (orbax)
+    per_seed[name] = []
+    for seed in seeds:
+      p0 = inits[seed]  # = model.init(key(seed)); distilled students: train.init_params's tree
+      init = (lambda rng, p0=p0: p0) if kind == "labels" else (lambda rng, p0=p0: _tree(p0))
+      state, _ = train.train(
+        f"{run_name}_seed{seed}",
+        init_params=init,
+        teacher_params=dense_params,
+        seed=seed,
+        **setup,
+        **fixed,
+      )
+      params = state.params if kind == "labels" else state.params["student"]
+      per_seed[name].append(bits_per_byte({f: scorer(params, w) for f, w in evals.items()}))
     timings[name] = time.time() - t0
+
+  cols = [*fams, "all"]
+  stats = {n: {c: _seed_stats([r[c] for r in rs]) for c in cols} for n, rs in per_seed.items()}
+  for n, s in stats.items():
+    bpb[n] = {c: s[c]["mean"] for c in cols}
+  stderr = {n: {c: s[c]["se"] for c in cols} for n, s in stats.items()}
+  seeds_bpb = {n: {c: [r[c] for r in rs] for c in cols} for n, rs in per_seed.items()}
+  # Paired differences against the hard-label student (the same seeds: init and batch order).
+  vs_labels = {}
+  if "student[labels]" in per_seed:
+    ref = per_seed["student[labels]"]
+    for n, rs in per_seed.items():
+      if n != "student[labels]":
+        vs_labels[n] = {
+          c: _seed_stats([r[c] - q[c] for r, q in zip(rs, ref, strict=True)]) for c in cols
+        }
+
+  # Paired differences against the best single-teacher student (lowest mean bits/byte, all).
+  singles = [n for n in per_seed if n.startswith("student[teacher ")]
+  vs_single, best_single = {}, None
+  if singles:
+    best_single = min(singles, key=lambda n: bpb[n]["all"])
+    ref = per_seed[best_single]
+    for n, rs in per_seed.items():
+      if n not in singles:
+        vs_single[n] = {
+          c: _seed_stats([r[c] - q[c] for r, q in zip(rs, ref, strict=True)]) for c in cols
+        }
 
   manifest = store.manifest
   return {
-    "families": list(corpus.families),
+    "families": fams,
+    "eval_split": split,
     "train_bytes": corpus.num_bytes("train"),
+    "validation_bytes": corpus.num_bytes("validation"),
     "test_bytes": corpus.num_bytes("test"),
     "eval_bytes_per_family": config.eval_windows * config.seq_len,
+    "num_seeds": config.num_seeds,
+    "teacher_size": [config.teacher.depth, config.teacher.width],
+    "student_size": [config.depth, config.width],
+    "num_params": {
+      "teacher": _num_params(teacher_params[0]),
+      "student": _num_params(jax.eval_shape(model.init, jax.random.key(0))),
+    },
+    "student_steps": config.student_steps,
     "k_values": list(config.k_values),
     "tail_modes": list(config.tail_modes),
     "operator": config.operator,
     "bits_per_byte": bpb,
+    "bits_per_byte_se": stderr,
+    "bits_per_byte_seeds": seeds_bpb,
+    "vs_labels": vs_labels,
+    "best_single_teacher_student": best_single,
+    "vs_best_single": vs_single,
     "average_teacher": average,
     "store": {
       "k": manifest["k"],
@@ -266,22 +462,47 @@ def run(config, workdir: str) -> dict:
   }
 
 
+def _num_params(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
 def format_table(results: dict) -> str:
-  """Held-out bits per byte of every model, overall and per family."""
-  bpb = results["bits_per_byte"]
+  """Held-out bits per byte of every model, overall and per family; students: mean ± standard
+  error over seeds, and the paired difference to the hard-label student."""
+  bpb, se = results["bits_per_byte"], results.get("bits_per_byte_se", {})
+  vs, vs1 = results.get("vs_labels", {}), results.get("vs_best_single", {})
+  fams = results["families"]
   rows = [(n, v) for n, v in bpb.items() if n.startswith("teacher[")]
   rows.append(("average teacher", results["average_teacher"]))
   rows += [(n, v) for n, v in bpb.items() if not n.startswith("teacher[")]
-  cols = ["all", *results["families"]]
-  columns = [("model", f"<{max(len(n) for n, _ in rows) + 1}")] + [(c, ">8.4f") for c in cols]
+  pm = lambda n, c: f"{bpb[n][c]:.4f} ± {se[n][c]:.4f}" if n in se else None
+  width = max(len(n) for n, _ in rows) + 1
+
+  def cells(n, v):
+    out = [pm(n, "all") or f"{v['all']:.4f}", *(f"{v[f]:.4f}" for f in fams)]
+    for table in (vs, vs1):
+      d = table.get(n, {}).get("all")
+      out.append(f"{d['mean']:+.4f} ± {d['se']:.4f}" if d else "")
+    return (n, *out)
+
+  columns = [("model", f"<{width}"), ("all (± s.e.)", ">17")]
+  columns += [(f, ">7") for f in fams] + [("Δ vs labels (± s.e.)", ">20")]
+  columns += [("Δ vs best single (± s.e.)", ">25")]
   lines = [
-    f"held-out bits per byte ({results['eval_bytes_per_family']} bytes "
-    f"per family; student operator {results['operator']})",
-    *tables.lines(columns, [(n, *(v[c] for c in cols)) for n, v in rows], indent="", rule=True),
+    f"{results['eval_split']} bits per byte ({results['eval_bytes_per_family']} bytes per family; "
+    f"students: mean ± standard error over {results['num_seeds']} seeds)",
+    *tables.lines(columns, [cells(n, v) for n, v in rows], indent="", rule=True),
   ]
   s, mib = results["store"], lambda b: f"{b / 2**20:.1f} MiB"
+  p = results["num_params"]
+  if results.get("best_single_teacher_student"):
+    lines.append(
+      f"Δ: paired differences over the seeds (same init and batches); best single: "
+      f"{results['best_single_teacher_student']}"
+    )
   lines.append(
-    f"store: top-{s['k']} {s['dtype']} of {s['rows']} windows: {mib(s['bytes'])} (dense bf16: "
-    f"{mib(s['dense_bf16_bytes'])}); total time {results['total_time_s']:.0f} s"
+    f"teachers {p['teacher']:,} parameters, student {p['student']:,} ({results['student_steps']} "
+    f"steps); store: top-{s['k']} {s['dtype']} of {s['rows']} windows: {mib(s['bytes'])} (dense "
+    f"bf16: {mib(s['dense_bf16_bytes'])}); total time {results['total_time_s']:.0f} s"
   )
   return "\n".join(lines)
