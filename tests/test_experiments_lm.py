@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import nbformat
+import numpy as np
 import pytest
 import results_compare
 from nbclient import NotebookClient
@@ -157,3 +159,31 @@ def test_every_store_dtype_is_a_valid_config(dtype):
   config.store.dtype = "int4"
   with pytest.raises(ValueError, match=r"config.store.dtype: one of .*'log8'.*, got 'int4'"):
     stdlib_lm.validate_config(config)
+
+
+def test_a_store_of_other_teachers_is_dumped_again(tmp_path):
+  """The workdir's store is reused only when its manifest records the same teachers and windows
+  (`_teacher_source` puts their SHA-256 there); other teachers give a new dump, never the old
+  teachers' top-k."""
+  from mtkd_jax import configs
+  from mtkd_jax.experiments import stdlib_lm
+
+  config = configs.load(os.path.join(ROOT, "experiments", "configs", "stdlib_lm.py:small"))
+  config.seq_len, config.store.windows, config.store.k, config.progress = 4, 8, 4, False
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 256, (8, 5)).astype(np.int32)
+
+  def source(seed, digest):
+    table = np.random.default_rng(seed).standard_normal((2, 256, 256)).astype(np.float32)
+    ident = ({"params_sha256": digest}, {"params_sha256": "b"})
+    logits = lambda x: jnp.asarray(table[:, x])  # [2, B, L, 256]
+    return teachers.TeacherSource(("a", "b"), tokens, logits, 256, ident)
+
+  directory = str(tmp_path / "store")
+  read = lambda store: np.asarray(store.arrays(4)["teacher_log_probs_0"]).astype(np.float32)
+  first = read(stdlib_lm._open_or_dump_store(config, directory, source(1, "a")))
+  again = stdlib_lm._open_or_dump_store(config, directory, source(2, "a"))  # same digests: reused
+  assert (read(again) == first).all()
+  other = stdlib_lm._open_or_dump_store(config, directory, source(2, "a2"))
+  assert other.manifest["teachers"][0]["config"] == {"params_sha256": "a2"}
+  assert (read(other) != first).any()

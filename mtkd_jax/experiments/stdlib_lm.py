@@ -166,26 +166,32 @@ def train_teachers(config, loop: train.Loop, corpus) -> list:
   return params
 
 
-def student_windows(config, corpus, *, families: bool = False):
-  """The student's training windows: an equal share from each family, shuffled (uint8 [N, L+1]);
-  with `families`, also each window's family index (int32 [N])."""
+def student_windows(config, corpus):
+  """The student's training windows: an equal share from each family, shuffled (uint8 [N, L+1])."""
   per_family = config.store.windows // len(corpus.families)
   sample = lambda j, f: text_data.sample_windows(
     corpus.data[f]["train"], per_family, config.seq_len, seed=(config.data_seed, 1000 + j)
   )
   windows = np.concatenate([sample(j, f) for j, f in enumerate(corpus.families)])
-  fam = np.repeat(np.arange(len(corpus.families), dtype=np.int32), per_family)
-  order = np.random.default_rng((config.data_seed, 2000)).permutation(len(windows))
-  return (windows[order], fam[order]) if families else windows[order]
+  return windows[np.random.default_rng((config.data_seed, 2000)).permutation(len(windows))]
 
 
 def _teacher_source(config, model, corpus, teacher_params) -> teachers.TeacherSource:
+  """The store's source; each teacher's manifest config is the SHA-256 of its parameters and of
+  the windows, so a store dumped from other teachers or data is never reused."""
   apply_all = jax.jit(lambda ps, x: jnp.stack([model.apply(p, x) for p in ps]))  # [K, B, L, V]
+  tokens = student_windows(config, corpus)
+  sha = lambda arrays: hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in arrays))
+  windows = sha([tokens]).hexdigest()
   return teachers.TeacherSource(
     names=corpus.families,
-    tokens=student_windows(config, corpus),
+    tokens=tokens,
     logits_fn=lambda x: apply_all(teacher_params, x),
     vocab_size=models.ByteTransformerLM.vocab_size,
+    configs=tuple(
+      {"params_sha256": sha(jax.tree.leaves(p)).hexdigest(), "windows_sha256": windows}
+      for p in teacher_params
+    ),
   )
 
 
@@ -236,6 +242,7 @@ def _open_or_dump_store(config, directory, source) -> teachers.TeacherStore:
       and m["teachers"][0]["log_probs"]["dtype"] == config.store.dtype
       and np.allclose(store.generation_temperatures, config.store.generation_temperature)
       and m["row_shape"] == [config.seq_len]
+      and [t["config"] for t in m["teachers"]] == list(source.configs)
     )
     if same:
       return store
@@ -302,11 +309,6 @@ def _student_step(config, kind, mode, model, optimizer, teacher_apply, run=None)
   return train.make_train_step(model.apply, optimizer, objective=objective, **targets)
 
 
-def _tree(student_params) -> dict:
-  """The params tree of a distilled student (`train.init_params`, no trainable weighting)."""
-  return {"student": student_params, "weighting": {}}
-
-
 def _seed_stats(values) -> dict[str, float]:
   v = np.asarray(values, np.float64)
   se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
@@ -353,8 +355,6 @@ def run(config, workdir: str) -> dict:
   # computed once per seed and steps built once per kind of target (a step takes the teachers'
   # parameters as an argument), so the seeds and the single teachers share compiled programs.
   xy = _xy(store.tokens)
-  _, window_family = student_windows(config, corpus, families=True)
-  family_ids = np.broadcast_to(window_family[:, None], xy["y"].shape)  # [N, L] (adaptive domains)
   fixed = {"num_steps": config.student_steps, "batch_size": config.batch_size, "loop": loop}
   seeds = [config.seed + 100 + s for s in range(config.num_seeds)]
   init_fn = jax.jit(model.init)
@@ -365,25 +365,27 @@ def run(config, workdir: str) -> dict:
   steps: dict[tuple, object] = {}
   per_seed: dict[str, list[dict]] = {}
   for spec in student_runs(config):
-    name, kind = spec["name"], spec["kind"]
+    name, kind, adaptive = spec["name"], spec["kind"], spec["adaptive"]
     t0 = time.time()
     chosen = list(spec["teachers"])
-    signature = (kind, len(chosen), spec["operator"], spec["divergence"], spec["label_weight"])
-    signature += (spec["adaptive"], spec["tail_mode"])
+    # What the step bakes in: the chosen teachers' temperatures and weights, not their indices
+    # (their parameters are an argument), so students of equal settings share one step.
+    setting = [(config.temperatures[j], config.weights[j]) for j in chosen]
+    signature = (kind, tuple(setting), spec["operator"], spec["divergence"], spec["label_weight"])
+    signature += (adaptive, spec["tail_mode"])
     if signature not in steps:
       steps[signature] = _student_step(
         config, kind, spec["tail_mode"], model, optimizer, teacher_apply.get(kind), spec
       )
     arrays = {**store.arrays(spec["k"]), **xy} if kind == "sparse" else dict(xy)
-    if spec["adaptive"]:
-      arrays["family"] = family_ids
     dense_params = [teacher_params[j] for j in chosen] if kind == "dense" else None
     setup = {"train_step": steps[signature], "optimizer": optimizer, "arrays": arrays}
     run_name = re.sub(r"[^A-Za-z0-9.=+-]+", "_", name).strip("_")  # no glob chars (orbax)
     per_seed[name] = []
     for seed in seeds:
-      p0 = inits[seed]  # = model.init(key(seed)); distilled students: train.init_params's tree
-      init = (lambda rng, p0=p0: p0) if kind == "labels" else (lambda rng, p0=p0: _tree(p0))
+      init = lambda rng, p0=inits[seed]: p0  # = model.init(key(seed))
+      if kind != "labels":  # distilled students: the tree of train.init_params
+        init = train.init_params(init, adaptive and weighting.get(adaptive))
       state, _ = train.train(
         f"{run_name}_seed{seed}",
         init_params=init,
@@ -498,7 +500,7 @@ def format_table(results: dict) -> str:
   if results.get("best_single_teacher_student"):
     lines.append(
       f"Δ: paired differences over the seeds (same init and batches); best single: "
-      f"{results['best_single_teacher_student']}"
+      f"{results['best_single_teacher_student']} (lowest mean on the scored split itself)"
     )
   lines.append(
     f"teachers {p['teacher']:,} parameters, student {p['student']:,} ({results['student_steps']} "
