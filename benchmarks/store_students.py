@@ -56,9 +56,9 @@ def main():
       teachers.write_store(directory, source, k=k, generation_temperatures=t_g, dtype=dtype)
     store = teachers.open_store(directory)
     optimizer = common.optimizer(config, config.learning_rate, config.student_steps)
-    step = stdlib_lm._student_step(
-      config, "sparse", args.mode, model, optimizer, store.teacher_apply()
-    )
+    run = {"kind": "sparse", "teachers": range(len(store.names)), "operator": config.operator}
+    run.update(divergence="forward_kl", label_weight=0.0, adaptive=None, tail_mode=args.mode)
+    step = stdlib_lm._student_step(config, run, model, optimizer, store.teacher_apply())
     state, _ = train.train(
       "student_" + name.replace(" ", "_"),
       init_params=train.init_params(model.init),

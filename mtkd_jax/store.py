@@ -541,6 +541,16 @@ class ManifestFields:
   def generation_temperatures(self) -> np.ndarray:
     return np.array([t["generation_temperature"] for t in self.manifest["teachers"]], np.float32)
 
+  def _check_teachers(self, teachers) -> tuple[int, ...]:
+    """`teachers` (indices into `names`; None: all) as a checked tuple."""
+    num = len(self.names)
+    chosen = tuple(range(num)) if teachers is None else tuple(int(j) for j in teachers)
+    if not chosen or any(not 0 <= j < num for j in chosen) or len(set(chosen)) < len(chosen):
+      raise ValueError(
+        f"teachers: distinct indices in [0, {num}) of the store's {self.names}, got {teachers}"
+      )
+    return chosen
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherStore(ManifestFields):
@@ -590,15 +600,15 @@ class TeacherStore(ManifestFields):
       raise ValueError(f"k must be in [1, {self.k}] (the stored k), got {k=}")
     return k
 
-  def arrays(self, k: int | None = None) -> dict[str, Column]:
+  def arrays(self, k: int | None = None, teachers=None) -> dict[str, Column]:
     """Lazy columns for `train.train(arrays=...)`: "x", "y" [N, L] and, per teacher j,
     "teacher_indices_j", "teacher_log_probs_j" [N, L, k] (the top-k prefix) and
-    "teacher_tail_log_mass_j" [N, L] (the mass outside that prefix). A batch reads only its
-    rows' chunks."""
+    "teacher_tail_log_mass_j" [N, L] (the mass outside that prefix), for j in `teachers`
+    (indices; None: all). A batch reads only its rows' chunks."""
     k = self._check_k(k)
     tok = self._column("tokens")
     out = {"x": _Shifted(tok, 0), "y": _Shifted(tok, 1)}
-    for j in range(len(self.names)):
+    for j in self._check_teachers(teachers):
       out[f"teacher_indices_{j}"] = self._column(f"teacher_{j}/indices", k)
       out[f"teacher_log_probs_{j}"] = self._column(f"teacher_{j}/log_probs", k)
       lp_all = self._column(f"teacher_{j}/log_probs")
@@ -614,15 +624,16 @@ class TeacherStore(ManifestFields):
     local["x"], local["y"] = local["x"].astype(np.int32), local["y"].astype(np.int32)
     return local
 
-  def teacher_apply(self) -> Callable:
+  def teacher_apply(self, teachers=None) -> Callable:
     """`teacher_apply(teacher_params, batch) -> SparseTeacherOutputs` for `make_train_step`:
-    stacks the per-teacher `[B, L, k]` entries into `[K, B, L, k]`, with the stored tail."""
-    num_teachers, vocab_size = len(self.names), self.vocab_size
-    t_g = self.generation_temperatures
+    stacks the `[B, L, k]` entries of `teachers` (indices, in that order; None: all) into
+    `[K, B, L, k]`, with the stored tail."""
+    chosen, vocab_size = self._check_teachers(teachers), self.vocab_size
+    t_g = self.generation_temperatures[list(chosen)]
 
     def apply(teacher_params, batch):
       del teacher_params
-      stack = lambda name: jnp.stack([batch[f"{name}_{j}"] for j in range(num_teachers)])
+      stack = lambda name: jnp.stack([batch[f"{name}_{j}"] for j in chosen])
       return sparse.SparseTeacherOutputs(
         stack("teacher_indices").astype(jnp.int32),
         stack("teacher_log_probs"),

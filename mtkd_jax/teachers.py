@@ -212,15 +212,16 @@ class TeacherStore(store_v2.ManifestFields):
       raise ValueError(f"k must be in [1, {self.k}] (the stored k), got {k=}")
     return k
 
-  def arrays(self, k: int | None = None) -> dict[str, np.ndarray]:
+  def arrays(self, k: int | None = None, teachers=None) -> dict[str, np.ndarray]:
     """Host arrays for `train.train(arrays=...)`, all `[N, ...]` memmap views.
 
-    "x", "y" int [N, L] and, per teacher j, "teacher_indices_j" / "teacher_log_probs_j"
-    [N, L, k] (the top-k prefix of the stored top-K). Nothing is read until a batch is taken.
+    "x", "y" int [N, L] and, per teacher j (of `teachers`, indices; None: all),
+    "teacher_indices_j" / "teacher_log_probs_j" [N, L, k] (the top-k prefix of the stored
+    top-K). Nothing is read until a batch is taken.
     """
     k = self._check_k(k)
     out = {"x": self.tokens[:, :-1], "y": self.tokens[:, 1:]}
-    for j in range(len(self.names)):
+    for j in self._check_teachers(teachers):
       out[f"teacher_indices_{j}"] = self.indices[j][..., :k]
       out[f"teacher_log_probs_{j}"] = self.log_probs[j][..., :k]
     return out
@@ -234,19 +235,19 @@ class TeacherStore(store_v2.ManifestFields):
     local["x"], local["y"] = local["x"].astype(np.int32), local["y"].astype(np.int32)
     return local
 
-  def teacher_apply(self) -> Callable:
+  def teacher_apply(self, teachers=None) -> Callable:
     """`teacher_apply(teacher_params, batch) -> SparseTeacherOutputs` for `make_train_step`.
 
-    Stacks the per-teacher batch entries `[B, L, k]` into `[K, B, L, k]`; `teacher_params` is
-    unused (the teachers are data here).
+    Stacks the batch entries `[B, L, k]` of `teachers` (indices, in that order; None: all) into
+    `[K, B, L, k]`; `teacher_params` is unused (the teachers are data here).
     """
-    num_teachers, vocab_size = len(self.names), self.vocab_size
-    t_g = self.generation_temperatures
+    chosen, vocab_size = self._check_teachers(teachers), self.vocab_size
+    t_g = self.generation_temperatures[list(chosen)]
 
     def apply(teacher_params, batch):
       del teacher_params
-      idx = jnp.stack([batch[f"teacher_indices_{j}"] for j in range(num_teachers)])
-      lp = jnp.stack([batch[f"teacher_log_probs_{j}"] for j in range(num_teachers)])
+      idx = jnp.stack([batch[f"teacher_indices_{j}"] for j in chosen])
+      lp = jnp.stack([batch[f"teacher_log_probs_{j}"] for j in chosen])
       return sparse.SparseTeacherOutputs(idx.astype(jnp.int32), lp, jnp.asarray(t_g), vocab_size)
 
     return apply

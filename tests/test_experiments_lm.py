@@ -1,17 +1,20 @@
 """The stdlib_lm experiment end to end at the small size: CLI run, teacher dump CLI, notebook.
 
-The CLI run starts from an empty workdir (as from a fresh clone) and must give the results of
-tests/data/results_small/stdlib_lm.json; the dump CLI restores the same teachers and must write
-byte-identical shards; the notebook resumes the run's workdir, so it re-evaluates restored models
-and must print the same numbers.
+The CLI run starts from an empty workdir (as from a fresh clone), is SIGKILLed during student
+training and run again, and must give the results of tests/data/results_small/stdlib_lm.json
+(one uninterrupted run); the dump CLI restores the same teachers and must write byte-identical
+shards; the notebook resumes the run's workdir, so it re-evaluates restored models and must
+print the same numbers.
 """
 
 import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import nbformat
@@ -34,6 +37,9 @@ def _env():
 
 
 def _small_run(tmp_path):
+  """The CLI run, SIGKILLed during student training (once the first seed of the mixture student
+  has its checkpoint), then run again to the end: the results must be those of the fixture,
+  made by one uninterrupted run."""
   runs = tmp_path / "runs"
   workdir = runs / "stdlib_lm"
   cmd = [
@@ -44,6 +50,16 @@ def _small_run(tmp_path):
     "--config.progress=False",
     f"--workdir={workdir}",
   ]
+  mark = workdir / "checkpoints" / "student_mixture_linear_seed100"
+  with open(tmp_path / "killed.log", "w") as log:
+    killed = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not mark.exists() and killed.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    rc = killed.wait()
+  assert rc == -signal.SIGKILL, (rc, (tmp_path / "killed.log").read_text()[-4000:])
+  assert not (workdir / "results.json").exists()
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(workdir / "results.json") as f:
@@ -187,3 +203,45 @@ def test_a_store_of_other_teachers_is_dumped_again(tmp_path):
   other = stdlib_lm._open_or_dump_store(config, directory, source(2, "a2"))
   assert other.manifest["teachers"][0]["config"] == {"params_sha256": "a2"}
   assert (read(other) != first).any()
+
+
+def test_teachers_from_the_store(tmp_path):
+  """`teachers="store"`: every distilled student reads the store at store.k, so the mixture
+  student is the top-16 bucket student (same objective, init and batches); a single teacher is
+  picked out of the store by index. Online, only students without a blend or adaptive weights
+  take the fused path from hidden states."""
+  from mtkd_jax import configs
+  from mtkd_jax.experiments import stdlib_lm
+
+  config = configs.load(os.path.join(ROOT, "experiments", "configs", "stdlib_lm.py:small"))
+  kinds = {r["name"]: r["kind"] for r in stdlib_lm.student_runs(config)}
+  assert kinds["student[mixture linear]"] == kinds["student[teacher core]"] == "hidden"
+  assert kinds["student[mixture linear, jsd(beta=0.5)]"] == "hidden"
+  assert kinds["student[mixture linear + 0.25 labels]"] == kinds["student[label_aware(tau=1.0)]"]
+  assert kinds["student[label_aware(tau=1.0)]"] == "dense"
+  config.teachers = "store"
+  with pytest.raises(ValueError, match=r"config\.adaptive: .*teachers='store'"):
+    stdlib_lm.validate_config(config)
+  config.adaptive, config.store.tail_mode, config.divergences = "", "drop", ("reverse_kl",)
+  with pytest.raises(ValueError, match=r"config\.divergences: .*reverse"):
+    stdlib_lm.validate_config(config)
+  # The run: one CPU device and the session's teacher cache, as the CLI test above.
+  overrides = {"teachers": "store", "adaptive": "", "divergences": "()", "label_weight": 0}
+  overrides.update(num_seeds=1, label_student=False, single_teacher_students=False)
+  overrides.update(progress=False, eval_windows=4, k_values="(16,)", tail_modes="('bucket',)")
+  cmd = [sys.executable, "-m", "mtkd_jax.main", CONFIG, f"--workdir={tmp_path}"]
+  cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(tmp_path / "results.json") as f:
+    bpb = json.load(f)["bits_per_byte"]
+  assert bpb["student[mixture linear]"] == bpb["student[top16,bucket]"]
+  assert bpb["student[mixture linear]"] != bpb["teacher mixture"]
+  store = teachers.open_store(str(tmp_path / "store"))
+  batch = {k: jnp.asarray(v) for k, v in store.batch(4, seed=0, step=0, k=4).items()}
+  every, picked = store.teacher_apply()(None, batch), store.teacher_apply((2, 0))(None, batch)
+  for field in ("indices", "log_probs", "generation_temperatures", "missing_log_mass"):
+    got, want = getattr(picked, field), getattr(every, field)
+    np.testing.assert_array_equal(got, want[np.array([2, 0])])
+  with pytest.raises(ValueError, match=r"teachers: distinct indices in \[0, 3\)"):
+    store.teacher_apply((0, 0))

@@ -62,6 +62,14 @@ def get_config(arg=None):
   c.store.batch_size = 32  # rows per teacher call while dumping
   c.store.windows = 3198  # student windows, an equal share per family (~1 epoch of steps)
 
+  # Where the distilled students' teachers come from: "online" (run inside the step; students
+  # without a label blend or adaptive weights take the teachers' hidden states and heads through
+  # the fused output projection, never building [B, L, V] logits) or "store" (the top-store.k
+  # of the store, tail mode store.tail_mode; no adaptive weighting). The top-k rows (k_values x
+  # tail_modes) always read the store.
+  c.teachers = "online"
+  c.store.tail_mode = "bucket"  # tail mode of the students with teachers = "store"
+
   # Students (every one over num_seeds seeds; same init and batches per seed).
   c.label_student = True  # hard labels (cross-entropy only)
   c.single_teacher_students = True  # one student per teacher alone (online)

@@ -28,6 +28,7 @@ from mtkd_jax import store as store_lib
 from mtkd_jax.experiments import common, tables
 
 EVAL_SPLITS = ("validation", "test")
+TEACHER_SOURCES = ("online", "store")
 
 
 def validate_config(config) -> None:
@@ -65,6 +66,19 @@ def validate_config(config) -> None:
   common.check_field("operator", lambda: sparse.get(config.operator))
   for mode in config.tail_modes:
     common.check_field("tail_modes", lambda mode=mode: sparse.get(config.operator, tail_mode=mode))
+  if config.teachers not in TEACHER_SOURCES:
+    raise ValueError(f"config.teachers: one of {TEACHER_SOURCES}, got {config.teachers!r}")
+  if config.teachers == "store":
+    if config.adaptive:
+      raise ValueError(
+        f"config.adaptive: adaptive weights read the teachers' full logits; set it to '' with "
+        f"teachers='store', got {config.adaptive!r}"
+      )
+    op = lambda: sparse.get(config.operator, tail_mode=config.store.tail_mode)
+    common.check_field("store.tail_mode", op)
+    for div in config.divergences:  # reverse KL is +inf with tail mode "drop"
+      obj = lambda div=div: objectives.sparse_mixture(op(), temperatures=[1.0], divergence=div)
+      common.check_field("divergences", obj)
   store = config.store
   if store.k > models.ByteTransformerLM.vocab_size:
     raise ValueError(f"config.store.k: must be in [1, 256], got {store.k}")
@@ -253,9 +267,12 @@ def _open_or_dump_store(config, directory, source) -> teachers.TeacherStore:
 
 
 def student_runs(config) -> list[dict]:
-  """Every student, as {"name", "kind" ("labels" | "dense" | "sparse"), "teachers" (indices of
-  the teachers it learns from), "operator", "divergence", "label_weight", "adaptive", "k",
-  "tail_mode"}, in table order."""
+  """Every student, as {"name", "kind", "teachers" (indices of the teachers it learns from),
+  "operator", "divergence", "label_weight", "adaptive", "k", "tail_mode"}, in table order.
+
+  Kinds: "labels"; "hidden" (online teachers, the fused output projection from hidden states);
+  "dense" (online teachers' logits: a label blend or adaptive weights need them); "sparse" (the
+  store's top-k; with `teachers="store"` every distilled student, at `store.k`)."""
   fams = [name for name, _ in config.families]
   every = tuple(range(len(fams)))
   base = {"teachers": every, "operator": "linear", "divergence": "forward_kl"}
@@ -276,6 +293,13 @@ def student_runs(config) -> list[dict]:
   if config.adaptive:
     runs.append({**base, "name": f"student[{config.adaptive}]", "kind": "dense"})
     runs[-1]["adaptive"] = config.adaptive
+  for r in runs:
+    if r["kind"] != "dense":
+      continue
+    if config.teachers == "store":
+      r.update(kind="sparse", k=config.store.k, tail_mode=config.store.tail_mode)
+    elif not r["label_weight"] and not r["adaptive"]:
+      r["kind"] = "hidden"
   for k in config.k_values:
     for mode in config.tail_modes:
       runs.append({**base, "name": f"student[top{k},{mode}]", "kind": "sparse", "k": k})
@@ -283,30 +307,28 @@ def student_runs(config) -> list[dict]:
   return runs
 
 
-def _student_step(config, kind, mode, model, optimizer, teacher_apply, run=None):
-  """The update step of a student: hard labels, dense teachers run in the step, or the store.
-
-  `run` (a `student_runs` entry) picks the teachers, operator, divergence, blend and adaptive
-  weighting; None: the mixture of every teacher with `config.operator`, forward KL."""
+def _student_step(config, run, model, optimizer, teacher_apply):
+  """The update step of the student `run` (a `student_runs` entry): hard labels, online teachers
+  run in the step (their hidden states and heads, or their logits), or the store's top-k."""
+  kind, chosen = run["kind"], tuple(run["teachers"])
   if kind == "labels":
     return train.make_supervised_step(model.apply, optimizer)
-  every = tuple(range(len(config.temperatures)))
-  run = run or {"teachers": every, "operator": config.operator, "divergence": "forward_kl"}
-  chosen = tuple(run["teachers"])
   temps = {"temperatures": tuple(config.temperatures[j] for j in chosen)}
-  temps["student_temperature"] = config.student_temperature
-  if kind == "dense":
-    objective = objectives.mixture(
-      operators.get(run["operator"]), divergence=run["divergence"], **temps
-    )
+  temps.update(student_temperature=config.student_temperature, divergence=run["divergence"])
+  if kind == "hidden":  # the step gets the model itself: features and head, no logits
+    objective = objectives.mixture_from_hidden(run["operator"], **temps)
+  elif kind == "dense":
+    objective = objectives.mixture(operators.get(run["operator"]), **temps)
   else:
-    objective = objectives.sparse_mixture(sparse.get(run["operator"], tail_mode=mode), **temps)
+    sparse_op = sparse.get(run["operator"], tail_mode=run["tail_mode"])
+    objective = objectives.sparse_mixture(sparse_op, **temps)
   w = np.asarray([config.weights[j] for j in chosen], np.float64)
   targets = {"weights": tuple(w / w.sum()), "teacher_apply": teacher_apply}
-  targets["label_weight"] = run.get("label_weight", 0.0)
-  if run.get("adaptive"):
+  targets["label_weight"] = run["label_weight"]
+  if run["adaptive"]:
     targets["weighting"] = weighting.get(run["adaptive"])
-  return train.make_train_step(model.apply, optimizer, objective=objective, **targets)
+  student = model if kind == "hidden" else model.apply
+  return train.make_train_step(student, optimizer, objective=objective, **targets)
 
 
 def _seed_stats(values) -> dict[str, float]:
@@ -360,25 +382,29 @@ def run(config, workdir: str) -> dict:
   init_fn = jax.jit(model.init)
   inits = {seed: init_fn(jax.random.key(seed)) for seed in seeds}
   optimizer = common.optimizer(config, config.learning_rate, config.student_steps)
-  dense_apply = lambda ps, b: jnp.stack([teacher_model.apply(p, b["x"]) for p in ps])
-  teacher_apply = {"dense": dense_apply, "sparse": store.teacher_apply()}
+  online = {  # teachers run inside the step; their parameters are the step's argument
+    "dense": lambda ps, b: jnp.stack([teacher_model.apply(p, b["x"]) for p in ps]),
+    "hidden": lambda ps, b: [
+      (teacher_model.features(p, b["x"]), *teacher_model.head(p)) for p in ps
+    ],
+  }
   steps: dict[tuple, object] = {}
   per_seed: dict[str, list[dict]] = {}
   for spec in student_runs(config):
     name, kind, adaptive = spec["name"], spec["kind"], spec["adaptive"]
     t0 = time.time()
     chosen = list(spec["teachers"])
-    # What the step bakes in: the chosen teachers' temperatures and weights, not their indices
-    # (their parameters are an argument), so students of equal settings share one step.
+    # What the step bakes in: the chosen teachers' temperatures and weights and, from the store,
+    # their indices (online, their parameters are an argument), so students of equal settings
+    # share one step.
     setting = [(config.temperatures[j], config.weights[j]) for j in chosen]
     signature = (kind, tuple(setting), spec["operator"], spec["divergence"], spec["label_weight"])
-    signature += (adaptive, spec["tail_mode"])
+    signature += (adaptive, spec["tail_mode"], tuple(chosen) if kind == "sparse" else None)
     if signature not in steps:
-      steps[signature] = _student_step(
-        config, kind, spec["tail_mode"], model, optimizer, teacher_apply.get(kind), spec
-      )
-    arrays = {**store.arrays(spec["k"]), **xy} if kind == "sparse" else dict(xy)
-    dense_params = [teacher_params[j] for j in chosen] if kind == "dense" else None
+      source = store.teacher_apply(chosen) if kind == "sparse" else online.get(kind)
+      steps[signature] = _student_step(config, spec, model, optimizer, source)
+    arrays = {**store.arrays(spec["k"], chosen), **xy} if kind == "sparse" else dict(xy)
+    dense_params = [teacher_params[j] for j in chosen] if kind in online else None
     setup = {"train_step": steps[signature], "optimizer": optimizer, "arrays": arrays}
     run_name = re.sub(r"[^A-Za-z0-9.=+-]+", "_", name).strip("_")  # no glob chars (orbax)
     per_seed[name] = []
