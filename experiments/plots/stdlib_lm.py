@@ -70,10 +70,10 @@ def plot(results: dict, path: str) -> None:
   store = results["store"]
   mib = [store["bytes"] * k / store["k"] / 2**20 for k in ks]  # the top-k prefix of the store
   cx.set_xscale("log", base=2)
-  cx.set_xticks(ks, [f"{k}\n{m:.2g} MiB" for k, m in zip(ks, mib, strict=True)])
+  cx.set_xticks(ks, [f"{k}\n≈{m:.2g} MiB" for k, m in zip(ks, mib, strict=True)])
   cx.set(
-    xlabel=f"top-k per teacher, store size (dense bf16 "
-    f"{store['dense_bf16_bytes'] / 2**20:.0f} MiB)",
+    xlabel=f"top-k per teacher; store size ≈ the top-{store['k']} store's × k/{store['k']}\n"
+    f"(dense bf16: {store['dense_bf16_bytes'] / 2**20:.0f} MiB)",
     ylabel="bits per byte (all)",
   )
   cx.set_title("Students from the offline store", fontsize=10)
