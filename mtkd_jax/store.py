@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import math
+import operator
 import os
 import shutil
 import sys
@@ -544,7 +545,10 @@ class ManifestFields:
   def _check_teachers(self, teachers) -> tuple[int, ...]:
     """`teachers` (indices into `names`; None: all) as a checked tuple."""
     num = len(self.names)
-    chosen = tuple(range(num)) if teachers is None else tuple(int(j) for j in teachers)
+    try:
+      chosen = tuple(range(num)) if teachers is None else tuple(operator.index(j) for j in teachers)
+    except TypeError:
+      chosen = ()
     if not chosen or any(not 0 <= j < num for j in chosen) or len(set(chosen)) < len(chosen):
       raise ValueError(
         f"teachers: distinct indices in [0, {num}) of the store's {self.names}, got {teachers}"

@@ -37,9 +37,10 @@ def _env():
 
 
 def _small_run(tmp_path):
-  """The CLI run, SIGKILLed during student training (once the first seed of the mixture student
-  has its checkpoint), then run again to the end: the results must be those of the fixture,
-  made by one uninterrupted run."""
+  """The CLI run, SIGKILLed in the middle of a student's training (the first seed of the
+  mixture student, once its step-4 checkpoint of 8 is written), then run again to the end: it
+  restores the finished students, resumes that one from step 4, and must give the results of
+  the fixture, made by one uninterrupted run."""
   runs = tmp_path / "runs"
   workdir = runs / "stdlib_lm"
   cmd = [
@@ -50,18 +51,28 @@ def _small_run(tmp_path):
     "--config.progress=False",
     f"--workdir={workdir}",
   ]
-  mark = workdir / "checkpoints" / "student_mixture_linear_seed100"
+  # Checkpoint fields only say when to save: the rerun may change them (RESUMABLE_FIELDS).
+  every = ["--config.checkpoint_every=4", "--config.keep_checkpoints=2"]
+  mark = workdir / "checkpoints" / "student_mixture_linear_seed100" / "4"
   with open(tmp_path / "killed.log", "w") as log:
-    killed = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    killed = subprocess.Popen(
+      cmd + every, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.time() + 600
     while not mark.exists() and killed.poll() is None and time.time() < deadline:
-      time.sleep(0.05)
+      time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     rc = killed.wait()
-  assert rc == -signal.SIGKILL, (rc, (tmp_path / "killed.log").read_text()[-4000:])
+  assert rc == -signal.SIGKILL and mark.exists(), (
+    rc,
+    (tmp_path / "killed.log").read_text()[-4000:],
+  )
   assert not (workdir / "results.json").exists()
+  finished = workdir / "checkpoints" / "student_labels_seed100"
+  stamps = {p: p.stat().st_mtime_ns for p in finished.rglob("*")}
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
+  assert {p: p.stat().st_mtime_ns for p in finished.rglob("*")} == stamps  # restored, not redone
   with open(workdir / "results.json") as f:
     return runs, workdir, proc.stdout, json.load(f)
 
@@ -205,26 +216,42 @@ def test_a_store_of_other_teachers_is_dumped_again(tmp_path):
   assert (read(other) != first).any()
 
 
+@pytest.mark.slow
 def test_teachers_from_the_store(tmp_path):
   """`teachers="store"`: every distilled student reads the store at store.k, so the mixture
-  student is the top-16 bucket student (same objective, init and batches); a single teacher is
-  picked out of the store by index. Online, only students without a blend or adaptive weights
-  take the fused path from hidden states."""
+  student is the top-16 bucket student (the same objective, init and batches: one step), and a
+  single teacher's student reads that teacher's columns. Online, only students without a blend
+  or adaptive weights, with the linear or geometric operator, take the fused path from hidden
+  states. (Picking teachers out of a store: tests/test_store.py.)"""
   from mtkd_jax import configs
   from mtkd_jax.experiments import stdlib_lm
 
   config = configs.load(os.path.join(ROOT, "experiments", "configs", "stdlib_lm.py:small"))
-  kinds = {r["name"]: r["kind"] for r in stdlib_lm.student_runs(config)}
+  config.dense_operators = ("linear", "power(alpha=0.5)")
+  runs = {r["name"]: r for r in stdlib_lm.student_runs(config)}
+  kinds = {n: r["kind"] for n, r in runs.items()}
   assert kinds["student[mixture linear]"] == kinds["student[teacher core]"] == "hidden"
   assert kinds["student[mixture linear, jsd(beta=0.5)]"] == "hidden"
-  assert kinds["student[mixture linear + 0.25 labels]"] == kinds["student[label_aware(tau=1.0)]"]
+  assert kinds["student[mixture power(alpha=0.5)]"] == "dense"
+  assert kinds["student[mixture linear + 0.25 labels]"] == "dense"
   assert kinds["student[label_aware(tau=1.0)]"] == "dense"
   config.teachers = "store"
   with pytest.raises(ValueError, match=r"config\.adaptive: .*teachers='store'"):
     stdlib_lm.validate_config(config)
-  config.adaptive, config.store.tail_mode, config.divergences = "", "drop", ("reverse_kl",)
+  config.adaptive = ""
+  with pytest.raises(ValueError, match=r"config\.dense_operators: .*power"):
+    stdlib_lm.validate_config(config)
+  config.dense_operators = ("linear",)
+  config.store.tail_mode, config.divergences = "drop", ("reverse_kl",)
   with pytest.raises(ValueError, match=r"config\.divergences: .*reverse"):
     stdlib_lm.validate_config(config)
+  config.store.tail_mode = "bucked"
+  with pytest.raises(ValueError, match=r"config\.store\.tail_mode: .*bucked"):
+    stdlib_lm.validate_config(config)
+  config.store.tail_mode = "bucket"
+  single = next(r for r in stdlib_lm.student_runs(config) if r["name"] == "student[teacher core]")
+  assert (single["kind"], single["teachers"], single["k"]) == ("sparse", (2,), 16)
+  assert single["tail_mode"] == "bucket"
   # The run: one CPU device and the session's teacher cache, as the CLI test above.
   overrides = {"teachers": "store", "adaptive": "", "divergences": "()", "label_weight": 0}
   overrides.update(num_seeds=1, label_student=False, single_teacher_students=False)
@@ -234,14 +261,7 @@ def test_teachers_from_the_store(tmp_path):
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(tmp_path / "results.json") as f:
-    bpb = json.load(f)["bits_per_byte"]
+    results = json.load(f)
+  bpb = results["bits_per_byte"]
+  assert results["teachers"] == "store" and "teachers: store" in proc.stdout
   assert bpb["student[mixture linear]"] == bpb["student[top16,bucket]"]
-  assert bpb["student[mixture linear]"] != bpb["teacher mixture"]
-  store = teachers.open_store(str(tmp_path / "store"))
-  batch = {k: jnp.asarray(v) for k, v in store.batch(4, seed=0, step=0, k=4).items()}
-  every, picked = store.teacher_apply()(None, batch), store.teacher_apply((2, 0))(None, batch)
-  for field in ("indices", "log_probs", "generation_temperatures", "missing_log_mass"):
-    got, want = getattr(picked, field), getattr(every, field)
-    np.testing.assert_array_equal(got, want[np.array([2, 0])])
-  with pytest.raises(ValueError, match=r"teachers: distinct indices in \[0, 3\)"):
-    store.teacher_apply((0, 0))

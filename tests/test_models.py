@@ -83,8 +83,11 @@ def test_query_chunked_attention_matches_full_attention(chunk):
     jax.jit(jax.value_and_grad(loss(m)))(params) for m in (full, chunked)
   )
   np.testing.assert_allclose(v_chunk, v_full, rtol=1e-5)
+  # The saturated softmax makes the query/key gradients tiny (down to 1e-21) differences of
+  # O(scale) terms: their rounding error is relative to the largest gradient, not their own.
+  scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g_full))
   for a, b in zip(jax.tree.leaves(g_chunk), jax.tree.leaves(g_full), strict=True):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5 * scale)
   z = chunked.apply(params, x)
   assert bool(jnp.isfinite(z).all())
 

@@ -99,6 +99,25 @@ def test_batches_are_sharded_per_process_and_feed_the_sparse_objective(store_dir
     s.arrays(k=8)
 
 
+def test_teachers_are_picked_by_index_with_their_own_temperatures(store_dir):
+  """`arrays(k, teachers)` holds only those teachers' columns; `teacher_apply(teachers)` stacks
+  them in the order given, with their own generation temperatures (1, 2, 0.5 here)."""
+  s = store.open_store(store_dir)
+  assert sorted(k for k in s.arrays(4, (2, 0)) if k.startswith("teacher_indices")) == [
+    "teacher_indices_0",
+    "teacher_indices_2",
+  ]
+  batch = {k: jnp.asarray(v) for k, v in s.batch(8, seed=3, step=2, k=4).items()}
+  every, picked = s.teacher_apply()(None, batch), s.teacher_apply((2, 0))(None, batch)
+  np.testing.assert_array_equal(picked.generation_temperatures, [0.5, 1.0])
+  for field in ("indices", "log_probs", "missing_log_mass"):
+    want = np.asarray(getattr(every, field))[np.array([2, 0])]
+    np.testing.assert_array_equal(np.asarray(getattr(picked, field)), want)
+  for bad in ((0, 0), (3,), (), (1.7,), 2):
+    with pytest.raises(ValueError, match=r"teachers: distinct indices in \[0, 3\)"):
+      s.teacher_apply(bad)
+
+
 def test_stored_tail_survives_rounding_when_retempered():
   # top-2 of V = 3 holds all but 1e-12 of the mass: 1 − Σ p rounds to 0 in float32, the stored
   # tail keeps it, and re-tempering at T = 8 T_g turns it into a visible share.

@@ -63,10 +63,10 @@ def get_config(arg=None):
   c.store.windows = 3198  # student windows, an equal share per family (~1 epoch of steps)
 
   # Where the distilled students' teachers come from: "online" (run inside the step; students
-  # without a label blend or adaptive weights take the teachers' hidden states and heads through
-  # the fused output projection, never building [B, L, V] logits) or "store" (the top-store.k
-  # of the store, tail mode store.tail_mode; no adaptive weighting). The top-k rows (k_values x
-  # tail_modes) always read the store.
+  # without a label blend or adaptive weights, with the linear or geometric operator, take the
+  # teachers' hidden states and heads: the output projections are fused with the loss, token
+  # chunk by token chunk) or "store" (the top-store.k of the store, tail mode store.tail_mode;
+  # needs adaptive = ""). The top-k rows (k_values x tail_modes) always read the store.
   c.teachers = "online"
   c.store.tail_mode = "bucket"  # tail mode of the students with teachers = "store"
 

@@ -29,6 +29,7 @@ from mtkd_jax.experiments import common, tables
 
 EVAL_SPLITS = ("validation", "test")
 TEACHER_SOURCES = ("online", "store")
+FUSED_OPERATORS = ("linear", "geometric")  # those of objectives.mixture_from_hidden
 
 
 def validate_config(config) -> None:
@@ -68,14 +69,16 @@ def validate_config(config) -> None:
     common.check_field("tail_modes", lambda mode=mode: sparse.get(config.operator, tail_mode=mode))
   if config.teachers not in TEACHER_SOURCES:
     raise ValueError(f"config.teachers: one of {TEACHER_SOURCES}, got {config.teachers!r}")
+  op = lambda name=config.operator: sparse.get(name, tail_mode=config.store.tail_mode)
+  common.check_field("store.tail_mode", op)
   if config.teachers == "store":
     if config.adaptive:
       raise ValueError(
         f"config.adaptive: adaptive weights read the teachers' full logits; set it to '' with "
         f"teachers='store', got {config.adaptive!r}"
       )
-    op = lambda: sparse.get(config.operator, tail_mode=config.store.tail_mode)
-    common.check_field("store.tail_mode", op)
+    for name in config.dense_operators:  # the store's students aggregate sparse outputs
+      common.check_field("dense_operators", lambda name=name: op(name))
     for div in config.divergences:  # reverse KL is +inf with tail mode "drop"
       obj = lambda div=div: objectives.sparse_mixture(op(), temperatures=[1.0], divergence=div)
       common.check_field("divergences", obj)
@@ -270,9 +273,10 @@ def student_runs(config) -> list[dict]:
   """Every student, as {"name", "kind", "teachers" (indices of the teachers it learns from),
   "operator", "divergence", "label_weight", "adaptive", "k", "tail_mode"}, in table order.
 
-  Kinds: "labels"; "hidden" (online teachers, the fused output projection from hidden states);
-  "dense" (online teachers' logits: a label blend or adaptive weights need them); "sparse" (the
-  store's top-k; with `teachers="store"` every distilled student, at `store.k`)."""
+  Kinds: "labels"; "hidden" (online teachers, the output projection fused with the loss, from
+  hidden states); "dense" (online teachers' logits: a label blend, adaptive weights or an
+  operator other than linear and geometric need them); "sparse" (the store's top-k; with
+  `teachers="store"` every distilled student, at `store.k`)."""
   fams = [name for name, _ in config.families]
   every = tuple(range(len(fams)))
   base = {"teachers": every, "operator": "linear", "divergence": "forward_kl"}
@@ -298,7 +302,7 @@ def student_runs(config) -> list[dict]:
       continue
     if config.teachers == "store":
       r.update(kind="sparse", k=config.store.k, tail_mode=config.store.tail_mode)
-    elif not r["label_weight"] and not r["adaptive"]:
+    elif not r["label_weight"] and not r["adaptive"] and r["operator"] in FUSED_OPERATORS:
       r["kind"] = "hidden"
   for k in config.k_values:
     for mode in config.tail_modes:
@@ -456,6 +460,7 @@ def run(config, workdir: str) -> dict:
   return {
     "families": fams,
     "eval_split": split,
+    "teachers": config.teachers,
     "train_bytes": corpus.num_bytes("train"),
     "validation_bytes": corpus.num_bytes("validation"),
     "test_bytes": corpus.num_bytes("test"),
@@ -518,7 +523,8 @@ def format_table(results: dict) -> str:
   columns += [("Δ vs best single (± s.e.)", ">25")]
   lines = [
     f"{results['eval_split']} bits per byte ({results['eval_bytes_per_family']} bytes per family; "
-    f"students: mean ± standard error over {results['num_seeds']} seeds)",
+    f"students: mean ± standard error over {results['num_seeds']} seeds; teachers: "
+    f"{results['teachers']})",
     *tables.lines(columns, [cells(n, v) for n, v in rows], indent="", rule=True),
   ]
   s, mib = results["store"], lambda b: f"{b / 2**20:.1f} MiB"
