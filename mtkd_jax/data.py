@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from sklearn import datasets
 
 NUM_PIXELS = 64
 NUM_CLASSES = 10
@@ -46,6 +45,8 @@ def load_digits(*, seed: int = 0, val_fraction: float = 0.2, test_fraction: floa
   """
   if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
     raise ValueError(f"data: bad split fractions {val_fraction=} {test_fraction=}")
+  from sklearn import datasets  # 1.5 s to import: only where the data is read
+
   digits = datasets.load_digits()
   x = (digits.data / 16.0).astype(np.float32)  # [N, 64]
   y = digits.target.astype(np.int32)  # [N]
@@ -234,6 +235,8 @@ def example_axis(key: str) -> int:
 # --------------------------------------------------------------------------------------------
 def byte_corpus() -> np.ndarray:
   """uint8 [N] bytes of the scikit-learn bundled data set descriptions (~25 kB of English)."""
+  from sklearn import datasets
+
   loaders = (
     datasets.load_digits,
     datasets.load_iris,
