@@ -154,7 +154,7 @@ def train_teachers(config, loop: train.Loop, corpus) -> list:
   t = config.teacher
   model = build_teacher_model(config)
   opt_fields = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
-  optimizer = train.make_optimizer(t.learning_rate, t.steps, **opt_fields)
+  optimizer = common.optimizer(config, t.learning_rate, t.steps)  # AdamW with opt_fields
   step = train.make_supervised_step(model.apply, optimizer)  # one step: compiled once for all
   params = []
   for j, family in enumerate(corpus.families):
