@@ -153,7 +153,7 @@ RULES = {
     Help(
       "python -m mtkd_jax.main --config=experiments/configs/stdlib_lm.py --config_help",
       "--config.depth=",
-      "about 16-20 min with cached teachers (its :small form: 2-5 min)",
+      "about 8-20 min with cached teachers (its :small form: 2-5 min)",
     )
   ),
   "python -m mtkd_jax.teachers dump --config=experiments/configs/stdlib_lm.py --out=DIR": Help(

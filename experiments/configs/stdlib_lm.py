@@ -6,7 +6,7 @@ Three specialised teachers, larger and trained longer than the student (cached: 
 machine), and a smaller student with a fixed budget of steps, trained from each target over
 `num_seeds` seeds. The teachers' specialisation (`teacher.own_fraction`) and the blend
 (`label_weight`) were chosen with `--config.eval_split=validation` (files carved from the training
-files), never on the test split; sizes and budgets were set by the time budget. Runtime 16-20
+files), never on the test split; sizes and budgets were set by the time budget. Runtime 8-20
 min on 2 shared CPU cores with the teachers cached (about 5 min more to train them); `:small`, the
 smoke test of the tests and notebook, 2-5 min. Writes results.json, the teachers' top-k store,
 metrics.jsonl and checkpoints to the workdir (the store as `python -m mtkd_jax.teachers dump`
