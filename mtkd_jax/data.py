@@ -134,25 +134,6 @@ def make_teacher_views(
 # --------------------------------------------------------------------------------------------
 # Batches: a pure function of (seed, step); each process takes its rows of the global batch.
 # --------------------------------------------------------------------------------------------
-def batch_indices(num_examples: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
-  """Rows of the global batch at `step`: int [batch_size].
-
-  Epoch e = step // (N // B) uses the permutation `default_rng([seed, e])`; the last partial
-  batch of an epoch is dropped, so every batch has the same shape (no retracing).
-
-  >>> batch_indices(10, 4, seed=0, step=0).shape
-  (4,)
-  >>> bool((batch_indices(10, 4, seed=0, step=3) == batch_indices(10, 4, seed=0, step=3)).all())
-  True
-  """
-  if not 0 < batch_size <= num_examples:
-    raise ValueError(f"batch_size: must be in [1, {num_examples}], got {batch_size}")
-  steps_per_epoch = num_examples // batch_size
-  epoch, i = divmod(step, steps_per_epoch)
-  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return perm[i * batch_size : (i + 1) * batch_size]
-
-
 def _feistel(x: np.ndarray, bits: int, keys: np.ndarray) -> np.ndarray:
   """A bijection of [0, 2^bits), bits even: a balanced Feistel network (one round per key,
   splitmix64 round function) on uint64 values."""
@@ -167,20 +148,21 @@ def _feistel(x: np.ndarray, bits: int, keys: np.ndarray) -> np.ndarray:
   return (left << half) | right
 
 
-def shuffled_indices(
+def batch_indices(
   num_examples: int, batch_size: int, *, seed: int, step: int, rows: slice = slice(None)
 ) -> np.ndarray:
-  """This process's `rows` of the global batch at `step`, in O(batch), without a permutation
-  of all N examples.
+  """This process's `rows` of the global batch at `step`: int [batch_size] for all rows, in
+  O(batch), without a permutation of all N examples.
 
   Epoch e = step // (N // B) permutes [0, N) by a keyed Feistel bijection of [0, 2^b) ⊇ [0, N)
   (keys from (seed, e)), walking out of range values back in ("cycle walking", at most ~4
-  steps on average since 2^b < 4N); the last partial batch of an epoch is dropped, as
-  `batch_indices`. A pure function of (seed, step): a resumed run sees the same batches.
+  steps on average since 2^b < 4N); the last partial batch of an epoch is dropped, so every
+  batch has the same shape (no retracing). A pure function of (seed, step): a resumed run sees
+  the same batches.
 
-  >>> shuffled_indices(10, 4, seed=0, step=0).shape
+  >>> batch_indices(10, 4, seed=0, step=0).shape
   (4,)
-  >>> sorted(np.concatenate([shuffled_indices(8, 2, seed=1, step=s) for s in range(4)]).tolist())
+  >>> sorted(np.concatenate([batch_indices(8, 2, seed=1, step=s) for s in range(4)]).tolist())
   [0, 1, 2, 3, 4, 5, 6, 7]
   """
   if not 0 < batch_size <= num_examples:
@@ -220,7 +202,7 @@ def get_batch(
   """
   key = next(iter(arrays))
   n = arrays[key].shape[example_axis(key)]
-  idx = batch_indices(n, batch_size, seed=seed, step=step)[rows]
+  idx = batch_indices(n, batch_size, seed=seed, step=step, rows=rows)
   return {k: np.take(v, idx, axis=example_axis(k)) for k, v in arrays.items()}
 
 

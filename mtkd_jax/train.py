@@ -290,7 +290,7 @@ class Loop:
 
 # Bump when a change to the library alters what a cached run computes (batch order, optimizer,
 # models): entries written before then are not reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @contextlib.contextmanager

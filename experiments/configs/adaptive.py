@@ -55,4 +55,5 @@ def get_config(arg=None):
     c.num_steps = 60
     c.num_seeds = 2
     c.safety_schemes = ("label_aware",)
+    c.gate_learning_rates = (1e-2,)
   return c
