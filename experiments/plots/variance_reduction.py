@@ -52,9 +52,8 @@ def plot(results: dict, path: str) -> None:
     label = f"measured, {weighting} w"
     ax.plot(rhos, [r["measured"] for r in rows], "o", color="C0", mfc=mfc, label=label)
   ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² (one teacher)")
-  ax.set(xlabel="pairwise error correlation ρ", ylabel="Var[q(i)]")
-  ax.set_title(f"Correlated errors, K={k_big}:\naveraging stops helping as ρ → 1")
-  ax.legend(fontsize=7)
+  title = f"Correlated errors, K={k_big}:\naveraging stops helping as ρ → 1"
+  style.label(ax, title, legend=7, xlabel="pairwise error correlation ρ", ylabel="Var[q(i)]")
 
   # (c) every operator, measured / linear closed form.
   ax = axes[2]

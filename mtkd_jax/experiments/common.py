@@ -175,37 +175,26 @@ def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherVie
   train_split, test_split = splits["train"], splits["test"]
   if views is None:
     views = teacher_views(config, len(train_split))
-  optimizer = train.make_optimizer(
-    config.teacher_learning_rate,
-    config.teacher_steps,
-    weight_decay=config.weight_decay,
-    warmup_steps=config.warmup_steps,
-  )
+  opt = optimizer(config, config.teacher_learning_rate, config.teacher_steps)
+  fields = ("teacher_learning_rate", "teacher_steps", "weight_decay", "warmup_steps", "batch_size")
   train_logits, test_logits = [], []
   for k, view in enumerate(views):
-    model = models.build(
-      "mlp",
-      in_features=data_lib.NUM_PIXELS,
-      hidden=tuple(config.teacher_hidden[k]),
-      num_classes=data_lib.NUM_CLASSES,
-    )
+    model = digits_model(config.teacher_hidden[k])
     x_train = view.apply(train_split)  # [N, 64] the teacher's view of every training image
     arrays = {"x": x_train[view.train_rows], "y": train_split.y[view.train_rows]}
+    data = b"".join(np.ascontiguousarray(a).data for a in arrays.values())
     key = {  # all that determines the teacher: its data, model, optimizer, steps and seed
-      "data": hashlib.sha256(
-        b"".join(np.ascontiguousarray(a).data for a in arrays.values())
-      ).hexdigest(),
+      "data": hashlib.sha256(data).hexdigest(),
       "hidden": list(config.teacher_hidden[k]),
-      **{f: config[f] for f in ("teacher_learning_rate", "teacher_steps", "weight_decay")},
-      **{f: config[f] for f in ("warmup_steps", "batch_size")},
+      **{f: config[f] for f in fields},
       "seed": config.seed + k,
     }
     with train.cached_run(loop, f"teacher_{k}", key) as teacher_loop:
       state, _ = train.train(
         f"teacher_{k}",
         init_params=model.init,
-        train_step=train.make_supervised_step(model.apply, optimizer),
-        optimizer=optimizer,
+        train_step=train.make_supervised_step(model.apply, opt),
+        optimizer=opt,
         arrays=arrays,
         num_steps=config.teacher_steps,
         batch_size=config.batch_size,

@@ -148,16 +148,13 @@ def run(config, workdir: str) -> dict:
 
   # The fixed point: the same chains from other starting students.
   starts = _starting_students(config, student, train_split.x, log_p0, log_q_base)
-  results["starts"] = {}
+  results["starts"] = {name: {} for name in starts}
   for name, log_start in starts.items():
-    results["starts"][name] = {}
     for alpha in config.alphas:
-      if name == "hard_label":
-        targets, students = finals[f"{alpha:g}"]["hard_label"]
-      else:
-        _, targets, students = chain(alpha, log_start, [])
-        finals[f"{alpha:g}"][name] = (targets, students)
-      results["starts"][name][f"{alpha:g}"] = _start_record(log_q_base, targets, students)
+      if name != "hard_label":
+        finals[f"{alpha:g}"][name] = chain(alpha, log_start, [])[1:]
+      record = _start_record(log_q_base, *finals[f"{alpha:g}"][name])
+      results["starts"][name][f"{alpha:g}"] = record
   results["fixed_point"] = {
     a: meta.fixed_point_agreement(float(a), log_q_base, by_start) for a, by_start in finals.items()
   }
