@@ -25,6 +25,18 @@ DEFAULT_OPERATORS = (
 )
 
 
+def require(ok, field: str, message: str) -> None:
+  """Raises `ValueError("config.<field>: <message>")` unless `ok`."""
+  if not ok:
+    raise ValueError(f"config.{field}: {message}")
+
+
+def check_lengths(config, fields, k: int, what: str = "one entry per teacher") -> None:
+  """Each of `fields` holds `k` entries, else `ValueError("config.<field>: need <what> ...")`."""
+  for field in fields:
+    require(len(config[field]) == k, field, f"need {what} (K={k}), got {config[field]}")
+
+
 def check_field(field: str, fn: Callable) -> None:
   """Runs `fn()`; a ValueError or TypeError becomes `ValueError("config.<field>: ...")`."""
   try:
@@ -70,8 +82,7 @@ def check_random_search(config, **kinds: str) -> None:
 
 def check_operators(field: str, specs: Sequence[str], *, allow_empty: bool = False) -> None:
   """Raises ValueError("config.<field>: ...") if a spec does not name an operator."""
-  if not specs and not allow_empty:
-    raise ValueError(f"config.{field}: need at least one operator")
+  require(specs or allow_empty, field, "need at least one operator")
   for spec in specs:
     check_field(field, lambda spec=spec: registry.check("operator", spec))
 
@@ -82,10 +93,8 @@ def check_mesh(config, num_devices: int) -> None:
     "mesh", lambda: sharding_lib.check_mesh_config(config.mesh.data, config.mesh.model, num_devices)
   )
   data = num_devices // config.mesh.model if config.mesh.data == -1 else config.mesh.data
-  if config.batch_size < 1 or config.batch_size % data:
-    raise ValueError(
-      f"config.batch_size: {config.batch_size} must be a positive multiple of mesh data={data}"
-    )
+  ok = config.batch_size >= 1 and not config.batch_size % data
+  require(ok, "batch_size", f"{config.batch_size} must be a positive multiple of mesh data={data}")
   for regex, _ in config.get("partition_rules", ()):
     check_field("partition_rules", lambda regex=regex: re.compile(regex))
 

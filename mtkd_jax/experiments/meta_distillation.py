@@ -28,17 +28,12 @@ def validate_config(config) -> None:
     fractions="teacher_keep_fractions teacher_train_fractions",
     unit="alphas",
   )
-  if not config.alphas:
-    raise ValueError("config.alphas: need at least one α")
-  k = config.num_teachers
-  for field in digits.PER_TEACHER_FIELDS:
-    if len(config[field]) != k:
-      raise ValueError(f"config.{field}: need one entry per teacher (K={k}), got {config[field]}")
+  common.require(config.alphas, "alphas", "need at least one α")
+  common.check_lengths(config, digits.PER_TEACHER_FIELDS, config.num_teachers)
   for name in config.starts:
-    if name not in STARTS:
-      raise ValueError(f"config.starts: unknown start {name!r}; valid: {STARTS}")
-  if len(set(config.starts)) != len(config.starts):
-    raise ValueError(f"config.starts: duplicates in {config.starts}")
+    common.require(name in STARTS, "starts", f"unknown start {name!r}; valid: {STARTS}")
+  unique = len(set(config.starts)) == len(config.starts)
+  common.require(unique, "starts", f"duplicates in {config.starts}")
 
 
 def _starting_students(config, student, x, log_p0, log_q_base) -> dict[str, np.ndarray]:

@@ -47,13 +47,8 @@ def validate_config(config) -> None:
     unit="label_weight",
   )
   num_teachers = len(config.families)
-  if num_teachers < 1:
-    raise ValueError("config.families: need at least one family")
-  for field in ("temperatures", "weights"):
-    if len(config[field]) != num_teachers:
-      raise ValueError(
-        f"config.{field}: need one per family (K={num_teachers}), got {config[field]}"
-      )
+  common.require(num_teachers >= 1, "families", "need at least one family")
+  common.check_lengths(config, ("temperatures", "weights"), num_teachers, "one per family")
   if config.eval_split not in EVAL_SPLITS:
     raise ValueError(f"config.eval_split: one of {EVAL_SPLITS}, got {config.eval_split!r}")
   if config.validation_fraction >= 1:
