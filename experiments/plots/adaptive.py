@@ -50,11 +50,10 @@ def plot(results: dict, path: str) -> None:
   mins = "\n".join(f"{n}: min w* = {v['min_safety_weight_sensitive']:.3f}" for n, v in s.items())
   box = {"transform": ax.transAxes, "ha": "right", "va": "bottom", "family": "monospace"}
   ax.text(0.98, 0.06, mins, fontsize=7, **box)
-  ax.set(
-    xlabel="safety teacher weight w* on sensitive training inputs", ylabel="fraction of inputs"
-  )
-  ax.set_title(f"the floor holds: w* ≥ {floor} with the floor (solid)")
   ax.legend(fontsize=7, loc="upper right")
+  xlabel = "safety teacher weight w* on sensitive training inputs"
+  title = f"the floor holds: w* ≥ {floor} with the floor (solid)"
+  style.label(ax, title, xlabel=xlabel, ylabel="fraction of inputs")
 
   ax, x = axes[1, 1], np.arange(len(s))
   bars = (("target", "target q(u)", "#9467bd"), ("student", "student p_S(u), test", "#d62728"))
@@ -62,9 +61,8 @@ def plot(results: dict, path: str) -> None:
     values = [v[f"{key}_unsafe_mass_sensitive"] for v in s.values()]
     ax.bar(x + dx, values, 0.4, label=label, color=color)
   ax.set_xticks(x, list(s), rotation=25, fontsize=7)
-  ax.set_ylabel(f"mean probability of unsafe class {results['config']['unsafe_class']}")
-  ax.set_title("unsafe mass on sensitive inputs")
-  ax.legend(fontsize=8)
+  ylabel = f"mean probability of unsafe class {results['config']['unsafe_class']}"
+  style.label(ax, "unsafe mass on sensitive inputs", legend=8, ylabel=ylabel)
   style.save(fig, path)
 
 

@@ -25,9 +25,8 @@ def plot(results: dict, path: str) -> None:
     bias = results["aggregates"][spec]["bias"]
     ax.plot(classes, bias, color=colors[spec], lw=1.5, marker="o", ms=3, label=f"q[{spec}]")
   ax.axhline(0, color="k", lw=0.8)
-  ax.set_xticks(classes)
-  ax.set(xlabel="class c", ylabel="b(c) = E[p(c|x)] − P(y = c)")
-  ax.set_title("Class-shifted teachers over- and under-predict; their biases cancel in q")
+  title = "Class-shifted teachers over- and under-predict; their biases cancel in q"
+  style.label(ax, title, xticks=classes, xlabel="class c", ylabel="b(c) = E[p(c|x)] − P(y = c)")
   ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13))
   ax = axes[1]
   names = list(results["teachers"]) + [f"q[{s}]" for s in specs]
@@ -38,6 +37,5 @@ def plot(results: dict, path: str) -> None:
   bound = results["weighted_teacher_bias_l2"]
   ax.axhline(bound, color="k", ls=":", lw=1, label="Σ_k w_k ‖b_k‖ (linear bound)")
   ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-  ax.set_ylabel("‖b‖₂ on held-out test data")
-  ax.legend(fontsize=7)
+  style.label(ax, legend=7, ylabel="‖b‖₂ on held-out test data")
   style.save(fig, path)

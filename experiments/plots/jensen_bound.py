@@ -26,23 +26,21 @@ def plot(results: dict, path: str) -> None:
   ax.plot(steps, tr["js"], "k:", lw=1.2, label="JS = Σ w_k KL(p_k ‖ q_lin)")
   twin = tr["l_mix_of_mixture_trained"]
   ax.plot(steps, twin, "--", color="C2", lw=1, label="L_mix of a twin trained on L_mix")
-  ax.set(yscale="log", xlabel="student step (digits, batch values)")
-  ax.set_title(f"Thm IV.7, linear q: gap = JS (max err {tr['max_abs_gap_minus_js']:.1e})")
-  ax.legend(fontsize=7)
+  title = f"Thm IV.7, linear q: gap = JS (max err {tr['max_abs_gap_minus_js']:.1e})"
+  style.label(ax, title, legend=7, yscale="log", xlabel="student step (digits, batch values)")
 
   ax = axes[1]
   for spec in specs:
     ax.plot(steps, np.asarray(tr["l_mix"][spec]) / l_multi, color=colors[spec], lw=1.2, label=spec)
   ax.axhline(1.0, color="k", ls=":", lw=1, label="bound: L_mix = L_multi")
-  ax.set(xlabel="student step", ylabel="KL(G(p) ‖ p_S) / L_multi")
-  ax.set_title("Same student, each operator's target")
-  ax.legend(fontsize=7)
+  title = "Same student, each operator's target"
+  style.label(ax, title, legend=7, xlabel="student step", ylabel="KL(G(p) ‖ p_S) / L_multi")
 
   ax = axes[2]
   fractions = [100 * rnd[s]["fraction"] for s in rnd]
   bars = ax.bar(range(len(rnd)), fractions, color=[colors.get(s, "gray") for s in rnd])
   ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
   ax.set_xticks(range(len(rnd)), list(rnd), rotation=25, ha="right", fontsize=8)
-  ax.set_ylabel("% of random problems with L_mix > L_multi")
-  ax.set_title("Random teachers/students: where the bound fails")
+  title = "Random teachers/students: where the bound fails"
+  style.label(ax, title, ylabel="% of random problems with L_mix > L_multi")
   style.save(fig, path)

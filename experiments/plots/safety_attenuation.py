@@ -27,13 +27,12 @@ def plot(results: dict, path: str) -> None:
     ax.set_title(
       f"{name}: p_k(unsafe) = {np.round(p[:, 0], 3).tolist()}\n(× = above the bound)", fontsize=9
     )
-    ax.set(xlabel="safety teacher weight w*", ylabel="q(unsafe)")
-    ax.legend(fontsize=7)
+    style.label(ax, legend=7, xlabel="safety teacher weight w*", ylabel="q(unsafe)")
   ax = axes[-1]
   fraction = lambda bound: [100 * results["random"][s][bound]["fraction"] for s in specs]
   labels = ("Cor IV.12 bound", "Prop IV.11: q(i) < p_max")
   cor, prop = fraction("cor_iv12"), fraction("prop_iv11")
   style.paired_bars(ax, specs, cor, prop, list(colors.values()), labels, rotation=25, fontsize=8)
-  ax.set_ylabel("% of random problems violating")
-  ax.set_title("Random teachers: linear never violates", fontsize=9)
+  title = "Random teachers: linear never violates"
+  style.label(ax, title, size=9, ylabel="% of random problems violating")
   style.save(fig, path)

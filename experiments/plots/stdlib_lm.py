@@ -16,18 +16,15 @@ def plot(results: dict, path: str) -> None:
   plt = style.pyplot()
   bpb, se = results["bits_per_byte"], results.get("bits_per_byte_se", {})
   fams, ks = results["families"], results["k_values"]
-  fig, (ax, bx, cx) = plt.subplots(
-    1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.25, 1.1, 1]}
-  )
+  widths = {"width_ratios": [1.25, 1.1, 1]}
+  fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw=widths)
 
   names = [n for n in bpb if n.startswith("teacher")] + [n for n in bpb if n in se]
   y = np.arange(len(names))[::-1]
   vals = [bpb[n]["all"] for n in names]
   errs = [se.get(n, {}).get("all", 0.0) for n in names]
-  colors = [
-    "C3" if n.startswith("teacher") else "0.5" if n == "student[labels]" else "C0" for n in names
-  ]
-  ax.barh(y, vals, xerr=errs, color=colors, capsize=2)
+  color = lambda n: "C3" if n.startswith("teacher") else "0.5" if n == "student[labels]" else "C0"
+  ax.barh(y, vals, xerr=errs, color=[color(n) for n in names], capsize=2)
   ax.set_yticks(y, names, fontsize=7)
   if "student[labels]" in bpb:
     ax.axvline(bpb["student[labels]"]["all"], color="0.3", ls="--", lw=1, label="hard labels")
@@ -48,22 +45,16 @@ def plot(results: dict, path: str) -> None:
     bx.bar(np.arange(len(cols)) + i * width, means, width, yerr=errs, capsize=2, label=n)
   bx.axhline(0.0, color="k", lw=0.8)
   bx.set_xticks(np.arange(len(cols)) + width * (len(shown) - 1) / 2, cols)
-  bx.set(ylabel="Δ bits/byte vs hard labels (paired, ± s.e.)")
-  bx.set_title("Per-family gain over the hard-label student (< 0: better)", fontsize=10)
-  bx.legend(fontsize=6.5)
+  title = "Per-family gain over the hard-label student (< 0: better)"
+  style.label(bx, title, size=10, legend=6.5, ylabel="Δ bits/byte vs hard labels (paired, ± s.e.)")
   bx.grid(alpha=0.3, axis="y")
 
   markers = {"drop": "v", "uniform": "o", "bucket": "s"}
   for mode in results["tail_modes"]:
     keys = [f"student[top{k},{mode}]" for k in ks]
-    cx.errorbar(
-      ks,
-      [bpb[k]["all"] for k in keys],
-      yerr=[se.get(k, {}).get("all", 0.0) for k in keys],
-      marker=markers.get(mode, "o"),
-      capsize=2,
-      label=f"top-k, tail={mode}",
-    )
+    values, errs = [bpb[k]["all"] for k in keys], [se.get(k, {}).get("all", 0.0) for k in keys]
+    label = {"marker": markers.get(mode, "o"), "label": f"top-k, tail={mode}"}
+    cx.errorbar(ks, values, yerr=errs, capsize=2, **label)
   for key, color in (("student[mixture linear]", "k"), ("student[labels]", "0.5")):
     if key in bpb:
       cx.axhline(bpb[key]["all"], color=color, ls="--", lw=1, label=key)
@@ -71,12 +62,11 @@ def plot(results: dict, path: str) -> None:
   mib = [store["bytes"] * k / store["k"] / 2**20 for k in ks]  # the top-k prefix of the store
   cx.set_xscale("log", base=2)
   cx.set_xticks(ks, [f"{k}\n≈{m:.2g} MiB" for k, m in zip(ks, mib, strict=True)])
-  cx.set(
-    xlabel=f"top-k per teacher; store size ≈ the top-{store['k']} store's × k/{store['k']}\n"
-    f"(dense bf16: {store['dense_bf16_bytes'] / 2**20:.0f} MiB)",
-    ylabel="bits per byte (all)",
+  xlabel = (
+    f"top-k per teacher; store size ≈ the top-{store['k']} store's × k/{store['k']}\n"
+    f"(dense bf16: {store['dense_bf16_bytes'] / 2**20:.0f} MiB)"
   )
-  cx.set_title("Students from the offline store", fontsize=10)
-  cx.legend(fontsize=7)
+  title = "Students from the offline store"
+  style.label(cx, title, size=10, legend=7, xlabel=xlabel, ylabel="bits per byte (all)")
   cx.grid(alpha=0.3)
   style.save(fig, path)

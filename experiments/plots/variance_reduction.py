@@ -52,9 +52,8 @@ def plot(results: dict, path: str) -> None:
     label = f"measured, {weighting} w"
     ax.plot(rhos, [r["measured"] for r in rows], "o", color="C0", mfc=mfc, label=label)
   ax.axhline(results["sigma"] ** 2, color="gray", ls=":", label="σ² (one teacher)")
-  ax.set(xlabel="pairwise error correlation ρ", ylabel="Var[q(i)]")
-  ax.set_title(f"Correlated errors, K={k_big}:\naveraging stops helping as ρ → 1")
-  ax.legend(fontsize=7)
+  title = f"Correlated errors, K={k_big}:\naveraging stops helping as ρ → 1"
+  style.label(ax, title, legend=7, xlabel="pairwise error correlation ρ", ylabel="Var[q(i)]")
 
   # (c) every operator, measured / linear closed form.
   ax = axes[2]
@@ -65,9 +64,7 @@ def plot(results: dict, path: str) -> None:
   tol = results["tolerance"]
   ax.axhspan(1 - tol, 1 + tol, color="gray", alpha=0.2, label=f"MC tolerance ±{tol:.1%}")
   ax.set_xscale("log", base=2)
-  ax.set(xlabel="number of teachers K", ylabel="measured Var[q(i)] / Σ w_k² σ_k²")
-  ax.set_title(
-    f"Every operator, ρ={min(rhos):g}, uniform w, σ_k unequal:\nmeasured / linear closed form"
-  )
-  ax.legend(fontsize=7)
+  title = f"Every operator, ρ={min(rhos):g}, uniform w, σ_k unequal:\nmeasured / linear closed form"
+  ylabel = "measured Var[q(i)] / Σ w_k² σ_k²"
+  style.label(ax, title, legend=7, xlabel="number of teachers K", ylabel=ylabel)
   style.save(fig, path)

@@ -37,21 +37,19 @@ def validate_config(config) -> None:
     non_negative="gate_loss_weight weight_decay",
     unit="hierarchical_epsilon safety_floor safety_threshold",
   )
-  v = data_lib.NUM_CLASSES
+  require, v = common.require, data_lib.NUM_CLASSES
   subsets = [tuple(s) for s in config.class_subsets]
-  if len(subsets) < 2:
-    raise ValueError(f"config.class_subsets: need ≥ 2 teachers, got {len(subsets)}")
+  require(len(subsets) >= 2, "class_subsets", f"need ≥ 2 teachers, got {len(subsets)}")
   for s in subsets:
-    if not s or any(not 0 <= c < v for c in s):
-      raise ValueError(f"config.class_subsets: classes must be in [0, {v}), got {s}")
-  if set().union(*subsets) != set(range(v)):
-    raise ValueError(f"config.class_subsets: every class needs a teacher, got {subsets}")
+    ok = s and all(0 <= c < v for c in s)
+    require(ok, "class_subsets", f"classes must be in [0, {v}), got {s}")
+  ok = set().union(*subsets) == set(range(v))
+  require(ok, "class_subsets", f"every class needs a teacher, got {subsets}")
   for name in config.schemes:
-    if name not in SCHEMES:
-      raise ValueError(f"config.schemes: unknown scheme {name!r}; valid: {SCHEMES}")
+    require(name in SCHEMES, "schemes", f"unknown scheme {name!r}; valid: {SCHEMES}")
   for name in config.safety_schemes:
-    if name not in SCHEMES or name == "learned":
-      raise ValueError(f"config.safety_schemes: {name!r} is not a stateless scheme of {SCHEMES}")
+    ok = name in SCHEMES and name != "learned"
+    require(ok, "safety_schemes", f"{name!r} is not a stateless scheme of {SCHEMES}")
   if not 0 <= config.unsafe_class < v or config.unsafe_class in config.sensitive_classes:
     raise ValueError(
       f"config.unsafe_class: must be a class not among the sensitive ones, got "
@@ -117,8 +115,7 @@ def _distil(config, hook, arrays, temperatures, student, x_test, learning_rate=N
   uniform = np.ones(len(temperatures)) / len(temperatures)
   targets = {"objective": objective, "weights": uniform, "weighting": hook}
   step = train.make_train_step(student.apply, optimizer, **targets)
-  seeds = jnp.asarray([config.seed + s for s in range(config.num_seeds)])
-  keys = jax.vmap(jax.random.key)(seeds)
+  keys = jax.vmap(jax.random.key)(jnp.asarray([config.seed + s for s in range(config.num_seeds)]))
   loop = {"num_steps": config.num_steps, "batch_size": config.batch_size, "data_seed": config.seed}
   init = train.init_params(student.init, hook)
   params, metrics = train.train_seeds(

@@ -21,8 +21,7 @@ def validate_config(config) -> None:
     non_negative_ints="seed",
     positive="teacher_scale learning_rate",
   )
-  if not config.widths:
-    raise ValueError("config.widths: need at least one hidden width")
+  common.require(config.widths, "widths", "need at least one hidden width")
   if config.num_points > 1079:
     raise ValueError(
       f"config.num_points: at most 1079 (digits train split), got {config.num_points}"

@@ -25,6 +25,18 @@ DEFAULT_OPERATORS = (
 )
 
 
+def require(ok, field: str, message: str) -> None:
+  """Raises `ValueError("config.<field>: <message>")` unless `ok`."""
+  if not ok:
+    raise ValueError(f"config.{field}: {message}")
+
+
+def check_lengths(config, fields, k: int, what: str = "one entry per teacher") -> None:
+  """Each of `fields` holds `k` entries, else `ValueError("config.<field>: need <what> ...")`."""
+  for field in fields:
+    require(len(config[field]) == k, field, f"need {what} (K={k}), got {config[field]}")
+
+
 def check_field(field: str, fn: Callable) -> None:
   """Runs `fn()`; a ValueError or TypeError becomes `ValueError("config.<field>: ...")`."""
   try:
@@ -70,8 +82,7 @@ def check_random_search(config, **kinds: str) -> None:
 
 def check_operators(field: str, specs: Sequence[str], *, allow_empty: bool = False) -> None:
   """Raises ValueError("config.<field>: ...") if a spec does not name an operator."""
-  if not specs and not allow_empty:
-    raise ValueError(f"config.{field}: need at least one operator")
+  require(specs or allow_empty, field, "need at least one operator")
   for spec in specs:
     check_field(field, lambda spec=spec: registry.check("operator", spec))
 
@@ -82,10 +93,8 @@ def check_mesh(config, num_devices: int) -> None:
     "mesh", lambda: sharding_lib.check_mesh_config(config.mesh.data, config.mesh.model, num_devices)
   )
   data = num_devices // config.mesh.model if config.mesh.data == -1 else config.mesh.data
-  if config.batch_size < 1 or config.batch_size % data:
-    raise ValueError(
-      f"config.batch_size: {config.batch_size} must be a positive multiple of mesh data={data}"
-    )
+  ok = config.batch_size >= 1 and not config.batch_size % data
+  require(ok, "batch_size", f"{config.batch_size} must be a positive multiple of mesh data={data}")
   for regex, _ in config.get("partition_rules", ()):
     check_field("partition_rules", lambda regex=regex: re.compile(regex))
 
@@ -175,37 +184,26 @@ def train_teachers(config, loop: train.Loop, views: Sequence[data_lib.TeacherVie
   train_split, test_split = splits["train"], splits["test"]
   if views is None:
     views = teacher_views(config, len(train_split))
-  optimizer = train.make_optimizer(
-    config.teacher_learning_rate,
-    config.teacher_steps,
-    weight_decay=config.weight_decay,
-    warmup_steps=config.warmup_steps,
-  )
+  opt = optimizer(config, config.teacher_learning_rate, config.teacher_steps)
+  fields = ("teacher_learning_rate", "teacher_steps", "weight_decay", "warmup_steps", "batch_size")
   train_logits, test_logits = [], []
   for k, view in enumerate(views):
-    model = models.build(
-      "mlp",
-      in_features=data_lib.NUM_PIXELS,
-      hidden=tuple(config.teacher_hidden[k]),
-      num_classes=data_lib.NUM_CLASSES,
-    )
+    model = digits_model(config.teacher_hidden[k])
     x_train = view.apply(train_split)  # [N, 64] the teacher's view of every training image
     arrays = {"x": x_train[view.train_rows], "y": train_split.y[view.train_rows]}
+    data = b"".join(np.ascontiguousarray(a).data for a in arrays.values())
     key = {  # all that determines the teacher: its data, model, optimizer, steps and seed
-      "data": hashlib.sha256(
-        b"".join(np.ascontiguousarray(a).data for a in arrays.values())
-      ).hexdigest(),
+      "data": hashlib.sha256(data).hexdigest(),
       "hidden": list(config.teacher_hidden[k]),
-      **{f: config[f] for f in ("teacher_learning_rate", "teacher_steps", "weight_decay")},
-      **{f: config[f] for f in ("warmup_steps", "batch_size")},
+      **{f: config[f] for f in fields},
       "seed": config.seed + k,
     }
     with train.cached_run(loop, f"teacher_{k}", key) as teacher_loop:
       state, _ = train.train(
         f"teacher_{k}",
         init_params=model.init,
-        train_step=train.make_supervised_step(model.apply, optimizer),
-        optimizer=optimizer,
+        train_step=train.make_supervised_step(model.apply, opt),
+        optimizer=opt,
         arrays=arrays,
         num_steps=config.teacher_steps,
         batch_size=config.batch_size,

@@ -47,9 +47,7 @@ def validate_config(config) -> None:
   check_loss = lambda: registry.check("objective", config.loss, operator=operators.linear, **loss)
   common.check_field("loss", check_loss)
   common.check_field("weights", lambda: operators.check_weights(config.weights, (k, 1)))
-  for field in PER_TEACHER_FIELDS:
-    if len(config[field]) != k:
-      raise ValueError(f"config.{field}: need one entry per teacher (K={k}), got {config[field]}")
+  common.check_lengths(config, PER_TEACHER_FIELDS, k)
   common.check_mesh(config, jax.device_count())
   common.check_field("weighting", lambda: _weighting(config))
 

@@ -28,17 +28,12 @@ def validate_config(config) -> None:
     fractions="teacher_keep_fractions teacher_train_fractions",
     unit="alphas",
   )
-  if not config.alphas:
-    raise ValueError("config.alphas: need at least one α")
-  k = config.num_teachers
-  for field in digits.PER_TEACHER_FIELDS:
-    if len(config[field]) != k:
-      raise ValueError(f"config.{field}: need one entry per teacher (K={k}), got {config[field]}")
+  common.require(config.alphas, "alphas", "need at least one α")
+  common.check_lengths(config, digits.PER_TEACHER_FIELDS, config.num_teachers)
   for name in config.starts:
-    if name not in STARTS:
-      raise ValueError(f"config.starts: unknown start {name!r}; valid: {STARTS}")
-  if len(set(config.starts)) != len(config.starts):
-    raise ValueError(f"config.starts: duplicates in {config.starts}")
+    common.require(name in STARTS, "starts", f"unknown start {name!r}; valid: {STARTS}")
+  unique = len(set(config.starts)) == len(config.starts)
+  common.require(unique, "starts", f"duplicates in {config.starts}")
 
 
 def _starting_students(config, student, x, log_p0, log_q_base) -> dict[str, np.ndarray]:
@@ -148,16 +143,13 @@ def run(config, workdir: str) -> dict:
 
   # The fixed point: the same chains from other starting students.
   starts = _starting_students(config, student, train_split.x, log_p0, log_q_base)
-  results["starts"] = {}
+  results["starts"] = {name: {} for name in starts}
   for name, log_start in starts.items():
-    results["starts"][name] = {}
     for alpha in config.alphas:
-      if name == "hard_label":
-        targets, students = finals[f"{alpha:g}"]["hard_label"]
-      else:
-        _, targets, students = chain(alpha, log_start, [])
-        finals[f"{alpha:g}"][name] = (targets, students)
-      results["starts"][name][f"{alpha:g}"] = _start_record(log_q_base, targets, students)
+      if name != "hard_label":
+        finals[f"{alpha:g}"][name] = chain(alpha, log_start, [])[1:]
+      record = _start_record(log_q_base, *finals[f"{alpha:g}"][name])
+      results["starts"][name][f"{alpha:g}"] = record
   results["fixed_point"] = {
     a: meta.fixed_point_agreement(float(a), log_q_base, by_start) for a, by_start in finals.items()
   }

@@ -13,8 +13,7 @@ from mtkd_jax.experiments.tables import mean_std
 def validate_config(config) -> None:
   common.check_numbers(config, non_negative_ints="seeds")
   common.check_operators("operators", config.operators)
-  if not config.seeds:
-    raise ValueError("config.seeds: need at least one seed")
+  common.require(config.seeds, "seeds", "need at least one seed")
   digits.validate_embedded(digits_config(config, config.seeds[0]))
 
 

@@ -30,6 +30,7 @@ from mtkd_jax.experiments import common, tables
 EVAL_SPLITS = ("validation", "test")
 TEACHER_SOURCES = ("online", "store")
 FUSED_OPERATORS = ("linear", "geometric")  # those of objectives.mixture_from_hidden
+_SIZES = ("depth", "width", "num_heads")
 
 
 def validate_config(config) -> None:
@@ -46,13 +47,8 @@ def validate_config(config) -> None:
     unit="label_weight",
   )
   num_teachers = len(config.families)
-  if num_teachers < 1:
-    raise ValueError("config.families: need at least one family")
-  for field in ("temperatures", "weights"):
-    if len(config[field]) != num_teachers:
-      raise ValueError(
-        f"config.{field}: need one per family (K={num_teachers}), got {config[field]}"
-      )
+  common.require(num_teachers >= 1, "families", "need at least one family")
+  common.check_lengths(config, ("temperatures", "weights"), num_teachers, "one per family")
   if config.eval_split not in EVAL_SPLITS:
     raise ValueError(f"config.eval_split: one of {EVAL_SPLITS}, got {config.eval_split!r}")
   if config.validation_fraction >= 1:
@@ -94,12 +90,9 @@ def validate_config(config) -> None:
       f"config.store.windows: need a multiple of K={num_teachers} and ≥ batch_size, "
       f"got {store.windows}"
     )
-  for field, (width, heads) in {
-    "num_heads": (config.width, config.num_heads),
-    "teacher.num_heads": (config.teacher.width, config.teacher.num_heads),
-  }.items():
-    if width % heads:
-      raise ValueError(f"config.{field}: {heads} does not divide width {width}")
+  for prefix, c in (("", config), ("teacher.", config.teacher)):
+    if c.width % c.num_heads:
+      raise ValueError(f"config.{prefix}num_heads: {c.num_heads} does not divide width {c.width}")
 
 
 def load_corpus(config) -> text_data.Corpus:
@@ -111,17 +104,15 @@ def load_corpus(config) -> text_data.Corpus:
   return text_data.load_stdlib(families, validation_fraction=config.validation_fraction, **split)
 
 
-def build_model(config) -> models.FunctionalModel:
-  """The student: `config.depth`, `width`, `num_heads`."""
-  shape = {"depth": config.depth, "width": config.width, "num_heads": config.num_heads}
-  return models.build("byte_lm", context=config.seq_len, **shape)
+def build_model(config, sizes=None) -> models.FunctionalModel:
+  """The student: `config.depth`, `width`, `num_heads` (those of `sizes` if given)."""
+  c = config if sizes is None else sizes
+  return models.build("byte_lm", context=config.seq_len, **{f: c[f] for f in _SIZES})
 
 
 def build_teacher_model(config) -> models.FunctionalModel:
   """Every teacher: `config.teacher.depth`, `width`, `num_heads`."""
-  t = config.teacher
-  shape = {"depth": t.depth, "width": t.width, "num_heads": t.num_heads}
-  return models.build("byte_lm", context=config.seq_len, **shape)
+  return build_model(config, config.teacher)
 
 
 def _xy(windows: np.ndarray) -> dict[str, np.ndarray]:
@@ -153,8 +144,7 @@ def train_teachers(config, loop: train.Loop, corpus) -> list:
   keyed by its data, model, optimizer, steps and seed); returns their params."""
   t = config.teacher
   model = build_teacher_model(config)
-  opt_fields = {"weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps}
-  optimizer = common.optimizer(config, t.learning_rate, t.steps)  # AdamW with opt_fields
+  optimizer = common.optimizer(config, t.learning_rate, t.steps)
   step = train.make_supervised_step(model.apply, optimizer)  # one step: compiled once for all
   params = []
   for j, family in enumerate(corpus.families):
@@ -163,7 +153,7 @@ def train_teachers(config, loop: train.Loop, corpus) -> list:
       "data": hashlib.sha256(arrays["x"].tobytes() + arrays["y"].tobytes()).hexdigest(),
       "model": {"byte_lm": [config.seq_len, t.depth, t.width, t.num_heads]},
       **{f: t[f] for f in ("learning_rate", "steps", "batch_size")},
-      **opt_fields,
+      **{f: config[f] for f in ("weight_decay", "warmup_steps")},
       "seed": config.seed + j,
     }
     name = f"teacher_{family}"
@@ -282,21 +272,20 @@ def student_runs(config) -> list[dict]:
   base = {"teachers": every, "operator": "linear", "divergence": "forward_kl"}
   base.update(label_weight=0.0, adaptive=None, k=None, tail_mode=None)
   runs = [{**base, "name": "student[labels]", "kind": "labels"}] if config.label_student else []
-  if config.single_teacher_students:
-    for j, f in enumerate(fams):
-      runs.append({**base, "name": f"student[teacher {f}]", "kind": "dense", "teachers": (j,)})
+
+  def dense(name, **fields):
+    runs.append({**base, "name": f"student[{name}]", "kind": "dense", **fields})
+
+  for j, f in enumerate(fams if config.single_teacher_students else []):
+    dense(f"teacher {f}", teachers=(j,))
   for op in config.dense_operators:
-    runs.append({**base, "name": f"student[mixture {op}]", "kind": "dense", "operator": op})
+    dense(f"mixture {op}", operator=op)
   for div in config.divergences:
-    runs.append({**base, "name": f"student[mixture linear, {div}]", "kind": "dense"})
-    runs[-1]["divergence"] = div
+    dense(f"mixture linear, {div}", divergence=div)
   if config.label_weight > 0:
-    a = config.label_weight
-    runs.append({**base, "name": f"student[mixture linear + {a:g} labels]", "kind": "dense"})
-    runs[-1]["label_weight"] = a
+    dense(f"mixture linear + {config.label_weight:g} labels", label_weight=config.label_weight)
   if config.adaptive:
-    runs.append({**base, "name": f"student[{config.adaptive}]", "kind": "dense"})
-    runs[-1]["adaptive"] = config.adaptive
+    dense(config.adaptive, adaptive=config.adaptive)
   for r in runs:
     if r["kind"] != "dense":
       continue
@@ -434,27 +423,19 @@ def run(config, workdir: str) -> dict:
     bpb[n] = {c: s[c]["mean"] for c in cols}
   stderr = {n: {c: s[c]["se"] for c in cols} for n, s in stats.items()}
   seeds_bpb = {n: {c: [r[c] for r in rs] for c in cols} for n, rs in per_seed.items()}
-  # Paired differences against the hard-label student (the same seeds: init and batch order).
-  vs_labels = {}
-  if "student[labels]" in per_seed:
-    ref = per_seed["student[labels]"]
-    for n, rs in per_seed.items():
-      if n != "student[labels]":
-        vs_labels[n] = {
-          c: _seed_stats([r[c] - q[c] for r, q in zip(rs, ref, strict=True)]) for c in cols
-        }
 
-  # Paired differences against the best single-teacher student (lowest mean bits/byte, all).
+  def paired(ref: str | None, skip) -> dict:
+    """Differences to the student `ref` over the same seeds (init and batch order)."""
+    if ref not in per_seed:
+      return {}
+    d = lambda rs, c: _seed_stats([r[c] - q[c] for r, q in zip(rs, per_seed[ref], strict=True)])
+    return {n: {c: d(rs, c) for c in cols} for n, rs in per_seed.items() if n not in skip}
+
+  # Against the hard-label student, and the best single-teacher one (lowest mean, all).
   singles = [n for n in per_seed if n.startswith("student[teacher ")]
-  vs_single, best_single = {}, None
-  if singles:
-    best_single = min(singles, key=lambda n: bpb[n]["all"])
-    ref = per_seed[best_single]
-    for n, rs in per_seed.items():
-      if n not in singles:
-        vs_single[n] = {
-          c: _seed_stats([r[c] - q[c] for r, q in zip(rs, ref, strict=True)]) for c in cols
-        }
+  best_single = min(singles, key=lambda n: bpb[n]["all"]) if singles else None
+  vs_labels = paired("student[labels]", ["student[labels]"])
+  vs_single = paired(best_single, singles)
 
   manifest = store.manifest
   return {

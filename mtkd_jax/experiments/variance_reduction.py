@@ -76,17 +76,15 @@ def validate_config(config) -> None:
     positive="sigma",
     fractions="skew",
   )
-  if config.vocab_size < 2:
-    raise ValueError(f"config.vocab_size: need V ≥ 2, got {config.vocab_size}")
+  require, v = common.require, config.vocab_size
+  require(v >= 2, "vocab_size", f"need V ≥ 2, got {v}")
   if config.num_seeds < 10:
     raise ValueError(f"config.num_seeds: need ≥ 10 Monte-Carlo seeds, got {config.num_seeds}")
-  if not config.num_teachers:
-    raise ValueError("config.num_teachers: need at least one K")
-  if any(not 0.0 <= r < 1.0 for r in config.rhos):
-    raise ValueError(f"config.rhos: need 0 ≤ ρ < 1, got {config.rhos}")
+  require(config.num_teachers, "num_teachers", "need at least one K")
+  require(all(0.0 <= r < 1.0 for r in config.rhos), "rhos", f"need 0 ≤ ρ < 1, got {config.rhos}")
   if not 0.0 <= config.sigma_spread < 1.0:
     raise ValueError(f"config.sigma_spread: need 0 ≤ spread < 1, got {config.sigma_spread}")
-  floor = 0.5 / config.vocab_size
+  floor = 0.5 / v
   if noise_bound(config) >= floor:
     raise ValueError(
       f"config.sigma: {config.sigma} lets |ε| reach {noise_bound(config):.4g} ≥ min p̄ bound "
