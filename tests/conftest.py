@@ -5,20 +5,17 @@ import os
 import shutil
 import tempfile
 
-# Must be set before jax is imported anywhere in the test process. The in-process tests compile
-# hundreds of tiny programs once each, so XLA:CPU compiles them with its cheap backend passes
-# (about a quarter less CPU time for tests/test_sparse.py and tests/test_fused_kd.py; the same
-# semantics: every test compares against its reference as before, and the in-process experiment
-# tests still match tests/data/results_small to 1e-6). Subprocesses that inherit the environment
-# (store workers, the teachers CLI, the device check) compile the same way; the jobs compared with
-# stored results (CLI runs, notebooks, the README's commands) set their own XLA_FLAGS or none,
-# as users do. `XLA_FLAGS=--xla_force_host_platform_device_count=8 make test` runs it all at
-# full optimisation.
-os.environ.setdefault(
-  "XLA_FLAGS",
-  "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-  "--xla_llvm_disable_expensive_passes=true",
-)
+# Must be set before jax is imported anywhere in the test process. The tests compile hundreds of
+# small programs once each, so XLA:CPU compiles them with its cheap backend passes
+# (`_processes.CHEAP_XLA_FLAGS`: about a quarter less CPU time for tests/test_sparse.py and
+# tests/test_fused_kd.py, half for the notebooks; the same semantics: every test compares against
+# its reference as before, and the experiment runs still match tests/data/results_small to 1e-6).
+# Subprocesses that inherit the environment (store workers, the teachers CLI, the device check)
+# compile the same way, and the CLI runs and notebooks compared with stored results set one device
+# and the same passes. Only the README's commands run as users run them, with no XLA_FLAGS.
+from _processes import CHEAP_XLA_FLAGS
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {CHEAP_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Teachers cached by their own config go to a directory of this test process (and of the jobs it
 # starts), never to the user's ~/.cache; tests in one process share it, as jobs would.

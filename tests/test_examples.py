@@ -5,10 +5,15 @@ import re
 import subprocess
 import sys
 
+import _processes
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+ENV = dict(
+  os.environ,
+  XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {_processes.CHEAP_XLA_FLAGS}",
+  JAX_PLATFORMS="cpu",
+)
 
 
 def _run(script, *args):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import _processes
 import numpy as np
 import pytest
 import results_compare
@@ -79,7 +80,7 @@ def test_bad_config_is_a_one_line_error_naming_the_field(overrides, field):
 def _run_cli(workdir, *flags, timeout=240, config=CONFIG, devices=2, env=None):
   env = dict(
     os.environ,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {_processes.CHEAP_XLA_FLAGS}",
     JAX_PLATFORMS="cpu",
     PYTHONPATH=ROOT,
     **(env or {}),

@@ -12,6 +12,7 @@ import json
 import os
 import re
 
+import _processes
 import nbformat
 import pytest
 import results_compare
@@ -24,7 +25,7 @@ FIXTURES = os.path.join(ROOT, "tests", "data", "results_small")
 def _execute(name, tmp_path, monkeypatch, timeout=600):
   monkeypatch.setenv("MTKD_NOTEBOOK_SIZE", "small")
   monkeypatch.setenv("MTKD_NOTEBOOK_WORKDIR", str(tmp_path / "runs"))
-  monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as the fixtures were made
+  monkeypatch.setenv("XLA_FLAGS", _processes.CHEAP_XLA_FLAGS)  # one CPU device
   nb = nbformat.read(os.path.join(ROOT, "notebooks", f"{name}.ipynb"), as_version=4)
   for cell in nb.cells:  # the committed outputs are those of the full-size run: start afresh
     if cell.cell_type == "code":

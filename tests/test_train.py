@@ -358,7 +358,7 @@ def test_same_metrics_in_2_processes(one_device_run, tmp_path):
   port, out = _processes.free_port(), tmp_path / "out.json"
   env = dict(
     os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {_processes.CHEAP_XLA_FLAGS}",
     JAX_PLATFORMS="cpu",
     PYTHONPATH=ROOT,
   )
@@ -489,7 +489,7 @@ def _load_final_params(workdir, run):
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
   env = dict(
     os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {_processes.CHEAP_XLA_FLAGS}",
     JAX_PLATFORMS="cpu",
     PYTHONPATH=ROOT,
   )
