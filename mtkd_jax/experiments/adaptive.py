@@ -50,11 +50,9 @@ def validate_config(config) -> None:
   for name in config.safety_schemes:
     ok = name in SCHEMES and name != "learned"
     require(ok, "safety_schemes", f"{name!r} is not a stateless scheme of {SCHEMES}")
-  if not 0 <= config.unsafe_class < v or config.unsafe_class in config.sensitive_classes:
-    raise ValueError(
-      f"config.unsafe_class: must be a class not among the sensitive ones, got "
-      f"{config.unsafe_class}"
-    )
+  u = config.unsafe_class
+  ok = 0 <= u < v and u not in config.sensitive_classes
+  require(ok, "unsafe_class", f"must be a class not among the sensitive ones, got {u}")
 
 
 def specialist_views(config, train_y: np.ndarray) -> list[data_lib.TeacherView]:

@@ -17,8 +17,8 @@ from mtkd_jax.experiments import common, digits, tables
 def validate_config(config) -> None:
   common.check_numbers(config, positive_ints="window", unit="out_fraction")
   common.check_operators("operators", config.operators)
-  if config.window > data_lib.NUM_CLASSES:
-    raise ValueError(f"config.window: at most {data_lib.NUM_CLASSES} classes, got {config.window}")
+  ok = config.window <= data_lib.NUM_CLASSES
+  common.require(ok, "window", f"at most {data_lib.NUM_CLASSES} classes, got {config.window}")
   digits.validate_embedded(config.digits)
 
 

@@ -22,10 +22,8 @@ def validate_config(config) -> None:
     positive="teacher_scale learning_rate",
   )
   common.require(config.widths, "widths", "need at least one hidden width")
-  if config.num_points > 1079:
-    raise ValueError(
-      f"config.num_points: at most 1079 (digits train split), got {config.num_points}"
-    )
+  ok = config.num_points <= 1079
+  common.require(ok, "num_points", f"at most 1079 (digits train split), got {config.num_points}")
 
 
 def problem(config):

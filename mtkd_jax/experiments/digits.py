@@ -41,8 +41,8 @@ def validate_config(config) -> None:
   common.check_field(
     "temperatures", lambda: temperature_lib.check_temperatures(config.temperatures, k)
   )
-  if np.ndim(config.temperatures) != 1:
-    raise ValueError(f"config.temperatures: need one per teacher (K={k}), got a scalar")
+  ok = np.ndim(config.temperatures) == 1
+  common.require(ok, "temperatures", f"need one per teacher (K={k}), got a scalar")
   loss = {"temperatures": config.temperatures, "divergence": config.divergence}
   check_loss = lambda: registry.check("objective", config.loss, operator=operators.linear, **loss)
   common.check_field("loss", check_loss)

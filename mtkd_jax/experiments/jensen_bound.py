@@ -22,8 +22,8 @@ BOUND_TOL = 1e-5  # L_mix − L_multi above this is a violation
 def validate_config(config) -> None:
   common.check_random_search(config)
   common.check_operators("operators", config.operators)
-  if config.operators[0] != "linear":
-    raise ValueError(f"config.operators: the first must be 'linear', got {config.operators[0]!r}")
+  first = config.operators[0]
+  common.require(first == "linear", "operators", f"the first must be 'linear', got {first!r}")
   digits.validate_embedded(_digits_config(config, "sum_of_kls", config.operators))
 
 

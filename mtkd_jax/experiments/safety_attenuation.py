@@ -20,12 +20,11 @@ def validate_config(config) -> None:
   common.check_operators("operators", config.operators)
   for name, teachers in config.scenarios.items():
     p = np.asarray(teachers, np.float64)
-    if p.ndim != 2 or p.shape[0] < 2 or np.any(p <= 0):
-      raise ValueError(
-        f"config.scenarios.{name}: need K ≥ 2 rows of positive probabilities, got shape {p.shape}"
-      )
-  if config.num_weights < 2:
-    raise ValueError(f"config.num_weights: need ≥ 2 values of w*, got {config.num_weights}")
+    ok = p.ndim == 2 and p.shape[0] >= 2 and not np.any(p <= 0)
+    message = f"need K ≥ 2 rows of positive probabilities, got shape {p.shape}"
+    common.require(ok, f"scenarios.{name}", message)
+  n = config.num_weights
+  common.require(n >= 2, "num_weights", f"need ≥ 2 values of w*, got {n}")
 
 
 def scenario_sweep(teachers, specs, num_weights: int) -> dict:

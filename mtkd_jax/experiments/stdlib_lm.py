@@ -47,12 +47,12 @@ def validate_config(config) -> None:
     unit="label_weight",
   )
   num_teachers = len(config.families)
-  common.require(num_teachers >= 1, "families", "need at least one family")
+  require = common.require
+  require(num_teachers >= 1, "families", "need at least one family")
   common.check_lengths(config, ("temperatures", "weights"), num_teachers, "one per family")
-  if config.eval_split not in EVAL_SPLITS:
-    raise ValueError(f"config.eval_split: one of {EVAL_SPLITS}, got {config.eval_split!r}")
-  if config.validation_fraction >= 1:
-    raise ValueError(f"config.validation_fraction: must be < 1, got {config.validation_fraction}")
+  split, fraction = config.eval_split, config.validation_fraction
+  require(split in EVAL_SPLITS, "eval_split", f"one of {EVAL_SPLITS}, got {split!r}")
+  require(fraction < 1, "validation_fraction", f"must be < 1, got {fraction}")
   common.check_field("weights", lambda: operators.check_weights(config.weights, (num_teachers, 1)))
   for op in config.dense_operators:
     common.check_field("dense_operators", lambda op=op: operators.get(op))
@@ -63,36 +63,33 @@ def validate_config(config) -> None:
   common.check_field("operator", lambda: sparse.get(config.operator))
   for mode in config.tail_modes:
     common.check_field("tail_modes", lambda mode=mode: sparse.get(config.operator, tail_mode=mode))
-  if config.teachers not in TEACHER_SOURCES:
-    raise ValueError(f"config.teachers: one of {TEACHER_SOURCES}, got {config.teachers!r}")
+  source = config.teachers
+  require(source in TEACHER_SOURCES, "teachers", f"one of {TEACHER_SOURCES}, got {source!r}")
   op = lambda name=config.operator: sparse.get(name, tail_mode=config.store.tail_mode)
   common.check_field("store.tail_mode", op)
   if config.teachers == "store":
-    if config.adaptive:
-      raise ValueError(
-        f"config.adaptive: adaptive weights read the teachers' full logits; set it to '' with "
-        f"teachers='store', got {config.adaptive!r}"
-      )
+    require(
+      not config.adaptive,
+      "adaptive",
+      "adaptive weights read the teachers' full logits; set it to '' with teachers='store', "
+      f"got {config.adaptive!r}",
+    )
     for name in config.dense_operators:  # the store's students aggregate sparse outputs
       common.check_field("dense_operators", lambda name=name: op(name))
     for div in config.divergences:  # reverse KL is +inf with tail mode "drop"
       obj = lambda div=div: objectives.sparse_mixture(op(), temperatures=[1.0], divergence=div)
       common.check_field("divergences", obj)
-  store = config.store
-  if store.k > models.ByteTransformerLM.vocab_size:
-    raise ValueError(f"config.store.k: must be in [1, 256], got {store.k}")
-  if any(k > store.k for k in config.k_values):
-    raise ValueError(f"config.k_values: must be in [1, store.k={store.k}], got {config.k_values}")
-  if store.dtype not in store_lib.LOG_PROB_DTYPES:
-    raise ValueError(f"config.store.dtype: one of {store_lib.LOG_PROB_DTYPES}, got {store.dtype!r}")
-  if store.windows < config.batch_size or store.windows % num_teachers:
-    raise ValueError(
-      f"config.store.windows: need a multiple of K={num_teachers} and ≥ batch_size, "
-      f"got {store.windows}"
-    )
+  store, v, dtypes = config.store, models.ByteTransformerLM.vocab_size, store_lib.LOG_PROB_DTYPES
+  require(store.k <= v, "store.k", f"must be in [1, {v}], got {store.k}")
+  k_ok = all(k <= store.k for k in config.k_values)
+  require(k_ok, "k_values", f"must be in [1, store.k={store.k}], got {config.k_values}")
+  require(store.dtype in dtypes, "store.dtype", f"one of {dtypes}, got {store.dtype!r}")
+  ok = store.windows >= config.batch_size and not store.windows % num_teachers
+  windows = f"need a multiple of K={num_teachers} and ≥ batch_size, got {store.windows}"
+  require(ok, "store.windows", windows)
   for prefix, c in (("", config), ("teacher.", config.teacher)):
-    if c.width % c.num_heads:
-      raise ValueError(f"config.{prefix}num_heads: {c.num_heads} does not divide width {c.width}")
+    message = f"{c.num_heads} does not divide width {c.width}"
+    require(not c.width % c.num_heads, f"{prefix}num_heads", message)
 
 
 def load_corpus(config) -> text_data.Corpus:

@@ -78,18 +78,20 @@ def validate_config(config) -> None:
   )
   require, v = common.require, config.vocab_size
   require(v >= 2, "vocab_size", f"need V ≥ 2, got {v}")
-  if config.num_seeds < 10:
-    raise ValueError(f"config.num_seeds: need ≥ 10 Monte-Carlo seeds, got {config.num_seeds}")
+  n = config.num_seeds
+  require(n >= 10, "num_seeds", f"need ≥ 10 Monte-Carlo seeds, got {n}")
   require(config.num_teachers, "num_teachers", "need at least one K")
   require(all(0.0 <= r < 1.0 for r in config.rhos), "rhos", f"need 0 ≤ ρ < 1, got {config.rhos}")
-  if not 0.0 <= config.sigma_spread < 1.0:
-    raise ValueError(f"config.sigma_spread: need 0 ≤ spread < 1, got {config.sigma_spread}")
+  spread = config.sigma_spread
+  require(0.0 <= spread < 1.0, "sigma_spread", f"need 0 ≤ spread < 1, got {spread}")
   floor = 0.5 / v
-  if noise_bound(config) >= floor:
-    raise ValueError(
-      f"config.sigma: {config.sigma} lets |ε| reach {noise_bound(config):.4g} ≥ min p̄ bound "
-      f"{floor:.4g}, so teachers could leave the simplex; use a smaller sigma"
-    )
+  bound = noise_bound(config)
+  require(
+    bound < floor,
+    "sigma",
+    f"{config.sigma} lets |ε| reach {bound:.4g} ≥ min p̄ bound {floor:.4g}, so teachers could "
+    "leave the simplex; use a smaller sigma",
+  )
 
 
 def noise(key, rho, num_teachers: int, vocab_size: int) -> jax.Array:
