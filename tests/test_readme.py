@@ -104,7 +104,7 @@ RULES = {
     "make run's rule runs this command (its workdir: runs/digits)"
   ),
   "python -m pytest tests/test_readme.py": Covered("this test"),
-  "make test": DryRun("test", "ruff check .", "the whole suite: about 23 min"),
+  "make test": DryRun("test", "ruff check .", "the whole suite: about 19 min"),
   "make test-newest": DryRun(
     "test-newest", "-m pytest -n 2 -q -m", "installs the newest jax, then tests"
   ),
