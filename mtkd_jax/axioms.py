@@ -1,6 +1,6 @@
 """The paper's five axioms (§II-B) as executable checks with counterexamples.
 
-`check(op)` tests any operator `op(teacher_log_probs, *, temperatures, weights) -> log_q`
+`check(op)` tests any operator `op(teacher_logits, *, temperatures, weights) -> log_q`
 numerically, on random and adversarial inputs (near-ties, weights near 0, peaked and flat
 teachers, extreme temperatures), from the smallest sizes up, and reports per axiom whether it held
 and the smallest counterexample found:
@@ -97,7 +97,7 @@ def _tempered(lp, t):  # p_{k,T} in float64, [N, K, V]
 
 
 def _inputs(lp, t, w, **extra) -> dict[str, np.ndarray]:
-  return {"teacher_log_probs": lp, "temperatures": t, "weights": w, **extra}
+  return {"teacher_logits": lp, "temperatures": t, "weights": w, **extra}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,11 +209,11 @@ def _continuity(ev, lp, t, w, tol, grid=65, refinements=14, jump=1e-2):
       lp_lo, log_t_lo, w_lo = checks.path_point(start, end, lo[[r]], [r])
       lp_hi, log_t_hi, w_hi = checks.path_point(start, end, hi[[r]], [r])
       inputs = {
-        "teacher_log_probs": lp_lo[0],
+        "teacher_logits": lp_lo[0],
         "temperatures": np.exp(log_t_lo[0]),
         "weights": w_lo[0],
         "q": q_lo[r],
-        "other_teacher_log_probs": lp_hi[0],
+        "other_teacher_logits": lp_hi[0],
         "other_temperatures": np.exp(log_t_hi[0]),
         "other_weights": w_hi[0],
         "other_q": q_hi[r],
@@ -323,7 +323,7 @@ def check(
   first size with a violation gives the counterexample (the largest violation at that size).
 
   Args:
-    op: `op(teacher_log_probs, *, temperatures, weights) -> log_q`, jittable and vmappable.
+    op: `op(teacher_logits, *, temperatures, weights) -> log_q`, jittable and vmappable.
     num_teachers: the largest K tried.
     vocab_size: the largest V tried.
     trials: inputs per size and axiom.

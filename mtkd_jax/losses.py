@@ -133,7 +133,7 @@ def mixture_kd(
 
 def sum_of_kls(
   student_logits: jax.Array,
-  teacher_log_probs: jax.Array,
+  teacher_logits: jax.Array,
   *,
   temperatures,
   weights,
@@ -145,7 +145,7 @@ def sum_of_kls(
 
   Args:
     student_logits: `[..., V]`.
-    teacher_log_probs: `[K, ..., V]` teacher log-probabilities or logits.
+    teacher_logits: `[K, ..., V]` teacher log-probabilities or logits.
     temperatures: `[K]` or scalar teacher temperatures.
     weights: `[K]` or `[K, ...]` the λ_k, summing to one over K.
     student_temperature: T_S > 0; a `[K]` array gives per-teacher student temperatures.
@@ -158,17 +158,17 @@ def sum_of_kls(
     −inf is an absent teacher), 0 with a zero gradient where none is present (docs/design.md).
   """
   student_logits = jnp.asarray(student_logits)
-  teacher_log_probs = jnp.asarray(teacher_log_probs)
-  if teacher_log_probs.shape[1:] != student_logits.shape:
+  teacher_logits = jnp.asarray(teacher_logits)
+  if teacher_logits.shape[1:] != student_logits.shape:
     raise ValueError(
-      f"teacher_log_probs must have shape [K, *student_logits.shape], got "
-      f"teacher_log_probs.shape={teacher_log_probs.shape}, "
+      f"teacher_logits must have shape [K, *student_logits.shape], got "
+      f"teacher_logits.shape={teacher_logits.shape}, "
       f"student_logits.shape={student_logits.shape}"
     )
   if where is not None:
     apply_where(jnp.zeros(student_logits.shape[:-1]), where)  # the mask's shape check
   log_p, w, (bad, empty) = operators_lib.prepare(
-    teacher_log_probs, temperatures, weights, where=where, status=True
+    teacher_logits, temperatures, weights, where=where, status=True
   )
   # Double where: masked and empty rows compute on a harmless stand-in (no 0·NaN backward).
   skip = empty if where is None else empty | ~jnp.asarray(where, bool)

@@ -162,7 +162,7 @@ def mixture(
   over the present teachers); an example with no present teacher has loss 0 and gradient 0.
 
   Args:
-    operator: `op(teacher_log_probs, *, temperatures, weights) -> log_q` (`mtkd_jax.operators`).
+    operator: `op(teacher_logits, *, temperatures, weights) -> log_q` (`mtkd_jax.operators`).
     temperatures: [K] teacher temperatures T_k > 0.
     student_temperature: T_S > 0.
     divergence: a spec ("forward_kl", "reverse_kl", "jsd(beta=0.9)") or a `KDDivergence`.
@@ -175,8 +175,7 @@ def mixture(
   """
   if not callable(operator):
     raise ValueError(
-      f"operator: must be a function op(teacher_log_probs, *, temperatures, "
-      f"weights), got {operator!r}"
+      f"operator: must be a function op(teacher_logits, *, temperatures, weights), got {operator!r}"
     )
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation: must be one of {_IMPLEMENTATIONS}, got {implementation!r}")

@@ -2,9 +2,10 @@
 
 Every operator has the signature
 
-    log_q = op(teacher_log_probs, *, temperatures, weights)
+    log_q = op(teacher_logits, *, temperatures, weights)
 
-with `teacher_log_probs [K, ..., V]` (logits are accepted too: tempering renormalises),
+with `teacher_logits [K, ..., V]` (logits or log-probabilities: tempering renormalises, so both
+give the same q; the one name of the teacher array across the library),
 `temperatures [K]` (or a scalar), `weights [K]` or per position `[K, ...]` (a leading prefix of
 the teacher batch shape) summing to one over K, and `log_q [..., V]`. Operators apply the
 temperatures themselves, are pure, and are `jit`/`vmap`/`grad`-able. Inputs of lower precision
@@ -37,7 +38,7 @@ from mtkd_jax import temperature as temperature_lib
 
 
 class Operator(Protocol):
-  def __call__(self, teacher_log_probs: jax.Array, *, temperatures, weights) -> jax.Array: ...
+  def __call__(self, teacher_logits: jax.Array, *, temperatures, weights) -> jax.Array: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,13 +60,13 @@ def check_weights(weights, teacher_shape: tuple[int, ...], *, name="weights") ->
   if w.ndim < 1 or w.ndim > len(batch_shape) or w.shape[0] != teacher_shape[0]:
     raise ValueError(
       f"{name} must have shape [K] or a leading prefix of [K, ...] = {batch_shape}, "
-      f"got {name}.shape={w.shape} for teacher_log_probs.shape={teacher_shape}"
+      f"got {name}.shape={w.shape} for teacher_logits.shape={teacher_shape}"
     )
   for dim, (a, b) in enumerate(zip(w.shape[1:], batch_shape[1:], strict=False), start=1):
     if a not in (1, b):
       raise ValueError(
         f"{name} axis {dim} has size {a}, expected 1 or {b}: got {name}.shape={w.shape} "
-        f"for teacher_log_probs.shape={teacher_shape}"
+        f"for teacher_logits.shape={teacher_shape}"
       )
   if temperature_lib.is_concrete(w):
     values = np.asarray(w, dtype=np.float64)
@@ -89,7 +90,7 @@ def check_weights(weights, teacher_shape: tuple[int, ...], *, name="weights") ->
   return w.reshape(w.shape + (1,) * (len(teacher_shape) - w.ndim))  # [K, ..., 1]
 
 
-def check_finite_teachers(x, *, name="teacher_log_probs", where=None) -> None:
+def check_finite_teachers(x, *, name="teacher_logits", where=None) -> None:
   """ValueError if concrete teacher outputs `[K, ..., V]` hold NaN or +inf in a counted row.
 
   The message names the argument, the teacher and the first offending position. Rows where the
@@ -152,21 +153,21 @@ def finish(log_q: jax.Array, bad: jax.Array, empty: jax.Array) -> jax.Array:
   return jnp.where(bad[..., None], jnp.nan, log_q)
 
 
-def prepare(teacher_log_probs, temperatures, weights, *, where=None, status=False):
+def prepare(teacher_logits, temperatures, weights, *, where=None, status=False):
   """Checks shapes and values, then returns (tempered log-probs `[K, ..., V]`, `w [K, ..., 1]`).
 
   The weights are renormalised over the teachers present in each row (`row_status`). With
   `status=True` also returns the row flags `(bad [...], empty [...])`. NaN or +inf in concrete
   teacher outputs is a ValueError (rows where `where` is False are not checked).
   """
-  x = jnp.asarray(teacher_log_probs)
+  x = jnp.asarray(teacher_logits)
   if x.ndim < 2:
     raise ValueError(
-      f"teacher_log_probs must have shape [K, ..., V] with K teachers, "
-      f"got teacher_log_probs.shape={x.shape}"
+      f"teacher_logits must have shape [K, ..., V] with K teachers, "
+      f"got teacher_logits.shape={x.shape}"
     )
   if x.shape[-1] == 0 or x.shape[0] == 0:
-    raise ValueError(f"teacher_log_probs must have K ≥ 1 and V ≥ 1, got shape={x.shape}")
+    raise ValueError(f"teacher_logits must have K ≥ 1 and V ≥ 1, got shape={x.shape}")
   w = check_weights(weights, x.shape)
   temperature_lib.check_temperatures(temperatures, x.shape[0])
   check_finite_teachers(x, where=where)
@@ -205,13 +206,13 @@ def _weighted_log_sum(log_p: jax.Array, w: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def linear(teacher_log_probs, *, temperatures, weights) -> jax.Array:
+def linear(teacher_logits, *, temperatures, weights) -> jax.Array:
   """Arithmetic mixture q = Σ_k w_k p_{k,T}: minimiser of Σ_k w_k KL(p_k ‖ q).
 
   Computed as log q = logsumexp_k(log w_k + log p_{k,T}); satisfies all five axioms.
 
   Args:
-    teacher_log_probs: `[K, ..., V]` log-probabilities (or logits).
+    teacher_logits: `[K, ..., V]` log-probabilities (or logits).
     temperatures: `[K]` or scalar, > 0.
     weights: `[K]` or `[K, ...]`, ≥ 0, summing to one over K.
 
@@ -222,12 +223,12 @@ def linear(teacher_log_probs, *, temperatures, weights) -> jax.Array:
   >>> jnp.exp(linear(lp, temperatures=jnp.ones(2), weights=jnp.array([0.5, 0.5]))).round(2)
   Array([0.7, 0.3], dtype=float32)
   """
-  log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
+  log_p, w, status = prepare(teacher_logits, temperatures, weights, status=True)
   log_w = safe_log(w)
   return finish(logsumexp_over_teachers([log_w[k] + log_p[k] for k in range(len(log_p))]), *status)
 
 
-def geometric(teacher_log_probs, *, temperatures, weights) -> jax.Array:
+def geometric(teacher_logits, *, temperatures, weights) -> jax.Array:
   """Log-linear pool q ∝ Π_k p_{k,T}^{w_k}: minimiser of Σ_k w_k KL(q ‖ p_k).
 
   For logits this is softmax(Σ_k w_k z_k / T_k): the teachers' normalisers cancel. Averaging
@@ -238,7 +239,7 @@ def geometric(teacher_log_probs, *, temperatures, weights) -> jax.Array:
   >>> jnp.exp(geometric(lp, temperatures=jnp.ones(2), weights=jnp.array([0.5, 0.5]))).round(2)
   Array([0.75, 0.25], dtype=float32)
   """
-  log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
+  log_p, w, status = prepare(teacher_logits, temperatures, weights, status=True)
   return finish(temperature_lib.log_softmax(_weighted_log_sum(log_p, w)), *status)
 
 
@@ -257,8 +258,8 @@ def power(alpha: float) -> Operator:
   if not np.isfinite(alpha):
     raise ValueError(f"alpha must be finite, got {alpha=}")
 
-  def power_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
-    log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
+  def power_op(teacher_logits, *, temperatures, weights) -> jax.Array:
+    log_p, w, status = prepare(teacher_logits, temperatures, weights, status=True)
     if alpha == 0.0:
       return finish(temperature_lib.log_softmax(_weighted_log_sum(log_p, w)), *status)
     log_w = safe_log(w)
@@ -301,8 +302,8 @@ def entropic(beta: float) -> Operator:
   if not np.isfinite(beta) or beta < 0:
     raise ValueError(f"beta must be finite and ≥ 0, got {beta=}")
 
-  def entropic_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
-    log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
+  def entropic_op(teacher_logits, *, temperatures, weights) -> jax.Array:
+    log_p, w, status = prepare(teacher_logits, temperatures, weights, status=True)
     return finish(temperature_lib.log_softmax(_weighted_log_sum(log_p, w) / (1.0 + beta)), *status)
 
   entropic_op.__name__ = f"entropic({beta:g})"
@@ -351,8 +352,8 @@ def barycenter(
   if int(num_steps) < 0 or not np.isfinite(step_size) or step_size <= 0:
     raise ValueError(f"need num_steps ≥ 0 and step_size > 0, got {num_steps=}, {step_size=}")
 
-  def barycenter_op(teacher_log_probs, *, temperatures, weights) -> jax.Array:
-    log_p, w, status = prepare(teacher_log_probs, temperatures, weights, status=True)
+  def barycenter_op(teacher_logits, *, temperatures, weights) -> jax.Array:
+    log_p, w, status = prepare(teacher_logits, temperatures, weights, status=True)
     # Masked tokens (-inf) become a huge finite penalty: -inf would turn D's gradients into
     # inf − inf = NaN, in the iteration and in the gradient through it.
     log_p = jnp.where(jnp.isfinite(log_p), log_p, _MASKED)

@@ -52,7 +52,7 @@ def register(kind: str, name: str, *, factory: bool = False) -> Callable[[Callab
   """Decorator registering `fn` as `name` of `kind`; a factory is called with the spec's kwargs.
 
   >>> @register("operator", "my_linear_doc_example")
-  ... def my_op(teacher_log_probs, *, temperatures, weights): ...
+  ... def my_op(teacher_logits, *, temperatures, weights): ...
   """
   _check_kind(kind)
 

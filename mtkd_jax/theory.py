@@ -19,7 +19,7 @@ from mtkd_jax import operators as operators_lib
 from mtkd_jax.divergences import kl_divergence
 
 
-def cross_teacher_variance(teacher_log_probs, *, weights, temperatures=1.0) -> jax.Array:
+def cross_teacher_variance(teacher_logits, *, weights, temperatures=1.0) -> jax.Array:
   """Def IV.1: Var_k[p_k(i)] = Σ_k w_k p_k(i)² − q(i)², with q the linear mixture.
 
   Computed as Σ_k w_k (p_k(i) − q(i))², the same quantity without cancellation.
@@ -27,7 +27,7 @@ def cross_teacher_variance(teacher_log_probs, *, weights, temperatures=1.0) -> j
   Returns:
     `[..., V]` per-token variances, ≥ 0.
   """
-  log_p, w = operators_lib.prepare(teacher_log_probs, temperatures, weights)
+  log_p, w = operators_lib.prepare(teacher_logits, temperatures, weights)
   p = jnp.exp(log_p)  # [K, ..., V]
   q = sum(w[k] * p[k] for k in range(p.shape[0]))
   return sum(w[k] * (p[k] - q) ** 2 for k in range(p.shape[0]))
@@ -67,7 +67,7 @@ def _weighted_sum(w, terms):
   return sum(jnp.where(w[k] == 0, 0.0, w[k] * terms[k]) for k in range(len(terms)))
 
 
-def jensen_gap(teacher_log_probs, *, temperatures, weights) -> jax.Array:
+def jensen_gap(teacher_logits, *, temperatures, weights) -> jax.Array:
   """L_multi − L_mix for the linear operator and λ = w: Σ_k w_k KL(p_{k,T} ‖ q).
 
   The generalised Jensen–Shannon divergence of the teachers. It is ≥ 0 (Thm IV.7) and independent
@@ -76,13 +76,13 @@ def jensen_gap(teacher_log_probs, *, temperatures, weights) -> jax.Array:
   Returns:
     `[...]` per example.
   """
-  log_p, w = operators_lib.prepare(teacher_log_probs, temperatures, weights)
+  log_p, w = operators_lib.prepare(teacher_logits, temperatures, weights)
   log_q = operators_lib.linear(log_p, temperatures=1.0, weights=w[..., 0])
   return _weighted_sum(w[..., 0], [kl_divergence(log_p[k], log_q) for k in range(len(log_p))])
 
 
 def log_loss_bound(
-  teacher_log_probs, labels, *, temperatures, weights, operator=operators_lib.linear
+  teacher_logits, labels, *, temperatures, weights, operator=operators_lib.linear
 ) -> tuple[jax.Array, jax.Array]:
   """Thm IV.9: both sides of −log q(y) ≤ −Σ_k w_k log p_{k,T}(y).
 
@@ -90,7 +90,7 @@ def log_loss_bound(
   (its normaliser is ≤ 1); other operators are reported, not assumed.
 
   Args:
-    teacher_log_probs: `[K, ..., V]`.
+    teacher_logits: `[K, ..., V]`.
     labels: `[...]` integer targets y.
     temperatures, weights: as for operators.
     operator: the aggregation operator producing q.
@@ -99,17 +99,17 @@ def log_loss_bound(
     `(aggregate_log_loss, weighted_teacher_log_loss)`, each `[...]`.
   """
   labels = jnp.asarray(labels)
-  log_p, w = operators_lib.prepare(teacher_log_probs, temperatures, weights)
+  log_p, w = operators_lib.prepare(teacher_logits, temperatures, weights)
   if labels.shape != log_p.shape[1:-1]:
     raise ValueError(f"labels must have shape {log_p.shape[1:-1]}, got labels.shape={labels.shape}")
-  log_q = operator(teacher_log_probs, temperatures=temperatures, weights=weights)
+  log_q = operator(teacher_logits, temperatures=temperatures, weights=weights)
   at_y = lambda lp: jnp.take_along_axis(lp, labels[..., None], axis=-1)[..., 0]
   rhs = -_weighted_sum(w[..., 0], [at_y(log_p[k]) for k in range(len(log_p))])
   return -at_y(log_q), rhs
 
 
 def safety_bound(
-  teacher_log_probs,
+  teacher_logits,
   *,
   temperatures,
   weights,
@@ -124,12 +124,12 @@ def safety_bound(
   Returns:
     `(q, bound)`, each `[..., V]` probabilities.
   """
-  log_p, w = operators_lib.prepare(teacher_log_probs, temperatures, weights)
+  log_p, w = operators_lib.prepare(teacher_logits, temperatures, weights)
   num_teachers = log_p.shape[0]
   if not 0 <= safety_teacher < num_teachers or num_teachers < 2:
     raise ValueError(
       f"safety_teacher must be in [0, {num_teachers}) with K ≥ 2, got "
-      f"{safety_teacher=} for teacher_log_probs.shape={log_p.shape}"
+      f"{safety_teacher=} for teacher_logits.shape={log_p.shape}"
     )
   p = jnp.exp(log_p)
   others = [p[k] for k in range(num_teachers) if k != safety_teacher]
@@ -138,7 +138,7 @@ def safety_bound(
     max_other = jnp.maximum(max_other, o)
   w_star = w[safety_teacher]
   bound = (1.0 - w_star) * max_other + w_star * p[safety_teacher]
-  q = jnp.exp(operator(teacher_log_probs, temperatures=temperatures, weights=weights))
+  q = jnp.exp(operator(teacher_logits, temperatures=temperatures, weights=weights))
   return q, bound
 
 

@@ -20,7 +20,7 @@ reports, per property, whether it held and the smallest counterexample found:
 
 A scheme under test is a function of one batch of B positions,
 
-    scheme(teacher_log_probs [K, B, V], labels [B], features [B, D], sensitivity [B],
+    scheme(teacher_logits [K, B, V], labels [B], features [B, D], sensitivity [B],
            prior [2, K]) -> weights [K, B]
 
 (`prior` holds two static-scale weight vectors for schemes that compose them). "Passed" means
@@ -124,7 +124,7 @@ class _Evaluator:
 
 def _inputs(j, lp, y, f, s, prior, **extra) -> dict[str, np.ndarray]:
   return {
-    "teacher_log_probs": lp[j],
+    "teacher_logits": lp[j],
     "labels": y[j],
     "features": f[j],
     "sensitivity": s[j],
@@ -194,7 +194,7 @@ def _continuity(ev, args, tol, grid=65, refinements=14, jump=1e-2):
       x_lo = checks.path_point(start, end, lo[[r]], [r])
       x_hi = checks.path_point(start, end, hi[[r]], [r])
       inputs = {
-        "teacher_log_probs": log_softmax(x_lo[0][0]),
+        "teacher_logits": log_softmax(x_lo[0][0]),
         "labels": y[r],
         "features": x_lo[1][0],
         "sensitivity": x_lo[2][0],
@@ -268,7 +268,7 @@ def check(
   gives the counterexample (the largest violation at that size).
 
   Args:
-    scheme: `scheme(teacher_log_probs [K, B, V], labels [B], features [B, D], sensitivity [B],
+    scheme: `scheme(teacher_logits [K, B, V], labels [B], features [B, D], sensitivity [B],
       prior [2, K]) -> weights [K, B]`, jittable and vmappable (D = `NUM_FEATURES`).
     num_teachers: the largest K tried (≥ 2).
     vocab_size: the largest V tried (≥ 2).

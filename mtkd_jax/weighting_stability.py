@@ -177,11 +177,11 @@ def stability_property(ev, jac, sample, *, bounds, num_teachers, vocab_size, tri
         f"a perturbation of the {which.replace('_', '-')} of size {delta:.2g} (∞-norm) moved w "
         f"by {np.abs(w_new[j] - w[j]).sum(0).max():.3g} in ℓ₁: constant {ratio:.4g} > {claim}"
       )
-      names = ("teacher_log_probs", "labels", "features", "sensitivity", "prior")
+      names = ("teacher_logits", "labels", "features", "sensitivity", "prior")
       inputs = {n: np.asarray(x)[j] for n, x in zip(names, before, strict=True)}
       inputs.update(
         weights=w[j],
-        other_teacher_log_probs=after[0][j],
+        other_teacher_logits=after[0][j],
         other_features=after[2][j],
         other_weights=w_new[j],
       )

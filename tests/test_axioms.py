@@ -10,32 +10,30 @@ from mtkd_jax import axioms, operators
 FAST = dict(num_teachers=3, vocab_size=4, trials=24)
 
 
-def not_normalised(teacher_log_probs, *, temperatures, weights):
+def not_normalised(teacher_logits, *, temperatures, weights):
   """Linear mixture with extra mass on token 0 and no renormalisation."""
-  log_q = operators.linear(teacher_log_probs, temperatures=temperatures, weights=weights)
+  log_q = operators.linear(teacher_logits, temperatures=temperatures, weights=weights)
   return jnp.logaddexp(
     log_q,
     jnp.log(0.1) * (jnp.arange(log_q.shape[-1]) == 0) - 1e9 * (jnp.arange(log_q.shape[-1]) != 0),
   )
 
 
-def jump_in_weights(teacher_log_probs, *, temperatures, weights):
+def jump_in_weights(teacher_logits, *, temperatures, weights):
   """Linear below w_0 = 0.5, geometric above: a jump, everything else intact."""
-  lin = operators.linear(teacher_log_probs, temperatures=temperatures, weights=weights)
-  geo = operators.geometric(teacher_log_probs, temperatures=temperatures, weights=weights)
+  lin = operators.linear(teacher_logits, temperatures=temperatures, weights=weights)
+  geo = operators.geometric(teacher_logits, temperatures=temperatures, weights=weights)
   return jnp.where(weights[0] < 0.5, lin, geo)
 
 
-def temperature_ignored(teacher_log_probs, *, temperatures, weights):
-  return operators.linear(
-    teacher_log_probs, temperatures=jnp.ones_like(temperatures), weights=weights
-  )
+def temperature_ignored(teacher_logits, *, temperatures, weights):
+  return operators.linear(teacher_logits, temperatures=jnp.ones_like(temperatures), weights=weights)
 
 
-def ignores_weights(teacher_log_probs, *, temperatures, weights):
+def ignores_weights(teacher_logits, *, temperatures, weights):
   """Uniform weights whatever is passed: monotone, but never strictly."""
-  k = teacher_log_probs.shape[0]
-  return operators.linear(teacher_log_probs, temperatures=temperatures, weights=jnp.ones(k) / k)
+  k = teacher_logits.shape[0]
+  return operators.linear(teacher_logits, temperatures=temperatures, weights=jnp.ones(k) / k)
 
 
 def test_linear_passes_all_five():
@@ -59,7 +57,7 @@ def test_broken_operators_fail_the_axiom_they_break(op, broken):
   assert not report.passed[broken], report
   counterexample = report.counterexamples[broken]
   assert counterexample is not None and counterexample.axiom == broken
-  assert counterexample.inputs["teacher_log_probs"].ndim == 2
+  assert counterexample.inputs["teacher_logits"].ndim == 2
   assert counterexample.quantity in str(counterexample)
 
 
@@ -70,7 +68,7 @@ def test_geometric_weight_monotonicity_counterexample_is_real():
   assert not report.passed[3]
   c = report.counterexamples[3]
   # Recompute the counterexample in float64 NumPy, independently of the operator code.
-  lp, t = c.inputs["teacher_log_probs"], c.inputs["temperatures"]
+  lp, t = c.inputs["teacher_logits"], c.inputs["temperatures"]
   tempered = lp / t[:, None]
   tempered = tempered - np.log(np.exp(tempered).sum(-1, keepdims=True))
 

@@ -348,7 +348,7 @@ def test_mixture_kd_bad_input():
 
 def test_sum_of_kls_bad_input():
   z, x, t, w = random_problem(9, batch=(2,))
-  with pytest.raises(ValueError, match=r"teacher_log_probs.shape=\(3, 2, 5\).*\(2, 4\)"):
+  with pytest.raises(ValueError, match=r"teacher_logits.shape=\(3, 2, 5\).*\(2, 4\)"):
     losses.sum_of_kls(z[:, :4], x, temperatures=t, weights=w)
   with pytest.raises(ValueError, match=r"weights.*shape=\(2,\)"):
     losses.sum_of_kls(z, x, temperatures=t, weights=w[:2] / w[:2].sum())

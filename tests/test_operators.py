@@ -426,7 +426,7 @@ def test_huge_logits_gradients_are_finite(name):
     jnp.exp(ALL_OPS[name](x, temperatures=t, weights=jax.nn.softmax(theta))) * readout
   )
   grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(x, t, jnp.log(w))
-  for g, arg in zip(grads, ("teacher_log_probs", "temperatures", "weights"), strict=True):
+  for g, arg in zip(grads, ("teacher_logits", "temperatures", "weights"), strict=True):
     assert np.all(np.isfinite(np.asarray(g))), f"{name}: non-finite gradient w.r.t. {arg}: {g}"
 
 
@@ -502,7 +502,7 @@ def test_masked_tokens_gradients_are_finite(name):
   f = masked_readout_loss(ALL_OPS[name], readout)
   grad_f = jax.jit(jax.grad(f, argnums=(0, 2)))
   grads = grad_f(jnp.asarray(x), jnp.asarray(t), jnp.log(jnp.asarray(w)))
-  for g, arg in zip(grads, ("teacher_log_probs", "weights"), strict=True):
+  for g, arg in zip(grads, ("teacher_logits", "weights"), strict=True):
     assert np.all(np.isfinite(np.asarray(g))), f"{name}: non-finite gradient w.r.t. {arg}: {g}"
 
 
@@ -602,7 +602,7 @@ def test_bad_input_raises_before_compute(name, case, no_compute):
 
 
 def test_bad_teacher_shape():
-  with pytest.raises(ValueError, match=r"teacher_log_probs.*shape=\(4,\)"):
+  with pytest.raises(ValueError, match=r"teacher_logits.*shape=\(4,\)"):
     operators.linear(np.zeros(4), temperatures=1.0, weights=np.ones(1))
 
 

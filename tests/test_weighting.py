@@ -363,7 +363,7 @@ def test_checker_passes_floored_schemes_and_catches_the_naive_ones():
     assert {n for n, ok in report.passed.items() if not ok} == failing, (name, report)
     for n in failing:
       c = report.counterexamples[n]
-      assert c.axiom == n and c.value > 0 and "teacher_log_probs" in c.inputs
+      assert c.axiom == n and c.value > 0 and "teacher_logits" in c.inputs
   table = weighting_checks.format_table([report])
   assert "naive: sharpened by sensitivity" in table and "lowered the safety teacher" in table
 
@@ -531,7 +531,7 @@ def test_stability_measured_within_the_bounds_and_the_argmax_switch_fails():
   c = r.counterexamples[5]
   assert c.axiom == 5 and c.value > weighting_stability.UNBOUNDED_LIMIT
   moved = np.abs(c.inputs["other_weights"] - c.inputs["weights"]).sum(0).max()
-  delta = np.abs(c.inputs["other_teacher_log_probs"] - c.inputs["teacher_log_probs"]).max()
+  delta = np.abs(c.inputs["other_teacher_logits"] - c.inputs["teacher_logits"]).max()
   assert moved > 1.9 and delta < 1e-2  # weights 2 apart in ℓ₁ for a tiny perturbation
   assert "✗" in weighting_checks.format_table([r], counterexamples=False)
 

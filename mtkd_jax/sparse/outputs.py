@@ -166,11 +166,11 @@ def sparse_outputs(indices, log_probs, *, generation_temperatures=1.0, vocab_siz
   return SparseTeacherOutputs(indices.astype(jnp.int32), log_probs, t_g, int(vocab_size))
 
 
-def from_dense(teacher_log_probs, k: int, *, generation_temperatures=1.0) -> SparseTeacherOutputs:
+def from_dense(teacher_logits, k: int, *, generation_temperatures=1.0) -> SparseTeacherOutputs:
   """Top-k of dense teacher outputs at their generation temperatures (what a store holds).
 
   Args:
-    teacher_log_probs: `[K, ..., V]` logits or log-probs.
+    teacher_logits: `[K, ..., V]` logits or log-probs.
     k: number of tokens kept per row, 1 ≤ k ≤ V.
     generation_temperatures: `[K]` or scalar T_g.
 
@@ -182,9 +182,9 @@ def from_dense(teacher_log_probs, k: int, *, generation_temperatures=1.0) -> Spa
   >>> out.indices.tolist(), [round(float(p), 3) for p in jnp.exp(out.log_probs).ravel()]
   ([[[1, 2]]], [0.6, 0.3])
   """
-  x = jnp.asarray(teacher_log_probs)
+  x = jnp.asarray(teacher_logits)
   if x.ndim < 2 or not 1 <= k <= x.shape[-1]:
-    raise ValueError(f"need teacher_log_probs [K, ..., V] and 1 ≤ k ≤ V, got shape={x.shape}, {k=}")
+    raise ValueError(f"need teacher_logits [K, ..., V] and 1 ≤ k ≤ V, got shape={x.shape}, {k=}")
   from mtkd_jax import operators as operators_lib  # (operators imports nothing sparse)
 
   operators_lib.check_finite_teachers(x)  # NaN or +inf: an error here, NaN rows under jit

@@ -58,11 +58,11 @@ def _check_tau(tau, name="tau"):
   return tau
 
 
-def _teacher_log_probs(teacher_log_probs, temperatures) -> jax.Array:
-  x = jnp.asarray(teacher_log_probs)
+def _teacher_log_probs(teacher_logits, temperatures) -> jax.Array:
+  x = jnp.asarray(teacher_logits)
   if x.ndim < 2 or x.shape[0] < 1 or x.shape[-1] < 1:
     raise ValueError(
-      f"teacher_log_probs must have shape [K, ..., V], got teacher_log_probs.shape={x.shape}"
+      f"teacher_logits must have shape [K, ..., V], got teacher_logits.shape={x.shape}"
     )
   return temperature_lib.scale(x, temperatures)  # [K, ..., V]
 
@@ -114,7 +114,7 @@ def static(weights, batch_shape: tuple[int, ...] = ()) -> jax.Array:
 
 
 def confidence(
-  teacher_log_probs,
+  teacher_logits,
   *,
   temperatures=1.0,
   tau: float = 1.0,
@@ -131,7 +131,7 @@ def confidence(
   (`psum` over `axis_name`), so a teacher that is confident everywhere is not preferred everywhere.
 
   Args:
-    teacher_log_probs: `[K, ..., V]` log-probabilities or logits.
+    teacher_logits: `[K, ..., V]` log-probabilities or logits.
     temperatures: `[K]` or scalar teacher temperatures applied first.
     tau: softmax temperature τ > 0 over teachers (τ → ∞: uniform; τ → 0: most confident).
     measure: "entropy" or "max_prob".
@@ -149,7 +149,7 @@ def confidence(
   tau = _check_tau(tau)
   if measure not in MEASURES:
     raise ValueError(f"measure must be one of {MEASURES}, got {measure=!r}")
-  log_p = _teacher_log_probs(teacher_log_probs, temperatures)  # [K, ..., V]
+  log_p = _teacher_log_probs(teacher_logits, temperatures)  # [K, ..., V]
   p = jnp.exp(log_p)
   if measure == "entropy":
     v = log_p.shape[-1]
@@ -168,7 +168,7 @@ def confidence(
 
 
 def label_aware(
-  teacher_log_probs,
+  teacher_logits,
   labels,
   *,
   temperatures=1.0,
@@ -186,7 +186,7 @@ def label_aware(
   `LOG_FLOOR` so a teacher that excludes y gets weight ≈ 0, not NaN.
 
   Args:
-    teacher_log_probs: `[K, ..., V]`.
+    teacher_logits: `[K, ..., V]`.
     labels: int `[...]`.
     temperatures: `[K]` or scalar.
     tau: τ > 0.
@@ -203,11 +203,11 @@ def label_aware(
   Array([0.75, 0.25], dtype=float32)
   """
   tau = _check_tau(tau)
-  log_p = _teacher_log_probs(teacher_log_probs, temperatures)  # [K, ..., V]
+  log_p = _teacher_log_probs(teacher_logits, temperatures)  # [K, ..., V]
   labels = jnp.asarray(labels)
   if labels.shape != log_p.shape[1:-1] or not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(
-      f"labels must be integers of shape teacher_log_probs.shape[1:-1]={log_p.shape[1:-1]}, "
+      f"labels must be integers of shape teacher_logits.shape[1:-1]={log_p.shape[1:-1]}, "
       f"got labels.shape={labels.shape} ({labels.dtype})"
     )
   idx = jnp.broadcast_to(labels[None, ..., None], (*log_p.shape[:-1], 1))
@@ -289,7 +289,7 @@ def learned(gate_apply: Callable, gate_params, features, *, tau: float = 1.0) ->
   return jnp.moveaxis(jax.nn.softmax(logits.astype(jnp.float32) / tau, axis=-1), -1, 0)
 
 
-def gate_loss(weights, teacher_log_probs, labels, *, temperatures=1.0, where=None) -> jax.Array:
+def gate_loss(weights, teacher_logits, labels, *, temperatures=1.0, where=None) -> jax.Array:
   """The gate's objective: the log-loss −log Σ_k w_k p_{k,T}(y) of the weighted mixture.
 
   Teacher outputs are stop-gradiented, so only the gate (through `weights`) is trained. Training
@@ -299,7 +299,7 @@ def gate_loss(weights, teacher_log_probs, labels, *, temperatures=1.0, where=Non
   Returns:
     `[...]` per-example losses (0 where `where` is False).
   """
-  log_p = jax.lax.stop_gradient(_teacher_log_probs(teacher_log_probs, temperatures))  # [K,..,V]
+  log_p = jax.lax.stop_gradient(_teacher_log_probs(teacher_logits, temperatures))  # [K,..,V]
   labels = jnp.asarray(labels)
   idx = jnp.broadcast_to(labels[None, ..., None], (*log_p.shape[:-1], 1))
   log_py = jnp.maximum(jnp.take_along_axis(log_p, idx, axis=-1)[..., 0], LOG_FLOOR)  # [K, ...]
