@@ -133,7 +133,14 @@ def _check_results(small_run):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(os.path.join(ROOT, "tests", "data", "results_small", "stdlib_lm.json")) as f:
     fixture = json.load(f)
-  strip = lambda r: {k: v for k, v in r.items() if k not in TIMINGS}
+  # The store's size on disk is zstd's output: the last bit of one stored bf16 log-prob changes
+  # it by a few bytes (the fixture's 117,412 vs 117,419 on an AMD EPYC at full XLA:CPU optimisation,
+  # where every bits-per-byte number still equals the fixture to 1e-6). To 0.1%, then.
+  assert math.isclose(results["store"]["bytes"], fixture["store"]["bytes"], rel_tol=1e-3)
+  strip = lambda r: {
+    **{k: v for k, v in r.items() if k not in TIMINGS},
+    "store": {k: v for k, v in r["store"].items() if k != "bytes"},
+  }
   assert results_compare.differences(strip(fixture), strip(results)) == []
 
 
