@@ -104,7 +104,7 @@ RULES = {
     "make run's rule runs this command (its workdir: runs/digits)"
   ),
   "python -m pytest tests/test_readme.py": Covered("this test"),
-  "make test": DryRun("test", "ruff check .", "the whole suite: about 19 min"),
+  "make test": DryRun("test", "ruff check .", "the whole suite: 10-20 min"),
   "make test-newest": DryRun(
     "test-newest", "-m pytest -n 2 -q -m", "installs the newest jax, then tests"
   ),
@@ -141,13 +141,13 @@ RULES = {
     "part of the axioms' 25 min",
   ),
   "make figures": DryRun(
-    "figures", ".venv/bin/python experiments/figures.py", "every experiment: over 40 min"
+    "figures", ".venv/bin/python experiments/figures.py", "every experiment: 10-45 min"
   ),
   "make notebooks": DryRun(
     "notebooks", "../.venv/bin/jupyter execute --inplace --timeout=-1 $nb", "about 45 min"
   ),
   "python experiments/figures.py": Help(
-    "python experiments/figures.py --help", "--small", "every experiment: over 40 min"
+    "python experiments/figures.py --help", "--small", "every experiment: 10-45 min"
   ),
   "python -m mtkd_jax.main --config=experiments/configs/stdlib_lm.py --workdir=runs/stdlib_lm": (
     Help(
